@@ -1,0 +1,225 @@
+"""Frozen configuration for model, data and training; JSON/TOML in and out; dotted overrides.
+
+A config is plain data. It is saved next to the weights (``config.json``) so a checkpoint can be rebuilt
+without running any code from it. Parsing is strict: an unknown key or a value of the wrong type is an error
+that names the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vaekit.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised only on Python 3.10
+    import tomli as tomllib
+
+BINARIZATIONS = ("none", "dynamic", "static", "threshold")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the VAE: q(z|x) and p(x|z) networks, latent size and likelihood."""
+
+    arch: str = "mlp"
+    hidden: tuple[int, ...] = (400,)
+    activation: str = "relu"
+    latent_dim: int = 20
+    likelihood: str = "bernoulli"
+    obs_std: float = 0.1  # standard deviation of the fixed-variance Gaussian likelihood
+    data_shape: tuple[int, ...] | None = None  # set from the data at training time
+
+    def __post_init__(self) -> None:
+        _require(self.latent_dim >= 1, "model.latent_dim", self.latent_dim, "an integer >= 1")
+        _require(all(h >= 1 for h in self.hidden), "model.hidden", self.hidden, "positive layer widths")
+        _require(self.obs_std > 0, "model.obs_std", self.obs_std, "a positive number")
+        if self.data_shape is not None:
+            _require(all(d >= 1 for d in self.data_shape), "model.data_shape", self.data_shape, "positive sizes")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the data comes from and how it is prepared."""
+
+    dataset: str = "digits"
+    data_dir: str | None = None  # falls back to $VAEKIT_DATA
+    download: bool = False
+    binarize: str = "none"
+    val_size: float = 0.1  # a fraction of the training set (< 1) or a number of examples (>= 1)
+    split_seed: int = 0  # seeds the validation split, independent of the training seed
+    eval_seed: int = 0  # seeds the fixed binarization of evaluation sets
+
+    def __post_init__(self) -> None:
+        _require(self.binarize in BINARIZATIONS, "data.binarize", self.binarize, f"one of {BINARIZATIONS}")
+        _require(self.val_size >= 0, "data.val_size", self.val_size, "a fraction in [0, 1) or a count")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation: epochs, batch, Adam learning rate, beta weight on the KL, seed and device."""
+
+    epochs: int = 50
+    batch_size: int = 128
+    lr: float = 1e-3
+    beta: float = 1.0
+    seed: int = 1
+    device: str = "auto"
+    checkpoint_every: int = 0  # also checkpoint every N epochs; 0 = only at the end
+    drop_last: bool = False
+    eval_batch_size: int = 1000
+
+    def __post_init__(self) -> None:
+        _require(self.epochs >= 1, "train.epochs", self.epochs, "an integer >= 1")
+        _require(self.batch_size >= 1, "train.batch_size", self.batch_size, "an integer >= 1")
+        _require(self.eval_batch_size >= 1, "train.eval_batch_size", self.eval_batch_size, "an integer >= 1")
+        _require(self.lr > 0, "train.lr", self.lr, "a positive number")
+        _require(self.beta >= 0, "train.beta", self.beta, "a number >= 0")
+        _require(self.checkpoint_every >= 0, "train.checkpoint_every", self.checkpoint_every, "an integer >= 0")
+        _require(self.device in DEVICES, "train.device", self.device, f"one of {DEVICES}")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole run: ``model``, ``data`` and ``train`` sections."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dictionary (tuples become lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Config:
+        """Build from a nested dictionary; unknown keys and ill-typed values raise ConfigError."""
+        return _build(cls, d, prefix="")
+
+    def override(self, assignments: dict[str, Any]) -> Config:
+        """Return a copy with dotted keys replaced, e.g. ``{"model.latent_dim": 10}``."""
+        d = self.to_dict()
+        for key, value in assignments.items():
+            section, _, name = key.partition(".")
+            if section not in d or not name or "." in name:
+                raise ConfigError(f"unknown config key {key!r}: expected one of {_all_keys()}")
+            if name not in d[section]:
+                raise ConfigError(f"unknown config key {key!r}: expected one of {_all_keys()}")
+            d[section][name] = value
+        return Config.from_dict(d)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # pytorch/examples vae/main.py: 784-400-20, ReLU, Bernoulli on grey levels, Adam 1e-3, batch 128,
+    # the whole training set (no validation split).
+    "seed": {
+        "model.hidden": [400], "model.activation": "relu", "model.latent_dim": 20,
+        "model.likelihood": "bernoulli", "data.binarize": "none", "data.val_size": 0,
+        "train.lr": 1e-3, "train.batch_size": 128,
+    },
+    # Burda, Grosse & Salakhutdinov 2015, one stochastic layer: 2x200 tanh, z = 50, Bernoulli, dynamically
+    # binarized MNIST. They used batch 20 and a 3,280-epoch schedule; batch 128 here keeps epochs cheap.
+    "iwae": {
+        "model.hidden": [200, 200], "model.activation": "tanh", "model.latent_dim": 50,
+        "model.likelihood": "bernoulli", "data.binarize": "dynamic",
+        "train.lr": 1e-3, "train.batch_size": 128,
+    },
+}
+
+
+def preset(name: str) -> Config:
+    """The named preset applied to the defaults."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; valid presets: {', '.join(sorted(PRESETS))}")
+    return Config().override(PRESETS[name])
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a JSON or TOML config file into a nested dictionary (not yet validated)."""
+    path = Path(path)
+    try:
+        text = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from e
+    try:
+        d = tomllib.loads(text.decode("utf-8")) if path.suffix.lower() == ".toml" else json.loads(text)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {path} is not valid {path.suffix.lstrip('.') or 'JSON'}: {e}") from e
+    if not isinstance(d, dict):
+        raise ConfigError(f"config file {path} must hold an object with model/data/train sections")
+    return d
+
+
+def flatten(d: dict[str, Any]) -> dict[str, Any]:
+    """Nested ``{"model": {"latent_dim": 2}}`` -> dotted ``{"model.latent_dim": 2}``."""
+    out: dict[str, Any] = {}
+    for section, values in d.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"config section {section!r} must be an object, got {type(values).__name__}")
+        out.update({f"{section}.{k}": v for k, v in values.items()})
+    return out
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``"model.hidden=[256,256]"`` -> ``("model.hidden", [256, 256])``; bare words stay strings."""
+    key, sep, raw = text.partition("=")
+    if not sep:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw
+    return key.strip(), value
+
+
+def _all_keys() -> list[str]:
+    sections = typing.get_type_hints(Config)
+    return [f"{s}.{f.name}" for s, cls in sections.items() for f in dataclasses.fields(cls)]
+
+
+def _require(ok: bool, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key} = {value!r} is invalid: expected {expected}")
+
+
+def _build(cls: type, d: Any, prefix: str) -> Any:
+    if not isinstance(d, dict):
+        raise ConfigError(f"config section {prefix.rstrip('.') or '<root>'} must be an object")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key {prefix}{unknown[0]!r}; valid keys here: {sorted(names)}")
+    kwargs = {k: _coerce(hints[k], v, prefix + k) for k, v in d.items()}
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key + ".")
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(inner, value, key)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return tuple(_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{key} must be of type {tp.__name__}, got {value!r}")

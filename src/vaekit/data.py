@@ -1,0 +1,124 @@
+"""Dataset registry, train/validation/test splits and binarization.
+
+Every split is one float32 tensor (N, *shape); training moves it to the device once and slices batches
+from it, so no per-sample Python runs while training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from vaekit import mnist
+from vaekit.config import DataConfig
+from vaekit.errors import DataError
+
+RawSplits = tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray | None]
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split: data ``x`` (N, *shape) float32 and optional integer labels ``y`` (N,)."""
+
+    x: Tensor
+    y: Tensor | None
+    name: str
+    binarization: str  # how x was binarized, e.g. "none" or "static (seed 0)"
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: Split
+    val: Split | None
+    test: Split
+
+
+def _mnist(cfg: DataConfig) -> RawSplits:
+    x_train, y_train = mnist.load_split("train", cfg.data_dir, cfg.download)
+    x_test, y_test = mnist.load_split("test", cfg.data_dir, cfg.download)
+    return x_train[:, None] / np.float32(255), y_train, x_test[:, None] / np.float32(255), y_test
+
+
+def _digits(cfg: DataConfig) -> RawSplits:
+    from sklearn.datasets import load_digits  # bundled with scikit-learn: no network
+
+    d = load_digits()
+    x = (d.images[:, None] / 16.0).astype(np.float32)  # grey levels 0..16 -> [0, 1]
+    # A fixed test split (always seed 0) so test numbers stay comparable across runs.
+    perm = np.random.default_rng(0).permutation(len(x))
+    n_test = len(x) // 5
+    test, train = perm[:n_test], perm[n_test:]
+    return x[train], d.target[train], x[test], d.target[test]
+
+
+DATASETS: dict[str, Callable[[DataConfig], RawSplits]] = {"mnist": _mnist, "digits": _digits}
+
+
+def load(cfg: DataConfig) -> Splits:
+    """Load ``cfg.dataset``, carve the validation split and binarize as configured."""
+    if cfg.dataset not in DATASETS:
+        raise DataError(f"unknown dataset {cfg.dataset!r}; valid datasets: {', '.join(sorted(DATASETS))}")
+    x_train, y_train, x_test, y_test = DATASETS[cfg.dataset](cfg)
+    train_idx, val_idx = _validation_split(len(x_train), cfg.val_size, cfg.split_seed)
+
+    def split(x: np.ndarray, y: np.ndarray | None, idx: np.ndarray | None, name: str, role: str) -> Split:
+        x = x if idx is None else x[idx]
+        y = None if y is None else torch.as_tensor((y if idx is None else y[idx]).astype(np.int64))
+        xt, how = binarize_split(torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32)),
+                                 cfg.binarize, role, cfg.eval_seed)
+        return Split(xt, y, name, how)
+
+    train = split(x_train, y_train, train_idx, "train", "train")
+    val = split(x_train, y_train, val_idx, "val", "eval") if len(val_idx) else None
+    return Splits(train, val, split(x_test, y_test, None, "test", "eval"))
+
+
+def _validation_split(n: int, val_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    n_val = round(val_size * n) if val_size < 1 else int(val_size)
+    if n_val >= n:
+        raise DataError(f"data.val_size = {val_size} leaves no training data out of {n} examples")
+    if n_val == 0:
+        return np.arange(n), np.arange(0)
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def binarize_split(x: Tensor, mode: str, role: str, seed: int) -> tuple[Tensor, str]:
+    """Binarize a whole split once; returns the data and a description of what was done.
+
+    ``dynamic`` leaves training data grey (it is resampled every epoch by the training loop) and gives
+    evaluation data one fixed, seeded Bernoulli sample, as does ``static`` for every split.
+    """
+    if mode == "none" or (mode == "dynamic" and role == "train"):
+        return x, "none" if mode == "none" else "dynamic"
+    if mode == "threshold":
+        return (x > 0.5).float(), "threshold 0.5"
+    if mode in ("static", "dynamic"):
+        seed = seed + (1 if role == "train" else 0)  # a training sample independent of the test sample
+        g = torch.Generator().manual_seed(seed)
+        return torch.bernoulli(x, generator=g), f"fixed Bernoulli sample (seed {seed})"
+    raise DataError(f"unknown binarization {mode!r}")
+
+
+def evaluation_split(splits: Splits, name: str, cfg: DataConfig) -> Split:
+    """The split ``train``, ``val`` or ``test`` as evaluation sees it: binarized once, with a fixed seed."""
+    if name not in ("train", "val", "test"):
+        raise DataError(f"unknown split {name!r}; valid splits: train, val, test")
+    split = getattr(splits, name)
+    if split is None:
+        raise DataError(f"this run has no validation split (data.val_size = {cfg.val_size})")
+    if name == "train" and cfg.binarize == "dynamic":
+        x, how = binarize_split(split.x, "dynamic", "eval", cfg.eval_seed)
+        return Split(x, split.y, name, how)
+    return split

@@ -1,0 +1,62 @@
+"""Pictures written to PNG with matplotlib: image grids of samples and reconstructions."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from torch import Tensor
+
+from vaekit.fileio import atomic_path
+
+
+def is_image_shape(shape: tuple[int, ...]) -> bool:
+    """True for (C, H, W) with 1 or 3 channels."""
+    return len(shape) == 3 and shape[0] in (1, 3)
+
+
+def grid(images: Tensor, nrow: int, pad: int = 1) -> np.ndarray:
+    """Tile (N, C, H, W) images in [0, 1] into one (rows*H, nrow*W[, 3]) array with ``pad`` pixel gaps."""
+    x = images.detach().float().clamp(0, 1).cpu().numpy()
+    n, c, h, w = x.shape
+    rows = math.ceil(n / nrow)
+    canvas = np.ones((c, rows * (h + pad) + pad, nrow * (w + pad) + pad), dtype=np.float32)
+    for i in range(n):
+        r, col = divmod(i, nrow)
+        top, left = pad + r * (h + pad), pad + col * (w + pad)
+        canvas[:, top : top + h, left : left + w] = x[i]
+    return canvas[0] if c == 1 else canvas.transpose(1, 2, 0)
+
+
+def save_grid(images: Tensor, path: str | Path, nrow: int = 8, scale: int | None = None) -> Path:
+    """Write an image grid to ``path`` as PNG (grey for one channel), upscaled ``scale`` times.
+
+    By default small images are enlarged to about 64 pixels so that 8x8 digits stay visible.
+    """
+    scale = scale or max(2, 64 // max(images.shape[-2:]))
+    g = grid(images, nrow)
+    g = g.repeat(scale, axis=0).repeat(scale, axis=1)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        plt.imsave(tmp, g, cmap="gray" if g.ndim == 2 else None, vmin=0, vmax=1, format="png")
+    return path
+
+
+@torch.no_grad()
+def write_previews(model, x_test: Tensor, out: Path, n_recon: int = 8, n_samples: int = 64) -> list[Path]:
+    """``reconstructions.png`` (inputs above their reconstructions) and ``samples.png`` from the prior."""
+    if not is_image_shape(tuple(x_test.shape[1:])):
+        return []
+    device = next(model.parameters()).device
+    x = x_test[:n_recon].to(device)
+    pairs = torch.cat([x, model.reconstruct(x)])
+    g = torch.Generator(device).manual_seed(0)
+    return [save_grid(pairs, out / "reconstructions.png", nrow=len(x)),
+            save_grid(model.sample(n_samples, generator=g), out / "samples.png", nrow=8)]

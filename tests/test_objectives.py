@@ -1,0 +1,166 @@
+"""The objective against oracles: closed-form KL, Monte Carlo, and an exactly solvable linear-Gaussian VAE."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import tiny_model
+from torch.distributions import MultivariateNormal, Normal, kl_divergence
+
+from vaekit import VAE, Config
+from vaekit.objectives import elbo, elbo_per_example, iwae_bound, log_weights
+
+
+def closed_form_kl(mu, logvar):
+    """KL(N(mu, diag exp(logvar)) || N(0, I)), Kingma & Welling 2014, appendix B."""
+    return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=-1)
+
+
+def test_kl_matches_closed_form_and_monte_carlo():
+    model = tiny_model()
+    x = torch.rand(5, 1, 4, 4)
+    qz_x = model.encode(x)
+    kl = kl_divergence(qz_x, model.prior())
+    mu, std = qz_x.base_dist.loc, qz_x.base_dist.scale
+    torch.testing.assert_close(kl, closed_form_kl(mu, 2 * std.log()), rtol=1e-5, atol=1e-5)
+    z = qz_x.sample((200_000,))
+    mc = (qz_x.log_prob(z) - model.prior().log_prob(z)).mean(0)
+    torch.testing.assert_close(mc, kl, rtol=0.02, atol=0.02)
+
+
+def test_bernoulli_recon_is_stable_bce_with_logits():
+    tiny_model()
+    x = (torch.rand(4, 1, 4, 4) > 0.5).float()
+    logits = torch.full((4, 1, 1, 4, 4), 100.0)
+    from vaekit.likelihoods import px_z
+
+    nll = -px_z("bernoulli", logits).log_prob(x)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits[:, 0], x, reduction="none").sum((1, 2, 3))
+    assert torch.isfinite(nll).all()
+    torch.testing.assert_close(nll, expected)
+    assert float(nll.max()) == pytest.approx(100.0 * float((x == 0).sum((1, 2, 3)).max()), rel=1e-4)
+
+
+def test_reparameterised_samples_carry_gradients():
+    model = tiny_model()
+    x = torch.rand(3, 1, 4, 4)
+    qz_x = model.encode(x)
+    mu, std = qz_x.base_dist.loc, qz_x.base_dist.scale
+    mu.retain_grad()
+    std.retain_grad()
+    qz_x.rsample().sum().backward()
+    assert mu.grad is not None and torch.all(mu.grad == 1)
+    assert std.grad is not None and torch.all(std.grad != 0)
+
+
+def test_beta_weights_only_the_kl():
+    model = tiny_model()
+    x = torch.rand(8, 1, 4, 4)
+    torch.manual_seed(3)
+    t1 = elbo(model, x, beta=1.0)
+    torch.manual_seed(3)
+    t4 = elbo(model, x, beta=4.0)
+    torch.testing.assert_close(t4.recon, t1.recon)
+    torch.testing.assert_close(t4.loss, t1.recon + 4 * t1.kl)
+
+
+def test_iwae_with_one_sample_is_the_elbo_estimate():
+    model = tiny_model()
+    x = torch.rand(6, 1, 4, 4)
+    torch.manual_seed(7)
+    l1 = iwae_bound(model, x, k=1)
+    torch.manual_seed(7)
+    qz_x, z, px_z = model(x)
+    single_sample_elbo = px_z.log_prob(x) + model.prior().log_prob(z) - qz_x.log_prob(z)
+    torch.testing.assert_close(l1, single_sample_elbo)
+    # and its mean over many draws is the analytic-KL ELBO
+    reps = x.repeat(4000, 1, 1, 1)  # (4000*6, ...): many independent draws in one batch
+    draws = iwae_bound(model, reps, k=1).view(4000, 6).mean(0)
+    recon, kl = elbo_per_example(model, reps)
+    analytic = -(recon.view(4000, 6).mean(0) + kl[:6])
+    torch.testing.assert_close(draws, analytic, rtol=0, atol=0.1)
+
+
+def test_iwae_bound_grows_with_k_on_average():
+    model = tiny_model()
+    x = torch.rand(16, 1, 4, 4)
+    means = {k: torch.stack([iwae_bound(model, x, k) for _ in range(50)]).mean().item() for k in (1, 10, 100)}
+    assert means[1] < means[10] < means[100]
+
+
+def linear_gaussian_vae(exact_posterior: bool):
+    """x = W z + b + sigma * noise with orthogonal W: log p(x) and the (diagonal) posterior are known."""
+    d, latent, sigma = 6, 3, 0.5
+    cfg = Config().override({"model.data_shape": [d], "model.latent_dim": latent, "model.hidden": [],
+                             "model.likelihood": "gaussian", "model.obs_std": sigma})
+    model = VAE(cfg.model)
+    q, _ = torch.linalg.qr(torch.randn(d, latent))
+    s = torch.tensor([2.0, 1.0, 0.5])
+    w, b = q * s, torch.randn(d)
+    post_var = 1 / (1 + s**2 / sigma**2)  # diagonal because W has orthogonal columns
+    with torch.no_grad():
+        dec = model.decoder[0]
+        dec.weight.copy_(w)
+        dec.bias.copy_(b)
+        enc = model.encoder[0]
+        enc.weight.zero_()
+        enc.weight[:latent] = (post_var[:, None] * w.T) / sigma**2  # posterior mean = A (x - b)
+        enc.bias[:latent] = -(enc.weight[:latent] @ b)
+        enc.bias[latent:] = post_var.log()
+        if not exact_posterior:
+            enc.bias[latent:] += 1.0
+            enc.weight[:latent] *= 0.7
+    marginal = MultivariateNormal(b, w @ w.T + sigma**2 * torch.eye(d))
+    return model, marginal
+
+
+def test_importance_sampler_is_exact_with_the_true_posterior():
+    torch.set_default_dtype(torch.float64)
+    try:
+        model, marginal = linear_gaussian_vae(exact_posterior=True)
+        x = marginal.sample((10,))
+        exact = marginal.log_prob(x)
+        for k, chunk in ((1, None), (64, None), (64, 5)):
+            torch.testing.assert_close(iwae_bound(model, x, k, chunk), exact, rtol=0, atol=1e-8)
+        torch.testing.assert_close(log_weights(model, x, 4), exact.expand(4, -1), rtol=0, atol=1e-8)
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+def test_importance_sampler_converges_to_log_likelihood():
+    torch.set_default_dtype(torch.float64)
+    try:
+        model, marginal = linear_gaussian_vae(exact_posterior=False)
+        x = marginal.sample((20,))
+        exact = marginal.log_prob(x)
+        gap = {k: (exact - iwae_bound(model, x, k, chunk=500)).mean().item() for k in (1, 5000)}
+        assert gap[1] > 0.2  # the ELBO is a loose bound with this posterior
+        assert -0.02 < gap[5000] < 0.1 * gap[1]
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+def test_elbo_is_in_nats_per_example():
+    model = tiny_model(shape=(1, 4, 4))
+    x = torch.rand(10, 1, 4, 4)
+    torch.manual_seed(0)
+    terms = elbo(model, x)
+    torch.manual_seed(0)
+    recon, _kl = elbo_per_example(model, x)
+    torch.testing.assert_close(terms.recon, recon.mean())
+    # 16 pixels, Bernoulli: near initialisation each costs about log 2 nats
+    assert 16 * math.log(2) * 0.5 < terms.recon.item() < 16 * math.log(2) * 2
+
+
+def test_gaussian_likelihoods_match_normal_log_prob():
+    model = tiny_model(likelihood="gaussian-learned")
+    x = torch.randn(4, 1, 4, 4)
+    z = torch.randn(4, 3)
+    px_z = model.decode(z)
+    params = model.decoder(z).view(4, 2, 1, 4, 4)
+    std = params[:, 1].clamp(-7, 2).exp()
+    expected = Normal(params[:, 0], std).log_prob(x).sum((1, 2, 3))
+    torch.testing.assert_close(px_z.log_prob(x), expected)
