@@ -198,7 +198,7 @@ def _build(cls: type, d: Any, prefix: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - names)
     if unknown:
-        raise ConfigError(f"unknown config key {prefix}{unknown[0]!r}; valid keys here: {sorted(names)}")
+        raise ConfigError(f"unknown config key '{prefix}{unknown[0]}'; valid keys here: {sorted(names)}")
     kwargs = {k: _coerce(hints[k], v, prefix + k) for k, v in d.items()}
     return cls(**kwargs)
 

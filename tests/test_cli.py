@@ -1,0 +1,85 @@
+"""The command line end to end on the bundled digits data, and its error messages."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import vaekit
+from vaekit.cli import main
+
+SMALL = ["--dataset", "digits", "--epochs", "2", "--hidden", "32", "--latent-dim", "4", "--quiet"]
+
+
+def test_train_evaluate_sample_reconstruct(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *SMALL, "--out", str(run), "--seed", "3"]) == 0
+    assert (run / "config.json").exists() and (run / "samples.png").exists()
+    cfg = vaekit.load_config(run)
+    assert (cfg.train.seed, cfg.model.latent_dim, cfg.model.hidden) == (3, 4, (32,))
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--iw-samples", "8", "--json", "--device", "cpu"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n"] == 359 and result["iw_samples"] == 8 and result["binarization"] == "none"
+    assert main(["evaluate", str(run), "--iw-samples", "8"]) == 0
+    table = capsys.readouterr().out
+    assert "negative ELBO" in table and "NLL (K=8)" in table and "active units" in table
+    assert main(["sample", str(run), "-n", "16", "-o", str(tmp_path / "s.png")]) == 0
+    assert main(["reconstruct", str(run), "-n", "8", "-o", str(tmp_path / "r.png")]) == 0
+    assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "r.png").stat().st_size > 0
+
+
+def test_flags_override_config_file_which_overrides_preset(tmp_path):
+    (tmp_path / "c.json").write_text(json.dumps({"model": {"latent_dim": 7, "hidden": [16]}}))
+    run = tmp_path / "run"
+    argv = ["train", "--preset", "seed", "--config", str(tmp_path / "c.json"), "--dataset", "digits",
+            "--epochs", "1", "--latent-dim", "5", "--set", "train.eval_batch_size=50", "--quiet", "--out", str(run)]
+    assert main(argv) == 0
+    cfg = vaekit.load_config(run)
+    assert cfg.model.latent_dim == 5  # flag beats file
+    assert cfg.model.hidden == (16,)  # file beats preset
+    assert cfg.data.val_size == 0  # preset beats default
+    assert cfg.train.eval_batch_size == 50
+
+
+def test_existing_checkpoint_is_not_overwritten_without_asking(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *SMALL, "--out", str(run)]) == 0
+    before = (run / "model.safetensors").read_bytes()
+    assert main(["train", *SMALL, "--out", str(run), "--seed", "9"]) == 2
+    assert "already holds a checkpoint" in capsys.readouterr().err
+    assert (run / "model.safetensors").read_bytes() == before
+    assert main(["train", *SMALL, "--out", str(run), "--seed", "9", "--overwrite"]) == 0
+    assert (run / "model.safetensors").read_bytes() != before
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["train", "--dataset", "cifar"], "unknown dataset 'cifar'; valid datasets: digits, mnist"),
+    (["train", "--preset", "vq"], "unknown preset 'vq'; valid presets: iwae, seed"),
+    (["train", "--dataset", "digits", "--activation", "swishy"], "unknown activation 'swishy'"),
+    (["train", "--dataset", "digits", "--likelihood", "poisson"], "unknown likelihood 'poisson'"),
+    (["train", "--set", "model.depth=3"], "unknown config key 'model.depth'"),
+    (["evaluate", "/nonexistent/run"], "checkpoint directory /nonexistent/run does not exist"),
+])
+def test_errors_are_one_line_without_traceback(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv + (["--quiet"] if argv[0] == "train" else [])) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_missing_mnist_explains_both_ways_to_get_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--dataset", "mnist", "--data-dir", str(tmp_path / "nowhere"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "nowhere" / "mnist") in err
+    assert "train-images-idx3-ubyte" in err and "--download" in err and "VAEKIT_DATA" in err
+
+
+def test_console_script_and_module_entry_point(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "vaekit", "--help"], capture_output=True, text=True, check=True)
+    assert "train" in out.stdout and "evaluate" in out.stdout

@@ -1,0 +1,66 @@
+"""The model returns distributions of the right shapes and guards its variance."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.distributions import Distribution
+
+from vaekit import DataError
+from vaekit.model import LOGVAR_MAX, LOGVAR_MIN
+
+from conftest import tiny_model
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian", "gaussian-learned"])
+def test_encode_and_decode_return_distributions(likelihood):
+    model = tiny_model(likelihood)
+    x = torch.rand(5, 1, 4, 4)
+    qz_x = model.encode(x)
+    assert isinstance(qz_x, Distribution)
+    assert qz_x.batch_shape == (5,) and qz_x.event_shape == (3,)
+    px_z = model.decode(qz_x.rsample())
+    assert isinstance(px_z, Distribution)
+    assert px_z.batch_shape == (5,) and px_z.event_shape == (1, 4, 4)
+    assert px_z.log_prob(x).shape == (5,)
+
+
+def test_log_variance_is_clamped_so_scales_stay_finite_and_positive():
+    model = tiny_model()
+    with torch.no_grad():
+        model.encoder[-1].bias[3:] = 1e6
+    std = model.encode(torch.rand(2, 1, 4, 4)).base_dist.scale
+    assert torch.isfinite(std).all()
+    torch.testing.assert_close(std, torch.full_like(std, torch.exp(torch.tensor(0.5 * LOGVAR_MAX)).item()))
+    with torch.no_grad():
+        model.encoder[-1].bias[3:] = -1e6
+    std = model.encode(torch.rand(2, 1, 4, 4)).base_dist.scale
+    assert (std > 0).all()
+    torch.testing.assert_close(std, torch.full_like(std, torch.exp(torch.tensor(0.5 * LOGVAR_MIN)).item()))
+
+
+def test_wrong_input_shape_names_the_expected_shape():
+    with pytest.raises(DataError, match=r"input has shape \(2, 1, 5, 5\), expected \(batch, 1, 4, 4\)"):
+        tiny_model().encode(torch.rand(2, 1, 5, 5))
+
+
+def test_sample_and_reconstruct():
+    model = tiny_model()
+    g = torch.Generator().manual_seed(1)
+    s = model.sample(7, generator=g)
+    assert s.shape == (7, 1, 4, 4) and s.min() >= 0 and s.max() <= 1
+    again = model.sample(7, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(s, again)
+    # temperature 0 decodes the prior mean z = 0 for every sample
+    cold = model.sample(3, temperature=0.0)
+    torch.testing.assert_close(cold, cold[:1].expand_as(cold))
+    x = torch.rand(4, 1, 4, 4)
+    assert model.reconstruct(x).shape == x.shape
+    with pytest.raises(ValueError):
+        model.sample(0)
+
+
+def test_prior_is_standard_normal():
+    p = tiny_model().prior()
+    torch.testing.assert_close(p.mean, torch.zeros(3))
+    torch.testing.assert_close(p.stddev, torch.ones(3))

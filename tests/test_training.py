@@ -1,0 +1,110 @@
+"""The training loop learns, is reproducible, and stops cleanly on a non-finite loss."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import vaekit
+from vaekit import TrainingError, training
+from vaekit.objectives import elbo
+from vaekit.training import batch_bounds, make_optimizer, train_step
+
+from conftest import digits_config, tiny_model
+
+
+def test_a_few_steps_on_one_batch_lower_its_loss():
+    model = tiny_model(shape=(1, 8, 8), latent=4, hidden=(64,))
+    x = (torch.rand(32, 1, 8, 8) > 0.5).float()
+    opt = make_optimizer(model, 1e-2)
+    torch.manual_seed(0)
+    before = elbo(model, x).loss.item()
+    for _ in range(100):
+        train_step(model, opt, x, beta=1.0)
+    torch.manual_seed(0)
+    after = elbo(model, x).loss.item()
+    assert after < before - 5
+
+
+def test_batch_bounds_cover_every_example_once():
+    assert batch_bounds(10, 4, drop_last=False) == [(0, 4), (4, 8), (8, 10)]
+    assert batch_bounds(10, 4, drop_last=True) == [(0, 4), (4, 8)]
+    assert batch_bounds(8, 4, drop_last=False) == [(0, 4), (4, 8)]
+
+
+def test_training_on_digits_improves_and_writes_metrics(tmp_path):
+    cfg = digits_config(**{"train.epochs": 4})
+    result = vaekit.train(cfg, tmp_path)
+    hist = result.history
+    assert [r["epoch"] for r in hist] == [1, 2, 3, 4]
+    assert hist[-1]["train_neg_elbo"] < hist[0]["train_neg_elbo"]
+    assert hist[-1]["val_neg_elbo"] < hist[0]["val_neg_elbo"]
+    for r in hist:
+        assert r["train_neg_elbo"] == pytest.approx(r["train_recon"] + r["train_kl"])
+        assert r["val_neg_elbo"] == pytest.approx(r["val_recon"] + r["val_kl"])
+    lines = [json.loads(s) for s in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert lines == json.loads(json.dumps(hist))
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "config.json", "model.safetensors", "metrics.jsonl", "reconstructions.png", "samples.png"}
+    assert result.config.model.data_shape == (1, 8, 8)
+
+
+def test_same_seed_same_result_and_another_seed_differs():
+    a = vaekit.train(digits_config()).model.state_dict()
+    b = vaekit.train(digits_config()).model.state_dict()
+    c = vaekit.train(digits_config(**{"train.seed": 2})).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "static", "threshold"])
+def test_binarized_training_runs(mode):
+    result = vaekit.train(digits_config(**{"data.binarize": mode, "train.epochs": 1}))
+    assert result.history[0]["val_neg_elbo"] > 0
+
+
+def test_gaussian_likelihood_trains():
+    result = vaekit.train(digits_config(**{"model.likelihood": "gaussian-learned", "train.epochs": 2}))
+    assert torch.isfinite(torch.tensor(result.history[-1]["train_loss"]))
+
+
+def test_non_finite_loss_stops_with_epoch_and_step_and_keeps_last_checkpoint(tmp_path, monkeypatch):
+    cfg = digits_config(**{"train.epochs": 3, "train.checkpoint_every": 1})
+    real_step = training.train_step
+    calls = {"n": 0}
+    steps_per_epoch = len(batch_bounds(1438 - 144, 64, False))
+
+    def poisoned(model, opt, x, beta):
+        calls["n"] += 1
+        terms = real_step(model, opt, x, beta)
+        if calls["n"] == steps_per_epoch + 3:  # epoch 2, step 3
+            terms = terms.clone()
+            terms[2] = float("nan")
+            terms[0] = float("nan")
+        return terms
+
+    monkeypatch.setattr(training, "train_step", poisoned)
+    with pytest.raises(TrainingError, match=r"non-finite kl at epoch 2, step 3"):
+        vaekit.train(cfg, tmp_path)
+    saved = vaekit.load(tmp_path)  # the epoch-1 checkpoint is intact and loadable
+    assert saved.data_shape == (1, 8, 8)
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(s)["epoch"] for s in lines] == [1]
+
+
+def test_bernoulli_on_data_outside_unit_interval_is_refused(monkeypatch):
+    from vaekit import data
+
+    splits = data.load(digits_config().data)
+    bad = data.Splits(data.Split(splits.train.x * 16, None, "train", "none"), None, splits.test)
+    with pytest.raises(vaekit.DataError, match=r"needs .* in \[0, 1\], but it spans \[0, 16\]"):
+        vaekit.train(digits_config(), splits=bad)
+
+
+def test_cuda_without_gpu_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(TrainingError, match="no CUDA GPU"):
+        training.resolve_device("cuda")
