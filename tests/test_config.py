@@ -55,7 +55,7 @@ def test_bad_values_are_refused_by_name(key, value, message):
 def test_from_dict_refuses_unknown_sections_and_keys():
     with pytest.raises(ConfigError, match="unknown config key 'optim'"):
         Config.from_dict({"optim": {}})
-    with pytest.raises(ConfigError, match="unknown config key 'model.depth'"):
+    with pytest.raises(ConfigError, match=r"unknown config key 'model\.depth'"):
         Config.from_dict({"model": {"depth": 3}})
 
 
@@ -73,7 +73,7 @@ def test_config_files_json_and_toml(tmp_path):
         cfg = Config().override(flatten(load_config_file(tmp_path / name)))
         assert cfg.model.latent_dim == 7 and cfg.train.lr == 0.01
     (tmp_path / "bad.json").write_text("{not json")
-    with pytest.raises(ConfigError, match="bad.json is not valid json"):
+    with pytest.raises(ConfigError, match=r"bad\.json is not valid json"):
         load_config_file(tmp_path / "bad.json")
     with pytest.raises(ConfigError, match="cannot read config file"):
         load_config_file(tmp_path / "missing.json")
@@ -83,5 +83,5 @@ def test_parse_assignment():
     assert parse_assignment("model.hidden=[256, 128]") == ("model.hidden", [256, 128])
     assert parse_assignment("model.activation=tanh") == ("model.activation", "tanh")
     assert parse_assignment("train.lr=3e-4") == ("train.lr", 3e-4)
-    with pytest.raises(ConfigError, match="section.key=value"):
+    with pytest.raises(ConfigError, match=r"section\.key=value"):
         parse_assignment("train.lr")

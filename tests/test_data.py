@@ -90,12 +90,12 @@ def test_read_idx_wrong_magic_names_the_magic(tmp_path):
     assert str(floats) in str(err.value) and "00000d03" in str(err.value) and "00000803" in str(err.value)
 
     labels = tmp_path / "labels"
-    labels.write_bytes(idx_bytes(LABELS))
+    labels.write_bytes(idx_bytes(np.arange(20, dtype=np.uint8)))  # 1-d, longer than a 3-d header
     with pytest.raises(vaekit.DataError, match="00000801"):
         mnist.read_idx(labels, 3)
 
 
-@pytest.mark.parametrize("damage", ["truncated", "bad-crc", "bad-header"])
+@pytest.mark.parametrize("damage", ["truncated", "bad-crc", "bad-header", "bad-deflate"])
 def test_read_idx_corrupt_gzip_names_file(tmp_path, damage):
     """A damaged gzip stream is a DataError naming the file, not a raw EOFError/OSError."""
     blob = gzip.compress(idx_bytes(IMAGES))
@@ -103,6 +103,8 @@ def test_read_idx_corrupt_gzip_names_file(tmp_path, damage):
         blob = blob[: len(blob) // 2]
     elif damage == "bad-crc":
         blob = blob[:-8] + bytes(8)
+    elif damage == "bad-deflate":  # a valid header over a damaged stream raises zlib.error inside gzip
+        blob = blob[:10] + b"\xff" * 20 + blob[30:]
     else:
         blob = b"\x1f\x8b" + b"\x63" * 30  # gzip magic, unknown compression method
     path = tmp_path / "images.gz"
@@ -216,7 +218,7 @@ def rows(split: data.Split) -> list[tuple]:
     """The examples of a split as sorted (label, pixels...) tuples: a multiset to compare splits by."""
     x = split.x.flatten(1).numpy()
     y = split.y.numpy()
-    return sorted(zip(y.tolist(), map(tuple, x.tolist())))
+    return sorted(zip(y.tolist(), map(tuple, x.tolist()), strict=True))
 
 
 def test_digits_shapes_range_and_fixed_test_split():
@@ -238,8 +240,8 @@ def test_digits_shapes_range_and_fixed_test_split():
 
     d = load_digits()
     assert len(splits.train) + len(splits.test) == len(d.target) == DIGITS_N
-    everything = sorted(zip(d.target.tolist(), map(tuple, (d.images / 16.0).astype(np.float32).reshape(-1, 64)
-                                                      .tolist())))
+    pixels = (d.images / 16.0).astype(np.float32).reshape(-1, 64).tolist()
+    everything = sorted(zip(d.target.tolist(), map(tuple, pixels), strict=True))
     assert sorted(rows(splits.train) + rows(splits.test)) == everything
 
 

@@ -6,11 +6,12 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_model
 from torch.distributions import MultivariateNormal, Normal, kl_divergence
 
 from vaekit import VAE, Config
 from vaekit.objectives import elbo, elbo_per_example, iwae_bound, log_weights
+
+from conftest import tiny_model
 
 
 def closed_form_kl(mu, logvar):

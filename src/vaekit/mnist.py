@@ -10,6 +10,7 @@ import hashlib
 import logging
 import os
 import urllib.request
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -44,13 +45,13 @@ def read_idx(path: str | Path, ndim: int) -> np.ndarray:
     path = Path(path)
     data = _read_maybe_gzip(path)
     header = 4 + 4 * ndim
-    if len(data) < header:
-        raise DataError(f"{path} is truncated: {len(data)} bytes, shorter than the {header}-byte IDX header")
     if data[:4] != IDX_MAGIC[ndim]:
         raise DataError(
-            f"{path} is not an IDX file of {ndim}-d unsigned bytes: magic number {data[:4].hex()}, "
+            f"{path} is not an IDX file of {ndim}-d unsigned bytes: magic number {data[:4].hex() or 'missing'}, "
             f"expected {IDX_MAGIC[ndim].hex()}"
         )
+    if len(data) < header:
+        raise DataError(f"{path} is truncated: {len(data)} bytes, shorter than the {header}-byte IDX header")
     dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     expected = header + int(np.prod(dims, dtype=np.int64))
     if len(data) != expected:
@@ -70,7 +71,7 @@ def _read_maybe_gzip(path: Path) -> bytes:
         return raw
     try:
         return gzip.decompress(raw)
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"{path} is a corrupt or truncated gzip file: {e}") from e
 
 
@@ -128,7 +129,7 @@ def download_file(name: str, target: Path, mirrors: tuple[str, ...] = MIRRORS) -
             with urllib.request.urlopen(url, timeout=60) as r:
                 blob = r.read()
             digest = hashlib.sha256(gzip.decompress(blob)).hexdigest()
-        except (OSError, EOFError, ValueError) as e:
+        except (OSError, EOFError, ValueError, zlib.error) as e:
             errors.append(f"{url}: {e}")
             continue
         if digest != SHA256[name]:

@@ -27,7 +27,13 @@ TERMS = ("loss", "recon", "kl")
 
 
 class Callback:
-    """Hooks for progress reporting; the library itself never prints."""
+    """Hooks for progress reporting; the library itself never prints.
+
+    Setting ``stop_training = True`` (e.g. in ``on_epoch_end``) ends training after the current epoch,
+    which is then checkpointed as the final one.
+    """
+
+    stop_training: bool = False
 
     def on_train_start(self, config: Config, steps_per_epoch: int) -> None: ...
     def on_step(self, epoch: int, step: int) -> None: ...
@@ -144,11 +150,14 @@ def train(config: Config, out_dir: str | Path | None = None, callbacks: Sequence
         log.debug("epoch %d: %s", epoch, record)
         for cb in callbacks:
             cb.on_epoch_end(record)
+        last = epoch == config.train.epochs or any(cb.stop_training for cb in callbacks)
         if out is not None:
             _append_jsonl(out / "metrics.jsonl", record)
             every = config.train.checkpoint_every
-            if epoch == config.train.epochs or (every and epoch % every == 0):
+            if last or (every and epoch % every == 0):
                 checkpoint.save(model, config, out)
+        if last:
+            break
     model.eval()
     if out is not None:
         plots.write_previews(model, splits.test.x, out)

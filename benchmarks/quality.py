@@ -1,0 +1,82 @@
+"""Test log-likelihood of a preset on MNIST, with its full protocol, appended to a results file.
+
+Trains the preset (dynamically binarized MNIST unless --binarize says otherwise), then evaluates the test
+set under a fixed seeded binarization: negative ELBO, the importance-sampled NLL with K samples, active
+units. Prints one Markdown table row and appends the full record to --results (JSON lines).
+
+    VAEKIT_DATA=../shared/data python benchmarks/quality.py --preset iwae --epochs 50 --iw-samples 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+import vaekit
+from vaekit.config import parse_assignment
+
+
+class Budget(vaekit.Callback):
+    """Prints each epoch and ends training once the wall-clock budget is spent (checked between epochs)."""
+
+    def __init__(self, minutes: float | None) -> None:
+        self.deadline = None if minutes is None else time.perf_counter() + 60 * minutes
+
+    def on_epoch_end(self, record: dict) -> None:
+        print(f"epoch {record['epoch']}: train -ELBO {record['train_neg_elbo']:.2f} ({record['time_s']:.1f} s)",
+              flush=True)
+        self.stop_training = self.deadline is not None and time.perf_counter() > self.deadline
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="iwae")
+    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--minutes", type=float, help="stop after the first epoch that ends past this budget")
+    p.add_argument("--binarize", default="dynamic")
+    p.add_argument("--iw-samples", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--set", action="append", default=[], help="extra config overrides KEY=VALUE")
+    p.add_argument("--out", type=Path, help="also keep the checkpoint here")
+    p.add_argument("--results", type=Path, default=Path("benchmarks/results/quality.jsonl"))
+    args = p.parse_args()
+
+    config = vaekit.preset(args.preset).override({
+        "data.dataset": "mnist", "data.binarize": args.binarize, "data.val_size": 0,
+        "train.epochs": args.epochs, "train.seed": args.seed, "train.device": args.device,
+        **dict(parse_assignment(a) for a in args.set),
+    })
+    splits = vaekit.load_data(config.data)
+    t0 = time.perf_counter()
+    result = vaekit.train(config, args.out, callbacks=[Budget(args.minutes)], splits=splits)
+    model, history = result.model, result.history
+    train_s = time.perf_counter() - t0
+    device = next(model.parameters()).device
+    metrics = vaekit.evaluate_model(model.eval(), splits.test.x.to(device), args.iw_samples,
+                                    seed=config.data.eval_seed, binarization=splits.test.binarization)
+    record = {
+        "preset": args.preset, "epochs": len(history), "train_minutes": round(train_s / 60, 2),
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({platform.machine()}, "
+        f"{torch.get_num_threads()} threads)",
+        "torch": torch.__version__, "config": config.to_dict(), "test": metrics,
+        "protocol": f"MNIST test set (10,000), training binarization {args.binarize}, test {metrics['binarization']}, "
+                    f"K = {args.iw_samples} importance samples, batch {config.train.batch_size}, seed {args.seed}",
+    }
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    with args.results.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+    print("| preset | epochs | train time | test -ELBO | test NLL (K) | active units | protocol |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| {args.preset} | {record['epochs']} | {record['train_minutes']} min ({record['device']}) | "
+          f"{metrics['neg_elbo']:.2f} | {metrics.get('nll', float('nan')):.2f} (K={args.iw_samples}) | "
+          f"{metrics['active_units']}/{metrics['latent_dim']} | {record['protocol']} |")
+
+
+if __name__ == "__main__":
+    main()
