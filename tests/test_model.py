@@ -64,3 +64,13 @@ def test_prior_is_standard_normal():
     p = tiny_model().prior()
     torch.testing.assert_close(p.mean, torch.zeros(3))
     torch.testing.assert_close(p.stddev, torch.ones(3))
+
+
+def test_decode_keeps_leading_sample_dimensions():
+    model = tiny_model("gaussian-learned")
+    z = torch.randn(2, 5, 3)  # (samples, batch, latent)
+    px_z = model.decode(z)
+    assert px_z.batch_shape == (2, 5) and px_z.event_shape == (1, 4, 4)
+    x = torch.rand(5, 1, 4, 4)
+    per_sample = torch.stack([model.decode(z[i]).log_prob(x) for i in range(2)])
+    torch.testing.assert_close(px_z.log_prob(x), per_sample)

@@ -37,7 +37,7 @@ def test_bernoulli_recon_is_stable_bce_with_logits():
     logits = torch.full((4, 1, 1, 4, 4), 100.0)
     from vaekit.likelihoods import px_z
 
-    nll = -px_z("bernoulli", logits).log_prob(x)
+    nll = -px_z("bernoulli", logits, event_ndim=3).log_prob(x)
     expected = torch.nn.functional.binary_cross_entropy_with_logits(
         logits[:, 0], x, reduction="none").sum((1, 2, 3))
     assert torch.isfinite(nll).all()

@@ -26,23 +26,23 @@ class Likelihood:
 
     name: str
     n_params: int  # decoder outputs per data dimension
-    build: Callable[[Tensor, float], Distribution]  # (params (B, n_params, *shape), obs_std) -> base dist
+    build: Callable[[tuple[Tensor, ...], float], Distribution]  # (one (..., *shape) per param, obs_std)
     support: tuple[float, float] | None  # closed range the data must lie in, None for the real line
 
 
-def _bernoulli(params: Tensor, obs_std: float) -> Distribution:
+def _bernoulli(params: tuple[Tensor, ...], obs_std: float) -> Distribution:
     # Logits, not probabilities: log_prob is then computed stably as -BCE-with-logits.
     # validate_args=False lets it score grey levels in [0, 1], as the seed tutorials do.
-    return Bernoulli(logits=params[:, 0], validate_args=False)
+    return Bernoulli(logits=params[0], validate_args=False)
 
 
-def _gaussian(params: Tensor, obs_std: float) -> Distribution:
-    return Normal(params[:, 0], torch.full_like(params[:, 0], obs_std), validate_args=False)
+def _gaussian(params: tuple[Tensor, ...], obs_std: float) -> Distribution:
+    return Normal(params[0], torch.full_like(params[0], obs_std), validate_args=False)
 
 
-def _gaussian_learned(params: Tensor, obs_std: float) -> Distribution:
-    log_std = params[:, 1].clamp(LOGSTD_MIN, LOGSTD_MAX)
-    return Normal(params[:, 0], log_std.exp(), validate_args=False)
+def _gaussian_learned(params: tuple[Tensor, ...], obs_std: float) -> Distribution:
+    mean, log_std = params
+    return Normal(mean, log_std.clamp(LOGSTD_MIN, LOGSTD_MAX).exp(), validate_args=False)
 
 
 LIKELIHOODS: dict[str, Likelihood] = {
@@ -59,10 +59,13 @@ def get(name: str) -> Likelihood:
     return LIKELIHOODS[name]
 
 
-def px_z(name: str, params: Tensor, obs_std: float = 1.0) -> Distribution:
-    """p(x|z) with event shape = data shape, from decoder outputs ``params`` of shape (B, n_params, *shape)."""
-    base = get(name).build(params, obs_std)
-    return Independent(base, params.dim() - 2, validate_args=False)
+def px_z(name: str, params: Tensor, event_ndim: int, obs_std: float = 1.0) -> Distribution:
+    """p(x|z) from decoder outputs ``params`` of shape (..., n_params, *shape), ``len(shape) == event_ndim``.
+
+    The leading dimensions are batch dimensions, so one call can hold several posterior samples per input.
+    """
+    base = get(name).build(params.unbind(dim=-1 - event_ndim), obs_std)
+    return Independent(base, event_ndim, validate_args=False)
 
 
 def check_support(name: str, x: Tensor, what: str = "data") -> None:

@@ -49,10 +49,10 @@ class VAE(nn.Module):
         return Independent(Normal(mu, torch.exp(0.5 * logvar), validate_args=False), 1, validate_args=False)
 
     def decode(self, z: Tensor) -> Distribution:
-        """p(x|z) with event shape ``data_shape`` for z of shape (B, L)."""
-        params = self.decoder(z)  # (B, P*D)
-        params = params.view(-1, self.n_params, *self.data_shape)  # (B, P, *shape)
-        return likelihoods.px_z(self.config.likelihood, params, self.config.obs_std)
+        """p(x|z) with event shape ``data_shape`` for z of shape (..., L); batch shape (...)."""
+        params = self.decoder(z)  # (..., P*D)
+        params = params.unflatten(-1, (self.n_params, *self.data_shape))  # (..., P, *shape)
+        return likelihoods.px_z(self.config.likelihood, params, len(self.data_shape), self.config.obs_std)
 
     def prior(self) -> Distribution:
         """p(z) = N(0, I)."""

@@ -44,8 +44,7 @@ def log_weights(model: VAE, x: Tensor, k: int) -> Tensor:
     z = qz_x.rsample((k,))  # (k, B, L)
     log_q = qz_x.log_prob(z)  # (k, B)
     log_pz = model.prior().log_prob(z)  # (k, B)
-    px_z = model.decode(z.flatten(0, 1))  # batch k*B
-    log_px_z = px_z.log_prob(x.expand(k, *x.shape).flatten(0, 1)).view(k, -1)  # (k, B)
+    log_px_z = model.decode(z).log_prob(x)  # x broadcasts over the k samples  # (k, B)
     return log_px_z + log_pz - log_q
 
 

@@ -92,7 +92,7 @@ def run_epoch(model: VAE, opt: torch.optim.Optimizer, x: Tensor, config: Config,
     dynamic = config.data.binarize == "dynamic"
     model.train()
     for step, (start, stop) in enumerate(bounds):
-        xb = x[perm[start:stop]]  # (B, *shape)
+        xb = x.index_select(0, perm[start:stop])  # (B, *shape); faster than x[idx] on CPU
         if dynamic:  # a fresh binarization of every image each time it is seen
             xb = torch.bernoulli(xb, generator=gen)
         step_terms[step] = train_step(model, opt, xb, tc.beta)
