@@ -57,7 +57,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--beta", type=float, help="weight of the KL term (beta-VAE)")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--checkpoint-every", type=int, help="also checkpoint every N epochs (0: only at the end)")
+    p.add_argument("--checkpoint-every", type=int, help="checkpoint every N epochs (default 1; 0: only at the end)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any config value, e.g. --set train.eval_batch_size=500 (repeatable)")
     p.add_argument("--out", type=Path, help="run directory (default: runs/<dataset>, numbered if taken)")

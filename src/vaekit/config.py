@@ -74,7 +74,7 @@ class TrainConfig:
     beta: float = 1.0
     seed: int = 1
     device: str = "auto"
-    checkpoint_every: int = 0  # also checkpoint every N epochs; 0 = only at the end
+    checkpoint_every: int = 1  # checkpoint every N epochs (and at the end); 0 = only at the end
     drop_last: bool = False
     eval_batch_size: int = 1000
 
