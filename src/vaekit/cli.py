@@ -128,6 +128,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = build_config(args)
     out = _run_dir(args, config)
     result = training.train(config, out, callbacks=[ProgressBar(args.quiet)])
+    if result.rank != 0:
+        return 0
     final = result.history[-1]
     print(f"wrote {out}/{checkpoint.CONFIG_FILE} and {checkpoint.WEIGHTS_FILE} "
           f"(final train -ELBO {final['train_neg_elbo']:.3f} nats)")

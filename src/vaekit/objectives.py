@@ -6,13 +6,17 @@ All values are in nats per example: summed over data dimensions, averaged over t
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
-from torch.distributions import kl_divergence
+from torch.distributions import Distribution, kl_divergence
 
 from vaekit.model import VAE
+
+# model(x) -> (q(z|x), z, p(x|z)); a DistributedDataParallel wrapper has the same call signature
+Forward = Callable[[Tensor], tuple[Distribution, Tensor, Distribution]]
 
 
 class ELBOTerms(NamedTuple):
@@ -23,17 +27,20 @@ class ELBOTerms(NamedTuple):
     kl: Tensor  # KL(q(z|x) || p(z)), analytic for the Gaussian posterior
 
 
-def elbo_per_example(model: VAE, x: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-example reconstruction term -log p(x|z), z ~ q(z|x), and analytic KL; each (B,)."""
-    qz_x, _z, px_z = model(x)
+def elbo_per_example(model: VAE, x: Tensor, forward: Forward | None = None) -> tuple[Tensor, Tensor]:
+    """Per-example reconstruction term -log p(x|z), z ~ q(z|x), and analytic KL; each (B,).
+
+    ``forward`` replaces ``model(x)``, e.g. by a DistributedDataParallel wrapper of the model.
+    """
+    qz_x, _z, px_z = (forward or model)(x)
     recon = -px_z.log_prob(x)  # (B,)
     kl = kl_divergence(qz_x, model.prior())  # (B,)
     return recon, kl
 
 
-def elbo(model: VAE, x: Tensor, beta: float = 1.0) -> ELBOTerms:
+def elbo(model: VAE, x: Tensor, beta: float = 1.0, forward: Forward | None = None) -> ELBOTerms:
     """Negative ELBO, -E_q[log p(x|z)] + beta * KL(q(z|x) || p(z)) (Higgins et al. 2017 for beta != 1)."""
-    recon, kl = elbo_per_example(model, x)
+    recon, kl = elbo_per_example(model, x, forward)
     recon, kl = recon.mean(), kl.mean()
     return ELBOTerms(recon + beta * kl, recon, kl)
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vaekit import checkpoint, data, likelihoods, objectives, plots
+from vaekit import checkpoint, data, distributed, likelihoods, objectives, plots
 from vaekit.config import Config
 from vaekit.errors import TrainingError
 from vaekit.model import VAE
@@ -47,6 +47,7 @@ class TrainResult:
     model: VAE
     config: Config
     history: list[dict[str, Any]] = field(default_factory=list)
+    rank: int = 0  # this process's rank under torchrun; only rank 0 writes files
 
 
 def resolve_device(name: str) -> torch.device:
@@ -73,32 +74,52 @@ def batch_bounds(n: int, batch_size: int, drop_last: bool) -> list[tuple[int, in
     return [(s, min(s + batch_size, n)) for s in range(0, stop, batch_size)]
 
 
-def train_step(model: VAE, opt: torch.optim.Optimizer, x: Tensor, beta: float) -> Tensor:
-    """One Adam step on the beta-weighted negative ELBO; returns (loss, recon, kl) without syncing."""
-    terms = objectives.elbo(model, x, beta)
+def train_step(model: VAE, opt: torch.optim.Optimizer, x: Tensor, beta: float,
+               forward: objectives.Forward | None = None, weight: float = 1.0) -> Tensor:
+    """One Adam step on ``weight`` times the beta-weighted negative ELBO; returns the weighted (loss, recon,
+    kl) without syncing. The weight lets the slices of a global batch count by their size across processes.
+    """
+    terms = objectives.elbo(model, x, beta, forward)
     opt.zero_grad(set_to_none=True)
-    terms.loss.backward()
+    (terms.loss * weight if weight != 1.0 else terms.loss).backward()
     opt.step()
-    return torch.stack(terms).detach()  # (3,)
+    stacked = torch.stack(terms).detach()  # (3,)
+    return stacked * weight if weight != 1.0 else stacked
 
 
-def run_epoch(model: VAE, opt: torch.optim.Optimizer, x: Tensor, config: Config, epoch: int,
-              gen: torch.Generator, callbacks: Sequence[Callback]) -> Tensor:
-    """One pass over a fresh permutation of x; returns the per-step terms, shape (steps, 3)."""
-    tc = config.train
-    bounds = batch_bounds(len(x), tc.batch_size, tc.drop_last)
+@dataclass
+class Run:
+    """Everything one training run holds while it goes: model, optimiser, data on the device, RNG."""
+
+    config: Config
+    model: VAE
+    forward: objectives.Forward  # the model, or its DistributedDataParallel wrapper
+    opt: torch.optim.Optimizer
+    x: Tensor  # this process's training examples, on the device
+    x_val: Tensor | None
+    bounds: list[tuple[int, int]]  # batch slices of one epoch
+    gen: torch.Generator  # permutations and dynamic binarization
+    ctx: distributed.Context
+    callbacks: Sequence[Callback]
+
+
+def run_epoch(run: Run, epoch: int) -> Tensor:
+    """One pass over a fresh permutation of the data; returns the per-step terms, shape (steps, 3)."""
+    x, gen, ctx = run.x, run.gen, run.ctx
     perm = torch.randperm(len(x), device=x.device, generator=gen)
-    step_terms = torch.empty(len(bounds), len(TERMS), device=x.device)
-    dynamic = config.data.binarize == "dynamic"
-    model.train()
-    for step, (start, stop) in enumerate(bounds):
+    step_terms = torch.empty(len(run.bounds), len(TERMS), device=x.device)
+    dynamic = run.config.data.binarize == "dynamic"
+    run.model.train()
+    for step, (start, stop) in enumerate(run.bounds):
         xb = x.index_select(0, perm[start:stop])  # (B, *shape); faster than x[idx] on CPU
         if dynamic:  # a fresh binarization of every image each time it is seen
             xb = torch.bernoulli(xb, generator=gen)
-        step_terms[step] = train_step(model, opt, xb, tc.beta)
-        for cb in callbacks:
+        a, b = distributed.rank_slice(len(xb), ctx)  # the whole batch in a single-process run
+        weight = (b - a) * ctx.world_size / len(xb)
+        step_terms[step] = train_step(run.model, run.opt, xb[a:b], run.config.train.beta, run.forward, weight)
+        for cb in run.callbacks:
             cb.on_step(epoch, step)
-    return step_terms
+    return distributed.mean_over_ranks(step_terms, ctx)
 
 
 def epoch_means(step_terms: Tensor, bounds: list[tuple[int, int]], epoch: int) -> dict[str, float]:
@@ -117,51 +138,78 @@ def epoch_means(step_terms: Tensor, bounds: list[tuple[int, int]], epoch: int) -
 
 
 def train(config: Config, out_dir: str | Path | None = None, callbacks: Sequence[Callback] = (),
-        splits: data.Splits | None = None) -> TrainResult:
+          splits: data.Splits | None = None) -> TrainResult:
     """Train a VAE as ``config`` says; with ``out_dir``, write checkpoints, metrics.jsonl and PNG previews.
 
-    ``splits`` may be passed to reuse data already in memory; otherwise ``config.data`` is loaded.
+    ``splits`` may be passed to reuse data already in memory; otherwise ``config.data`` is loaded. Under
+    ``torchrun`` the run is data-parallel across the processes (see ``vaekit.distributed``).
     """
-    device = resolve_device(config.train.device)
-    splits = splits if splits is not None else data.load(config.data)
+    ctx, device = distributed.from_env(resolve_device(config.train.device))
+    try:
+        splits = splits if splits is not None else data.load(config.data)
+        run = _start(config, splits, device, ctx, callbacks)
+        out = Path(out_dir) if out_dir is not None and ctx.is_main else None
+        result = TrainResult(run.model, run.config, rank=ctx.rank)
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "metrics.jsonl").write_text("")
+        for epoch in range(1, run.config.train.epochs + 1):
+            record = _epoch(run, epoch)
+            result.history.append(record)
+            last = epoch == run.config.train.epochs or any(cb.stop_training for cb in run.callbacks)
+            if out is not None:
+                _save(run, out, record, last)
+            if last:
+                break
+        run.model.eval()
+        if out is not None:
+            plots.write_previews(run.model, splits.test.x, out)
+        return result
+    finally:
+        distributed.close(ctx)
+
+
+def _start(config: Config, splits: data.Splits, device: torch.device, ctx: distributed.Context,
+           callbacks: Sequence[Callback]) -> Run:
     likelihoods.check_support(config.model.likelihood, splits.train.x, f"the {config.data.dataset} training set")
     config = config.override({"model.data_shape": list(splits.train.shape)})
-    torch.manual_seed(config.train.seed)
+    torch.manual_seed(config.train.seed)  # the same initial weights in every process
     model = VAE(config.model).to(device)
-    opt = make_optimizer(model, config.train.lr)
-    gen = torch.Generator(device).manual_seed(config.train.seed)
+    forward = distributed.wrap(model, ctx, device)
+    if ctx.world_size > 1:  # but independent posterior noise in each
+        torch.manual_seed(config.train.seed + ctx.rank)
     x = splits.train.x.to(device)
-    x_val = splits.val.x.to(device) if splits.val is not None else None
     bounds = batch_bounds(len(x), config.train.batch_size, config.train.drop_last)
+    if bounds and bounds[-1][1] - bounds[-1][0] < ctx.world_size:  # a last batch too small to split
+        bounds.pop()
     if not bounds:
-        raise TrainingError(f"batch size {config.train.batch_size} with drop_last leaves no batch of {len(x)}")
-    out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.jsonl").write_text("")
+        raise TrainingError(f"batch size {config.train.batch_size} with drop_last leaves no batch of {len(x)} "
+                            f"examples for {ctx.world_size} process(es)")
+    x_val = splits.val.x.to(device) if splits.val is not None and ctx.is_main else None
+    gen = torch.Generator(device).manual_seed(config.train.seed)  # one permutation shared by all processes
+    callbacks = callbacks if ctx.is_main else ()
     for cb in callbacks:
         cb.on_train_start(config, len(bounds))
-    result = TrainResult(model, config)
-    for epoch in range(1, config.train.epochs + 1):
-        t0 = time.perf_counter()
-        step_terms = run_epoch(model, opt, x, config, epoch, gen, callbacks)
-        record = _epoch_record(epoch, epoch_means(step_terms, bounds, epoch), model, x_val, config, t0)
-        result.history.append(record)
-        log.debug("epoch %d: %s", epoch, record)
-        for cb in callbacks:
-            cb.on_epoch_end(record)
-        last = epoch == config.train.epochs or any(cb.stop_training for cb in callbacks)
-        if out is not None:
-            _append_jsonl(out / "metrics.jsonl", record)
-            every = config.train.checkpoint_every
-            if last or (every and epoch % every == 0):
-                checkpoint.save(model, config, out)
-        if last:
-            break
-    model.eval()
-    if out is not None:
-        plots.write_previews(model, splits.test.x, out)
-    return result
+    return Run(config, model, forward, make_optimizer(model, config.train.lr), x, x_val, bounds, gen, ctx,
+               callbacks)
+
+
+def _epoch(run: Run, epoch: int) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    step_terms = run_epoch(run, epoch)
+    record = _epoch_record(epoch, epoch_means(step_terms, run.bounds, epoch), run.model, run.x_val,
+                           run.config, t0)
+    log.debug("epoch %d: %s", epoch, record)
+    for cb in run.callbacks:
+        cb.on_epoch_end(record)
+    return record
+
+
+def _save(run: Run, out: Path, record: dict[str, Any], last: bool) -> None:
+    _append_jsonl(out / "metrics.jsonl", record)
+    every = run.config.train.checkpoint_every
+    if last or (every and record["epoch"] % every == 0):
+        checkpoint.save(run.model, run.config, out)
 
 
 def _epoch_record(epoch: int, train: dict[str, float], model: VAE, x_val: Tensor | None, config: Config,
