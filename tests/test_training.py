@@ -108,3 +108,15 @@ def test_cuda_without_gpu_is_a_clear_error():
         pytest.skip("a GPU is present")
     with pytest.raises(TrainingError, match="no CUDA GPU"):
         training.resolve_device("cuda")
+
+
+def test_bf16_autocast_trains_with_fp32_loss_close_to_fp32():
+    fp32 = vaekit.train(digits_config(**{"train.epochs": 3}))
+    bf16 = vaekit.train(digits_config(**{"train.epochs": 3, "train.precision": "bf16"}))
+    assert all(p.dtype == torch.float32 for p in bf16.model.parameters())
+    a, b = fp32.history[-1]["val_neg_elbo"], bf16.history[-1]["val_neg_elbo"]
+    assert abs(a - b) < 0.05 * a  # bf16 rounding, not a different model
+    x = torch.rand(4, 1, 8, 8)
+    with torch.autocast("cpu", torch.bfloat16):
+        qz_x, _z, px_z = bf16.model(x)
+        assert qz_x.mean.dtype == torch.float32 and px_z.log_prob(x).dtype == torch.float32

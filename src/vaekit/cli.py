@@ -25,6 +25,7 @@ TRAIN_FLAGS = {
     "likelihood": "model.likelihood", "obs_std": "model.obs_std",
     "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr", "beta": "train.beta",
     "seed": "train.seed", "device": "train.device", "checkpoint_every": "train.checkpoint_every",
+    "precision": "train.precision",
 }
 
 
@@ -57,6 +58,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--beta", type=float, help="weight of the KL term (beta-VAE)")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--precision", choices=["fp32", "bf16"], help="bf16: bfloat16 autocast, loss in fp32")
     p.add_argument("--checkpoint-every", type=int, help="checkpoint every N epochs (default 1; 0: only at the end)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any config value, e.g. --set train.eval_batch_size=500 (repeatable)")

@@ -25,6 +25,7 @@ else:  # pragma: no cover - exercised only on Python 3.10
 
 BINARIZATIONS = ("none", "dynamic", "static", "threshold")
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,7 @@ class TrainConfig:
     checkpoint_every: int = 1  # checkpoint every N epochs (and at the end); 0 = only at the end
     drop_last: bool = False
     eval_batch_size: int = 1000
+    precision: str = "fp32"  # bf16: matrix products in bfloat16 under autocast; the loss stays in fp32
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "train.epochs", self.epochs, "an integer >= 1")
@@ -86,6 +88,7 @@ class TrainConfig:
         _require(self.beta >= 0, "train.beta", self.beta, "a number >= 0")
         _require(self.checkpoint_every >= 0, "train.checkpoint_every", self.checkpoint_every, "an integer >= 0")
         _require(self.device in DEVICES, "train.device", self.device, f"one of {DEVICES}")
+        _require(self.precision in PRECISIONS, "train.precision", self.precision, f"one of {PRECISIONS}")
 
 
 @dataclass(frozen=True)

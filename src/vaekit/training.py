@@ -75,11 +75,13 @@ def batch_bounds(n: int, batch_size: int, drop_last: bool) -> list[tuple[int, in
 
 
 def train_step(model: VAE, opt: torch.optim.Optimizer, x: Tensor, beta: float,
-               forward: objectives.Forward | None = None, weight: float = 1.0) -> Tensor:
+               forward: objectives.Forward | None = None, weight: float = 1.0, bf16: bool = False) -> Tensor:
     """One Adam step on ``weight`` times the beta-weighted negative ELBO; returns the weighted (loss, recon,
     kl) without syncing. The weight lets the slices of a global batch count by their size across processes.
+    With ``bf16`` the networks run under bfloat16 autocast; distributions and the loss stay in fp32.
     """
-    terms = objectives.elbo(model, x, beta, forward)
+    with torch.autocast(x.device.type, torch.bfloat16, enabled=bf16):
+        terms = objectives.elbo(model, x, beta, forward)
     opt.zero_grad(set_to_none=True)
     (terms.loss * weight if weight != 1.0 else terms.loss).backward()
     opt.step()
@@ -116,7 +118,8 @@ def run_epoch(run: Run, epoch: int) -> Tensor:
             xb = torch.bernoulli(xb, generator=gen)
         a, b = distributed.rank_slice(len(xb), ctx)  # the whole batch in a single-process run
         weight = (b - a) * ctx.world_size / len(xb)
-        step_terms[step] = train_step(run.model, run.opt, xb[a:b], run.config.train.beta, run.forward, weight)
+        step_terms[step] = train_step(run.model, run.opt, xb[a:b], run.config.train.beta, run.forward, weight,
+                                      run.config.train.precision == "bf16")
         for cb in run.callbacks:
             cb.on_step(epoch, step)
     return distributed.mean_over_ranks(step_terms, ctx)
