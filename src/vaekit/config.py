@@ -79,6 +79,7 @@ class TrainConfig:
     drop_last: bool = False
     eval_batch_size: int = 1000
     precision: str = "fp32"  # bf16: matrix products in bfloat16 under autocast; the loss stays in fp32
+    cuda_graph: bool = True  # on CUDA, capture the whole step as one graph (drops the last partial batch)
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "train.epochs", self.epochs, "an integer >= 1")
