@@ -43,14 +43,14 @@ class VAE(nn.Module):
     def encode(self, x: Tensor) -> Distribution:
         """q(z|x) = N(mu, diag(exp(logvar))) for x of shape (B, *data_shape)."""
         self._check_shape(x)
-        h = self.encoder(x.flatten(1)).float()  # (B, 2L); fp32 even under bf16 autocast
+        h = self.encoder(x.flatten(1)).to(self._zero.dtype)  # (B, 2L); the model's dtype even under autocast
         mu, logvar = h.chunk(2, dim=-1)  # (B, L) each
         logvar = logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
         return Independent(Normal(mu, torch.exp(0.5 * logvar), validate_args=False), 1, validate_args=False)
 
     def decode(self, z: Tensor) -> Distribution:
         """p(x|z) with event shape ``data_shape`` for z of shape (..., L); batch shape (...)."""
-        params = self.decoder(z).float()  # (..., P*D); the likelihood is evaluated in fp32
+        params = self.decoder(z).to(self._zero.dtype)  # (..., P*D); likelihood in the model's dtype
         params = params.unflatten(-1, (self.n_params, *self.data_shape))  # (..., P, *shape)
         return likelihoods.px_z(self.config.likelihood, params, len(self.data_shape), self.config.obs_std)
 
