@@ -11,7 +11,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from vaekit import checkpoint, data, evaluation, plots, training
+from vaekit import checkpoint, data, embedding, evaluation, plots, training
 from vaekit.config import PRESETS, Config, flatten, load_config_file, parse_assignment, preset
 from vaekit.errors import VaekitError
 
@@ -221,6 +221,45 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_embed(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("embed", help="posterior means as features (.npz/.csv), a 2-D map, a kNN probe")
+    p.add_argument("dir", type=Path, help="checkpoint directory")
+    p.add_argument("--dataset", help="embed another dataset of the same shape")
+    p.add_argument("--data-dir")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("-o", "--output", type=Path, required=True, help="FILE.npz or FILE.csv")
+    p.add_argument("--plot", type=Path, help="also draw a 2-D map coloured by label (PNG)")
+    p.add_argument("--projection", default="pca", choices=list(embedding.PROJECTIONS),
+                   help="how a latent of more than 2 dimensions is mapped to 2-D")
+    p.add_argument("--probe", action="store_true",
+                   help="kNN accuracy (train -> test split) of the embedding and of PCA with as many dimensions")
+    p.add_argument("--k", type=int, default=1, help="neighbours of the probe")
+    p.set_defaults(func=cmd_embed)
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    model, config = checkpoint.load_run(args.dir)
+    overrides = {f"data.{k}": v for k, v in (("dataset", args.dataset), ("data_dir", args.data_dir)) if v}
+    cfg = config.override(overrides).data
+    splits = data.load(cfg)
+    part = data.evaluation_split(splits, args.split, cfg)
+    z = embedding.posterior_means(model, part.x)
+    print(f"wrote {embedding.save(args.output, z, part.y)} ({len(z)} x {z.shape[1]} posterior means, {args.split})")
+    if args.plot:
+        points, axes = embedding.project_2d(z.numpy(), args.projection)
+        title = f"{cfg.dataset} {args.split}: posterior means (z = {z.shape[1]})"
+        labels = None if part.y is None else part.y.numpy()
+        print(f"wrote {plots.scatter_2d(points, labels, args.plot, title, axes)}")
+    if args.probe:
+        train = data.evaluation_split(splits, "train", cfg)
+        if train.y is None or part.y is None:
+            raise VaekitError(f"--probe needs labels, and {cfg.dataset} has none")
+        r = embedding.probe(model, train.x, train.y, part.x, part.y, args.k)
+        print(f"{r.k}-NN accuracy on {args.split} ({r.n_test} examples, fitted on {r.n_train}): "
+              f"VAE latent ({r.dim}-d) {r.vae_accuracy:.4f}, PCA-{r.dim} {r.pca_accuracy:.4f}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vaekit", description="Variational autoencoders: train, evaluate, generate.")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -228,6 +267,7 @@ def parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_evaluate(sub)
     _add_generate(sub)
+    _add_embed(sub)
     return p
 
 

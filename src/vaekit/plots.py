@@ -60,3 +60,29 @@ def write_previews(model, x_test: Tensor, out: Path, n_recon: int = 8, n_samples
     g = torch.Generator(device).manual_seed(0)
     return [save_grid(pairs, out / "reconstructions.png", nrow=len(x)),
             save_grid(model.sample(n_samples, generator=g), out / "samples.png", nrow=8)]
+
+
+def scatter_2d(points: np.ndarray, labels: np.ndarray | None, path: str | Path, title: str,
+               axis_labels: tuple[str, str]) -> Path:
+    """A 2-D map of embeddings, coloured by label with a legend when labels are known."""
+    fig, ax = plt.subplots(figsize=(7, 6), dpi=110)
+    size = float(np.clip(20_000 / len(points), 2, 25))  # dots stay visible for small sets, apart for large
+    if labels is None:
+        ax.scatter(points[:, 0], points[:, 1], s=size, alpha=0.5, color="tab:blue", linewidths=0)
+    else:
+        classes = np.unique(labels)
+        cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+        for i, c in enumerate(classes):
+            sel = labels == c
+            ax.scatter(points[sel, 0], points[sel, 1], s=size, alpha=0.6, color=cmap(i % cmap.N), linewidths=0,
+                       label=str(c))
+        ax.legend(title="label", markerscale=max(1.0, 12 / size), loc="best", fontsize=8, frameon=False)
+    ax.set_xlabel(axis_labels[0])
+    ax.set_ylabel(axis_labels[1])
+    ax.set_title(title)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path

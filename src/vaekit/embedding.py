@@ -1,0 +1,104 @@
+"""Dimensionality reduction with a trained VAE: posterior means as features, 2-D maps, a kNN probe.
+
+The embedding of x is E[z|x] = mu(x), deterministic, not a random draw from q(z|x).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from vaekit.errors import DataError
+from vaekit.fileio import atomic_path
+from vaekit.model import VAE
+
+PROJECTIONS = ("pca", "tsne")
+
+
+@torch.no_grad()
+def posterior_means(model: VAE, x: Tensor, batch_size: int = 1000) -> Tensor:
+    """mu(x) for every row of x, in batches; shape (N, L), on the CPU."""
+    model.eval()
+    device = next(model.parameters()).device
+    return torch.cat([model.encode(x[s : s + batch_size].to(device)).mean.cpu() for s in range(0, len(x), batch_size)])
+
+
+def project_2d(z: np.ndarray, method: str = "pca", seed: int = 0) -> tuple[np.ndarray, tuple[str, str]]:
+    """2-D coordinates for a map of z, and axis labels: z itself when 2-D, else PCA or t-SNE."""
+    if z.shape[1] == 2:
+        return z, ("z[0]", "z[1]")
+    if method == "pca":
+        from sklearn.decomposition import PCA
+
+        pca = PCA(2, random_state=seed).fit(z)
+        share = pca.explained_variance_ratio_
+        return pca.transform(z), (f"PC 1 ({share[0]:.0%} of variance)", f"PC 2 ({share[1]:.0%})")
+    if method == "tsne":
+        from sklearn.manifold import TSNE
+
+        return TSNE(2, random_state=seed, init="pca").fit_transform(z), ("t-SNE 1", "t-SNE 2")
+    raise DataError(f"unknown projection {method!r}; valid: {', '.join(PROJECTIONS)}")
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """k-nearest-neighbour test accuracy of the VAE embedding and of PCA with as many dimensions."""
+
+    k: int
+    dim: int
+    vae_accuracy: float
+    pca_accuracy: float
+    n_train: int
+    n_test: int
+
+
+def knn_accuracy(f_train: np.ndarray, y_train: np.ndarray, f_test: np.ndarray, y_test: np.ndarray,
+                 k: int = 1) -> float:
+    """Test accuracy of a k-NN classifier (Euclidean) fitted on the training features."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    return float(KNeighborsClassifier(k).fit(f_train, y_train).score(f_test, y_test))
+
+
+def probe(model: VAE, x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, k: int = 1,
+          seed: int = 0) -> ProbeResult:
+    """The kNN probe on posterior means against the same probe on PCA of the raw data, same dimension."""
+    from sklearn.decomposition import PCA
+
+    z_train, z_test = posterior_means(model, x_train).numpy(), posterior_means(model, x_test).numpy()
+    ytr, yte = y_train.numpy(), y_test.numpy()
+    raw_train, raw_test = x_train.flatten(1).numpy(), x_test.flatten(1).numpy()
+    pca = PCA(model.latent_dim, random_state=seed).fit(raw_train)
+    return ProbeResult(
+        k, model.latent_dim, knn_accuracy(z_train, ytr, z_test, yte, k),
+        knn_accuracy(pca.transform(raw_train), ytr, pca.transform(raw_test), yte, k), len(ytr), len(yte),
+    )
+
+
+def save(path: str | Path, z: Tensor, labels: Tensor | None) -> Path:
+    """Write embeddings as .npz (arrays ``z`` and, when known, ``labels``) or .csv (index, label, z0...)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".npz", ".csv"):
+        raise DataError(f"cannot write embeddings to {path}: use a .npz or .csv file name")
+    z_np = z.numpy()
+    with atomic_path(path) as tmp:
+        if suffix == ".npz":
+            arrays = {"z": z_np} if labels is None else {"z": z_np, "labels": labels.numpy()}
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+        else:
+            _write_csv(tmp, z_np, None if labels is None else labels.numpy())
+    return path
+
+
+def _write_csv(path: Path, z: np.ndarray, labels: np.ndarray | None) -> None:
+    columns = ["index"] + ([] if labels is None else ["label"]) + [f"z{i}" for i in range(z.shape[1])]
+    index = np.arange(len(z))[:, None]
+    table = np.hstack([index] + ([] if labels is None else [labels[:, None]]) + [z])
+    fmt = ["%d"] + ([] if labels is None else ["%d"]) + ["%.6g"] * z.shape[1]
+    np.savetxt(path, table, delimiter=",", header=",".join(columns), comments="", fmt=fmt)

@@ -1,0 +1,68 @@
+"""Embeddings are posterior means, written faithfully, mapped to 2-D and probed against PCA."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import vaekit
+from vaekit import DataError, embedding
+from vaekit.cli import main
+
+from conftest import digits_config, tiny_model
+
+
+def test_posterior_means_are_deterministic_and_batched():
+    model = tiny_model()
+    x = torch.rand(25, 1, 4, 4)
+    a = embedding.posterior_means(model, x, batch_size=7)
+    b = embedding.posterior_means(model, x, batch_size=100)
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(a, model.encode(x).mean.detach())
+
+
+def test_save_npz_and_csv_round_trip(tmp_path):
+    z, y = torch.randn(6, 3), torch.tensor([0, 1, 2, 0, 1, 2])
+    f = np.load(embedding.save(tmp_path / "e.npz", z, y))
+    np.testing.assert_array_equal(f["labels"], y.numpy())
+    np.testing.assert_allclose(f["z"], z.numpy())
+    table = np.loadtxt(embedding.save(tmp_path / "e.csv", z, y), delimiter=",", skiprows=1)
+    np.testing.assert_array_equal(table[:, 0], np.arange(6))
+    np.testing.assert_array_equal(table[:, 1], y.numpy())
+    np.testing.assert_allclose(table[:, 2:], z.numpy(), rtol=1e-5)
+    assert (tmp_path / "e.csv").read_text().splitlines()[0] == "index,label,z0,z1,z2"
+    with pytest.raises(DataError, match=r"use a \.npz or \.csv"):
+        embedding.save(tmp_path / "e.txt", z, y)
+
+
+def test_project_2d_keeps_a_2d_latent_and_projects_others():
+    z2 = np.random.default_rng(0).normal(size=(50, 2))
+    points, axes = embedding.project_2d(z2)
+    assert points is z2 and axes == ("z[0]", "z[1]")
+    points, axes = embedding.project_2d(np.random.default_rng(0).normal(size=(50, 5)))
+    assert points.shape == (50, 2) and axes[0].startswith("PC 1")
+
+
+def test_knn_accuracy_on_separable_and_random_labels():
+    rng = np.random.default_rng(0)
+    f = np.concatenate([rng.normal(-5, 1, (100, 3)), rng.normal(5, 1, (100, 3))])
+    y = np.repeat([0, 1], 100)
+    assert embedding.knn_accuracy(f[::2], y[::2], f[1::2], y[1::2]) == 1.0
+    shuffled = rng.permutation(y)
+    assert embedding.knn_accuracy(f[::2], shuffled[::2], f[1::2], shuffled[1::2]) < 0.7
+
+
+def test_embed_command_writes_file_plot_and_probe(tmp_path, capsys):
+    run = tmp_path / "run"
+    vaekit.train(digits_config(**{"train.epochs": 5}), run)
+    capsys.readouterr()
+    out, png = tmp_path / "z.npz", tmp_path / "map.png"
+    assert main(["embed", str(run), "-o", str(out), "--plot", str(png), "--probe"]) == 0
+    text = capsys.readouterr().out
+    f = np.load(out)
+    assert f["z"].shape == (359, 4) and f["labels"].shape == (359,)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "1-NN accuracy on test (359 examples, fitted on 1294)" in text and "PCA-4" in text
+    vae_acc = float(text.split("VAE latent (4-d) ")[1].split(",")[0])
+    assert vae_acc > 0.5  # far above the 0.1 of chance: the latent carries the digit
