@@ -11,7 +11,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from vaekit import checkpoint, data, embedding, evaluation, plots, training
+from vaekit import checkpoint, data, embedding, evaluation, generate, plots, training
 from vaekit.config import PRESETS, Config, flatten, load_config_file, parse_assignment, preset
 from vaekit.errors import VaekitError
 
@@ -176,14 +176,38 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("sample", help="decode draws from the prior into a PNG grid")
+    p = sub.add_parser("sample", help="decode draws from the prior (or a mixture fitted to the data) into a PNG grid")
     p.add_argument("dir", type=Path)
     p.add_argument("-n", type=int, default=64)
     p.add_argument("-o", "--output", type=Path, default=Path("samples.png"))
-    p.add_argument("--temperature", type=float, default=1.0, help="scale of the prior draws")
+    p.add_argument("--temperature", type=float, default=1.0, help="scale of the draws around the prior/components")
+    p.add_argument("--sampler", default="prior", choices=list(generate.SAMPLERS),
+                   help="prior: z ~ N(0, I); gmm: z ~ a Gaussian mixture fitted to the training set's posterior means")
+    p.add_argument("--components", type=int, default=10, help="mixture components for --sampler gmm")
+    p.add_argument("--data-dir")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--nrow", type=int, default=8)
     p.set_defaults(func=cmd_sample)
+    p = sub.add_parser("interpolate", help="decode the path between two inputs' latent codes (PNG strip, GIF)")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--from", dest="a", required=True, help="an index into --split, or an image file")
+    p.add_argument("--to", dest="b", required=True, help="an index into --split, or an image file")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--method", default="lerp", choices=list(generate.INTERPOLATIONS))
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--data-dir")
+    p.add_argument("-o", "--output", type=Path, default=Path("interpolation.png"))
+    p.add_argument("--gif", type=Path, help="also write an animated GIF there and back")
+    p.set_defaults(func=cmd_interpolate)
+    p = sub.add_parser("traverse", help="sweep the most informative latent dimensions; one row each (PNG)")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--dims", type=int, default=8, help="how many dimensions, ranked by average KL")
+    p.add_argument("--steps", type=int, default=9)
+    p.add_argument("--span", type=float, default=3.0, help="sweep each dimension from -span to +span")
+    p.add_argument("--base", type=int, help="keep the other dimensions at this test example's code (default 0)")
+    p.add_argument("--data-dir")
+    p.add_argument("-o", "--output", type=Path, default=Path("traversal.png"))
+    p.set_defaults(func=cmd_traverse)
     p = sub.add_parser("reconstruct", help="inputs above their reconstructions, as a PNG grid")
     p.add_argument("dir", type=Path)
     p.add_argument("-n", type=int, default=16)
@@ -199,12 +223,60 @@ def _require_images(model: Any, what: str) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    import torch
-
-    model = checkpoint.load(args.dir)
+    model, config = checkpoint.load_run(args.dir)
     _require_images(model, "sample")
-    x = model.sample(args.n, args.temperature, torch.Generator().manual_seed(args.seed))
+    if args.n < 1 or args.temperature < 0:
+        raise VaekitError(f"need -n >= 1 and --temperature >= 0, got -n {args.n}, --temperature {args.temperature}")
+    gmm = None
+    if args.sampler == "gmm":
+        cfg = _data_config(config, args.data_dir)
+        train = data.evaluation_split(data.load(cfg), "train", cfg)
+        gmm = generate.fit_latent_gmm(model, train.x, args.components, args.seed)
+    x = generate.sample(model, args.n, args.temperature, args.seed, gmm)
     print(f"wrote {plots.save_grid(x, args.output, nrow=args.nrow)}")
+    return 0
+
+
+def _data_config(config: Config, data_dir: str | None):
+    return config.data if data_dir is None else config.override({"data.data_dir": data_dir}).data
+
+
+def _input(spec: str, split: data.Split, shape: tuple[int, ...]):
+    """A dataset index or an image file, as a tensor of the model's data shape."""
+    if spec.lstrip("-").isdigit():
+        i = int(spec)
+        if not -len(split) <= i < len(split):
+            raise VaekitError(f"index {i} is outside the {split.name} split of {len(split)} examples")
+        return split.x[i]
+    return plots.read_image(Path(spec), shape)
+
+
+def cmd_interpolate(args: argparse.Namespace) -> int:
+    model, config = checkpoint.load_run(args.dir)
+    _require_images(model, "interpolate")
+    needs_data = not all(Path(s).suffix for s in (args.a, args.b))
+    split = None
+    if needs_data:
+        cfg = _data_config(config, args.data_dir)
+        split = data.evaluation_split(data.load(cfg), args.split, cfg)
+    xa, xb = (_input(s, split, model.data_shape) for s in (args.a, args.b))
+    frames = generate.interpolate(model, xa, xb, args.steps, args.method)
+    print(f"wrote {plots.save_grid(frames, args.output, nrow=len(frames))}")
+    if args.gif:
+        print(f"wrote {plots.save_gif(frames, args.gif)}")
+    return 0
+
+
+def cmd_traverse(args: argparse.Namespace) -> int:
+    model, config = checkpoint.load_run(args.dir)
+    _require_images(model, "traverse")
+    cfg = _data_config(config, args.data_dir)
+    splits = data.load(cfg)
+    test = data.evaluation_split(splits, "test", cfg)
+    base = None if args.base is None else _input(str(args.base), test, model.data_shape)
+    grid, dims = generate.traverse(model, test.x, base, args.dims, args.steps, args.span)
+    print(f"wrote {plots.save_grid(grid, args.output, nrow=args.steps)} (rows: latent dimensions {dims}, by "
+          f"average KL on the test split; columns: -{args.span:g} to +{args.span:g})")
     return 0
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from vaekit.errors import DataError
 from vaekit.fileio import atomic_path
 
 
@@ -86,3 +87,36 @@ def scatter_2d(points: np.ndarray, labels: np.ndarray | None, path: str | Path, 
         fig.savefig(tmp, format="png")
     plt.close(fig)
     return path
+
+
+def save_gif(frames: Tensor, path: str | Path, seconds_per_frame: float = 0.15, scale: int | None = None) -> Path:
+    """An animated GIF that plays the frames forward then back, looping."""
+    from PIL import Image
+
+    scale = scale or max(2, 64 // max(frames.shape[-2:]))
+    images = []
+    for f in frames.detach().float().clamp(0, 1).cpu().numpy():
+        a = (f.transpose(1, 2, 0) * 255).round().astype(np.uint8).repeat(scale, 0).repeat(scale, 1)
+        images.append(Image.fromarray(a[..., 0] if a.shape[2] == 1 else a))
+    loop = images + images[-2:0:-1]
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        loop[0].save(tmp, format="GIF", save_all=True, append_images=loop[1:],
+                     duration=int(seconds_per_frame * 1000), loop=0)
+    return path
+
+
+def read_image(path: Path, shape: tuple[int, ...]) -> Tensor:
+    """An image file as a (C, H, W) tensor in [0, 1]; its size must already be the model's."""
+    from PIL import Image, UnidentifiedImageError
+
+    c, h, w = shape
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L" if c == 1 else "RGB")
+            a = np.asarray(im, dtype=np.float32) / 255
+    except (OSError, UnidentifiedImageError) as e:
+        raise DataError(f"cannot read image {path}: {e}") from e
+    if a.shape[:2] != (h, w):
+        raise DataError(f"image {path} is {a.shape[1]}x{a.shape[0]} pixels; the model takes {w}x{h}")
+    return torch.from_numpy(a.reshape(h, w, c).transpose(2, 0, 1).copy())

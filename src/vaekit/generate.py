@@ -1,0 +1,116 @@
+"""Putting a trained VAE to work in the latent space: sampling, interpolation, latent traversals.
+
+Every function decodes to E[x|z], the mean of p(x|z), which is what one looks at; all are seeded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.distributions import kl_divergence
+
+from vaekit.embedding import posterior_means
+from vaekit.errors import DataError
+from vaekit.model import VAE
+
+SAMPLERS = ("prior", "gmm")
+INTERPOLATIONS = ("lerp", "slerp")
+
+
+@dataclass(frozen=True)
+class LatentGMM:
+    """A Gaussian mixture fitted to posterior means: a better-matched prior to sample from than N(0, I)."""
+
+    weights: np.ndarray  # (K,)
+    means: np.ndarray  # (K, L)
+    chol: np.ndarray  # (K, L, L) Cholesky factors of the covariances
+
+
+def fit_latent_gmm(model: VAE, x: Tensor, n_components: int = 10, seed: int = 0) -> LatentGMM:
+    """Fit a full-covariance Gaussian mixture to mu(x) over the data x (e.g. the training set)."""
+    from sklearn.mixture import GaussianMixture
+
+    mu = posterior_means(model, x).double().numpy()
+    if len(mu) < n_components:
+        raise DataError(f"cannot fit {n_components} mixture components to {len(mu)} examples")
+    gmm = GaussianMixture(n_components, covariance_type="full", random_state=seed, reg_covar=1e-4).fit(mu)
+    return LatentGMM(gmm.weights_, gmm.means_, np.linalg.cholesky(gmm.covariances_))
+
+
+@torch.no_grad()
+def sample(model: VAE, n: int, temperature: float = 1.0, seed: int = 0, gmm: LatentGMM | None = None) -> Tensor:
+    """n decoded samples: z ~ N(0, T^2 I), or z ~ the mixture with each component's spread scaled by T."""
+    if gmm is None:
+        return model.sample(n, temperature, torch.Generator().manual_seed(seed))
+    rng = np.random.default_rng(seed)
+    k = rng.choice(len(gmm.weights), size=n, p=gmm.weights / gmm.weights.sum())
+    eps = rng.standard_normal((n, gmm.means.shape[1]))
+    z = gmm.means[k] + temperature * np.einsum("nij,nj->ni", gmm.chol[k], eps)
+    return decode_mean(model, torch.as_tensor(z, dtype=torch.float32))
+
+
+@torch.no_grad()
+def decode_mean(model: VAE, z: Tensor) -> Tensor:
+    """E[x|z] for latent codes z (N, L), on the CPU."""
+    device = next(model.parameters()).device
+    return model.decode(z.to(device)).mean.cpu()
+
+
+def path(za: Tensor, zb: Tensor, steps: int, method: str = "lerp") -> Tensor:
+    """``steps`` codes from za to zb (both ends included): straight (lerp) or along the great circle (slerp).
+
+    Slerp (Shoemake 1985; White 2016 for latent spaces) keeps the path at the norms typical of N(0, I)
+    samples instead of cutting through the low-norm middle.
+    """
+    if steps < 2:
+        raise ValueError(f"steps must be >= 2, got {steps}")
+    t = torch.linspace(0, 1, steps, dtype=za.dtype)[:, None]  # (S, 1)
+    if method == "lerp":
+        return (1 - t) * za + t * zb
+    if method != "slerp":
+        raise ValueError(f"unknown interpolation {method!r}; valid: {', '.join(INTERPOLATIONS)}")
+    cos = torch.dot(za, zb) / (za.norm() * zb.norm()).clamp_min(1e-12)
+    omega = torch.arccos(cos.clamp(-1, 1))
+    if omega.abs() < 1e-6:  # parallel codes: the great circle degenerates to the line
+        return (1 - t) * za + t * zb
+    return (torch.sin((1 - t) * omega) * za + torch.sin(t * omega) * zb) / torch.sin(omega)
+
+
+@torch.no_grad()
+def interpolate(model: VAE, xa: Tensor, xb: Tensor, steps: int = 10, method: str = "lerp") -> Tensor:
+    """Decoded path between the posterior means of two inputs (each of shape ``data_shape``)."""
+    za, zb = posterior_means(model, torch.stack([xa, xb]))
+    return decode_mean(model, path(za, zb, steps, method))
+
+
+@torch.no_grad()
+def kl_per_dimension(model: VAE, x: Tensor, batch_size: int = 1000) -> Tensor:
+    """Average over x of KL(q(z_j|x) || N(0, 1)) for each latent dimension j; shape (L,)."""
+    device = next(model.parameters()).device
+    total = torch.zeros(model.latent_dim, dtype=torch.float64)
+    for s in range(0, len(x), batch_size):
+        qz_x = model.encode(x[s : s + batch_size].to(device))
+        total += kl_divergence(qz_x.base_dist, model.prior().base_dist).sum(0).double().cpu()  # (L,)
+    return total / len(x)
+
+
+@torch.no_grad()
+def traverse(model: VAE, x: Tensor, base: Tensor | None = None, n_dims: int = 8, steps: int = 9,
+             span: float = 3.0) -> tuple[Tensor, list[int]]:
+    """Sweep the ``n_dims`` most informative dimensions (highest average KL over x) from -span to +span.
+
+    The other dimensions stay at the base code (mu of ``base``, or 0). Returns the decoded grid
+    (n_dims * steps, *data_shape), row by row, and the dimensions in the order of the rows.
+    """
+    kl = kl_per_dimension(model, x)
+    dims = torch.argsort(kl, descending=True)[: min(n_dims, model.latent_dim)].tolist()
+    z0 = posterior_means(model, base[None])[0] if base is not None else torch.zeros(model.latent_dim)
+    values = torch.linspace(-span, span, steps)
+    codes = z0.repeat(len(dims) * steps, 1)  # (R*S, L)
+    for row, d in enumerate(dims):
+        codes[row * steps : (row + 1) * steps, d] = values
+    return decode_mean(model, codes), dims
+
