@@ -18,17 +18,22 @@ from vaekit.config import Config
 from vaekit.errors import CheckpointError, ConfigError
 from vaekit.fileio import atomic_write_bytes, atomic_write_with
 from vaekit.model import VAE
+from vaekit.tabular import Standardizer
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+PREPROCESS_FILE = "preprocessing.safetensors"  # the standardization of tabular inputs, when there is one
 FORMAT = "vaekit-checkpoint"
 VERSION = 1
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
 
 
-def save(model: VAE, config: Config, directory: str | Path) -> Path:
-    """Write ``config`` and the model's weights to ``directory`` (created if needed)."""
+def save(model: VAE, config: Config, directory: str | Path, preprocess: Standardizer | None = None) -> Path:
+    """Write ``config``, the model's weights and any input standardization to ``directory``."""
     directory = Path(directory)
+    if preprocess is not None:
+        tensors = preprocess.tensors()
+        atomic_write_with(directory / PREPROCESS_FILE, lambda p: save_file(tensors, str(p)))
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     atomic_write_with(directory / WEIGHTS_FILE, lambda p: save_file(tensors, str(p), metadata={"format": FORMAT}))
     doc = {"format": FORMAT, "version": VERSION, "config": config.to_dict()}
@@ -68,6 +73,20 @@ def load_run(directory: str | Path, device: str | torch.device = "cpu") -> tuple
 def load(directory: str | Path, device: str | torch.device = "cpu") -> VAE:
     """The trained model saved in ``directory``, ready for ``sample`` and ``reconstruct``."""
     return load_run(directory, device)[0]
+
+
+def load_preprocess(directory: str | Path) -> Standardizer | None:
+    """The standardization saved with a model trained on a table, or None for other data."""
+    path = Path(directory) / PREPROCESS_FILE
+    if not path.is_file():
+        return None
+    try:
+        t = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is corrupt or truncated: {e}") from e
+    if set(t) != {"mean", "std"} or t["mean"].shape != t["std"].shape or t["mean"].dim() != 1:
+        raise CheckpointError(f"{path} must hold 1-d tensors mean and std of one size; it holds {sorted(t)}")
+    return Standardizer(t["mean"], t["std"])
 
 
 def _read_weights(directory: Path, model: VAE) -> dict[str, torch.Tensor]:

@@ -52,17 +52,21 @@ class ModelConfig:
 class DataConfig:
     """Where the data comes from and how it is prepared."""
 
-    dataset: str = "digits"
+    dataset: str = "digits"  # a registered name, or a path to a .csv/.npy/.npz/.mat table
     data_dir: str | None = None  # falls back to $VAEKIT_DATA
     download: bool = False
     binarize: str = "none"
     val_size: float = 0.1  # a fraction of the training set (< 1) or a number of examples (>= 1)
     split_seed: int = 0  # seeds the validation split, independent of the training seed
     eval_seed: int = 0  # seeds the fixed binarization of evaluation sets
+    test_size: float = 0.2  # tables: the held-out test fraction (seeded by split_seed)
+    label_column: str | None = None  # tables from CSV: the column holding labels, if any
+    standardize: bool = True  # tables: (x - mean) / std with statistics of the training split
 
     def __post_init__(self) -> None:
         _require(self.binarize in BINARIZATIONS, "data.binarize", self.binarize, f"one of {BINARIZATIONS}")
         _require(self.val_size >= 0, "data.val_size", self.val_size, "a fraction in [0, 1) or a count")
+        _require(0 < self.test_size < 1, "data.test_size", self.test_size, "a fraction in (0, 1)")
 
 
 @dataclass(frozen=True)

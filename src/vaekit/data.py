@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vaekit import mnist
+from vaekit import mnist, tabular
 from vaekit.config import DataConfig
 from vaekit.errors import DataError
 
@@ -42,6 +42,7 @@ class Splits:
     train: Split
     val: Split | None
     test: Split
+    preprocess: tabular.Standardizer | None = None  # applied to every split; saved with the model
 
 
 def _mnist(cfg: DataConfig) -> RawSplits:
@@ -65,11 +66,29 @@ def _digits(cfg: DataConfig) -> RawSplits:
 DATASETS: dict[str, Callable[[DataConfig], RawSplits]] = {"mnist": _mnist, "digits": _digits}
 
 
+def _table(cfg: DataConfig) -> tuple[RawSplits, tabular.Standardizer | None]:
+    t = tabular.read(cfg.dataset, cfg.label_column)
+    perm = np.random.default_rng(cfg.split_seed).permutation(len(t.x))
+    n_test = max(1, round(cfg.test_size * len(t.x)))
+    test, train = np.sort(perm[:n_test]), np.sort(perm[n_test:])
+    y_train, y_test = (None, None) if t.y is None else (t.y[train], t.y[test])
+    if not cfg.standardize:
+        return (t.x[train], y_train, t.x[test], y_test), None
+    std = tabular.Standardizer.fit(torch.from_numpy(t.x[train]))
+    x_train, x_test = (std(torch.from_numpy(t.x[i])).numpy() for i in (train, test))
+    return (x_train, y_train, x_test, y_test), std
+
+
 def load(cfg: DataConfig) -> Splits:
-    """Load ``cfg.dataset``, carve the validation split and binarize as configured."""
-    if cfg.dataset not in DATASETS:
-        raise DataError(f"unknown dataset {cfg.dataset!r}; valid datasets: {', '.join(sorted(DATASETS))}")
-    x_train, y_train, x_test, y_test = DATASETS[cfg.dataset](cfg)
+    """Load ``cfg.dataset`` (a registered name or a table file), carve the validation split, binarize."""
+    preprocess = None
+    if tabular.is_table_path(cfg.dataset):
+        (x_train, y_train, x_test, y_test), preprocess = _table(cfg)
+    elif cfg.dataset in DATASETS:
+        x_train, y_train, x_test, y_test = DATASETS[cfg.dataset](cfg)
+    else:
+        raise DataError(f"unknown dataset {cfg.dataset!r}; valid datasets: {', '.join(sorted(DATASETS))}, "
+                        f"or a path to a {'/'.join(tabular.SUFFIXES)} file")
     train_idx, val_idx = _validation_split(len(x_train), cfg.val_size, cfg.split_seed)
 
     def split(x: np.ndarray, y: np.ndarray | None, idx: np.ndarray | None, name: str, role: str) -> Split:
@@ -81,7 +100,7 @@ def load(cfg: DataConfig) -> Splits:
 
     train = split(x_train, y_train, train_idx, "train", "train")
     val = split(x_train, y_train, val_idx, "val", "eval") if len(val_idx) else None
-    return Splits(train, val, split(x_test, y_test, None, "test", "eval"))
+    return Splits(train, val, split(x_test, y_test, None, "test", "eval"), preprocess)
 
 
 def _validation_split(n: int, val_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -179,7 +179,7 @@ def train(config: Config, out_dir: str | Path | None = None, callbacks: Sequence
             result.history.append(record)
             last = epoch == run.config.train.epochs or any(cb.stop_training for cb in run.callbacks)
             if out is not None:
-                _save(run, out, record, last)
+                _save(run, out, record, last, splits.preprocess)
             if last:
                 break
         run.model.eval()
@@ -249,11 +249,11 @@ def _epoch(run: Run, epoch: int) -> dict[str, Any]:
     return record
 
 
-def _save(run: Run, out: Path, record: dict[str, Any], last: bool) -> None:
+def _save(run: Run, out: Path, record: dict[str, Any], last: bool, preprocess: Any) -> None:
     _append_jsonl(out / "metrics.jsonl", record)
     every = run.config.train.checkpoint_every
     if last or (every and record["epoch"] % every == 0):
-        checkpoint.save(run.model, run.config, out)
+        checkpoint.save(run.model, run.config, out, preprocess)
 
 
 def _epoch_record(epoch: int, train: dict[str, float], model: VAE, x_val: Tensor | None, config: Config,

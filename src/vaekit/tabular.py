@@ -1,0 +1,161 @@
+"""Tabular data: CSV (numeric columns, header row), .npy, .npz and MATLAB .mat files, and standardization.
+
+Every problem is reported with the file and, where there is one, the row and column: a non-numeric cell, a
+missing value, NaN or infinity, an empty file, a shape that is not a table.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from vaekit.errors import DataError
+
+SUFFIXES = (".csv", ".npy", ".npz", ".mat")
+
+
+@dataclass(frozen=True)
+class Table:
+    """Features ``x`` (N, D) float32, optional integer labels ``y`` (N,), and the column names."""
+
+    x: np.ndarray
+    y: np.ndarray | None
+    columns: tuple[str, ...]
+
+
+def is_table_path(name: str) -> bool:
+    """True when ``name`` names a file vaekit reads as a table."""
+    return Path(name).suffix.lower() in SUFFIXES
+
+
+def read(path: str | Path, label_column: str | None = None) -> Table:
+    """Read a table; ``label_column`` names the CSV column holding labels (arrays use ``y``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"cannot read {path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        table = _read_csv(path, label_column)
+    elif suffix == ".mat":
+        table = _read_mat(path)
+    elif suffix in (".npy", ".npz"):
+        table = _read_numpy(path)
+    else:
+        raise DataError(f"cannot read {path}: expected one of {', '.join(SUFFIXES)}")
+    _check(table, path)
+    return table
+
+
+def _read_csv(path: Path, label_column: str | None) -> Table:
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"cannot read {path} as CSV: {e}") from e
+    if not rows or not any(rows[0]):
+        raise DataError(f"{path} is empty: expected a header row and at least one data row")
+    header = [h.strip() for h in rows[0]]
+    if label_column is not None and label_column not in header:
+        raise DataError(f"{path} has no column {label_column!r}; its columns are {header}")
+    values = np.empty((len(rows) - 1, len(header)), dtype=np.float64)
+    for i, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            raise DataError(f"{path}, line {i}: {len(row)} fields, but the header has {len(header)}")
+        for j, cell in enumerate(row):
+            values[i - 2, j] = _number(cell, path, i, header[j])
+    label_at = header.index(label_column) if label_column is not None else None
+    features = [j for j in range(len(header)) if j != label_at]
+    y = None if label_at is None else _labels(values[:, label_at], f"{path}, column {label_column!r}")
+    return Table(values[:, features].astype(np.float32), y, tuple(header[j] for j in features))
+
+
+def _number(cell: str, path: Path, line: int, column: str) -> float:
+    try:
+        value = float(cell)
+    except ValueError:
+        what = "an empty cell" if not cell.strip() else f"non-numeric value {cell.strip()!r}"
+        raise DataError(f"{path}, line {line}, column {column!r}: {what}; vaekit needs numeric columns") from None
+    if not math.isfinite(value):
+        raise DataError(f"{path}, line {line}, column {column!r}: {cell.strip()} is not a finite number")
+    return value
+
+
+def _read_numpy(path: Path) -> Table:
+    try:
+        loaded = np.load(path, allow_pickle=False)  # a pickled object array could run code
+    except (OSError, ValueError, EOFError) as e:
+        raise DataError(f"cannot read {path}: {e}") from e
+    if isinstance(loaded, np.ndarray):
+        return Table(_features(loaded, path), None, ())
+    with loaded:
+        if "X" not in loaded:
+            raise DataError(f"{path} holds arrays {sorted(loaded.files)}; expected X (and optionally y)")
+        y = _labels(loaded["y"], f"{path}, array y") if "y" in loaded else None
+        return Table(_features(loaded["X"], path), y, ())
+
+
+def _read_mat(path: Path) -> Table:
+    from scipy.io import loadmat
+
+    try:
+        mat = loadmat(path)
+    except (OSError, ValueError, NotImplementedError) as e:
+        raise DataError(f"cannot read {path} as a MATLAB file: {e}") from e
+    if "X" not in mat:
+        raise DataError(f"{path} has no variable X; it holds {sorted(k for k in mat if not k.startswith('__'))}")
+    y = _labels(mat["y"], f"{path}, variable y") if "y" in mat else None
+    return Table(_features(mat["X"], path), y, ())
+
+
+def _features(a: np.ndarray, path: Path) -> np.ndarray:
+    if a.ndim != 2:
+        raise DataError(f"{path}: features have shape {a.shape}; expected a 2-d table (examples, features)")
+    if not np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.complexfloating):
+        raise DataError(f"{path}: features have dtype {a.dtype}; expected real numbers")
+    return a.astype(np.float32)
+
+
+def _labels(a: np.ndarray, what: str) -> np.ndarray:
+    a = np.asarray(a).ravel()
+    if not np.issubdtype(a.dtype, np.number) or not np.all(np.isfinite(a)) or np.any(a != np.round(a)):
+        raise DataError(f"{what}: labels must be integers")
+    return a.astype(np.int64)
+
+
+def _check(t: Table, path: Path) -> None:
+    if t.x.shape[0] < 2 or t.x.shape[1] < 1:
+        raise DataError(f"{path}: {t.x.shape[0]} examples of {t.x.shape[1]} features; need at least 2 x 1")
+    bad = ~np.isfinite(t.x)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise DataError(f"{path}: example {row}, feature {col} is {t.x[row, col]}; values must be finite")
+    if t.y is not None and len(t.y) != len(t.x):
+        raise DataError(f"{path}: {len(t.x)} examples but {len(t.y)} labels")
+
+
+@dataclass(frozen=True)
+class Standardizer:
+    """x -> (x - mean) / std per feature, fitted on training data; constant features keep std 1."""
+
+    mean: Tensor  # (D,)
+    std: Tensor  # (D,)
+
+    @classmethod
+    def fit(cls, x: Tensor) -> Standardizer:
+        std = x.std(dim=0, unbiased=False)
+        return cls(x.mean(dim=0), torch.where(std > 1e-8, std, torch.ones_like(std)))
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if x.shape[1:] != self.mean.shape:
+            raise DataError(f"input has {tuple(x.shape[1:])} features per example; the model was trained on "
+                            f"{tuple(self.mean.shape)}")
+        return (x - self.mean) / self.std
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {"mean": self.mean.contiguous(), "std": self.std.contiguous()}
