@@ -120,3 +120,26 @@ def read_image(path: Path, shape: tuple[int, ...]) -> Tensor:
     if a.shape[:2] != (h, w):
         raise DataError(f"image {path} is {a.shape[1]}x{a.shape[0]} pixels; the model takes {w}x{h}")
     return torch.from_numpy(a.reshape(h, w, c).transpose(2, 0, 1).copy())
+
+
+def roc_curve(labels: np.ndarray, scores: np.ndarray, path: str | Path, title: str) -> Path:
+    """The ROC curve of scores against binary labels (1 = anomaly), with its AUC and the chance diagonal."""
+    from sklearn.metrics import roc_auc_score
+    from sklearn.metrics import roc_curve as sk_roc_curve
+
+    fpr, tpr, _ = sk_roc_curve(labels, scores)
+    fig, ax = plt.subplots(figsize=(5.5, 5), dpi=110)
+    ax.plot(fpr, tpr, color="tab:blue", label=f"ROC AUC = {roc_auc_score(labels, scores):.3f}")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="chance")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path

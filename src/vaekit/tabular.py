@@ -105,7 +105,7 @@ def _read_mat(path: Path) -> Table:
 
     try:
         mat = loadmat(path)
-    except (OSError, ValueError, NotImplementedError) as e:
+    except Exception as e:  # scipy's parser raises many kinds (IndexError, ValueError, ...) on bad bytes
         raise DataError(f"cannot read {path} as a MATLAB file: {e}") from e
     if "X" not in mat:
         raise DataError(f"{path} has no variable X; it holds {sorted(k for k in mat if not k.startswith('__'))}")
