@@ -73,3 +73,12 @@ def test_anomaly_command_on_a_table_with_planted_outliers(tmp_path, capsys):
     assert new[5:, 1].mean() > new[:5, 1].mean()
     assert main(["anomaly", str(run), "--score", "recon", "-o", str(tmp_path / "r.csv")]) == 2
     assert "stored threshold is for --score elbo" in capsys.readouterr().err
+
+
+def test_scores_do_not_depend_on_the_batch_or_order():
+    model = tiny_model("gaussian", shape=(6,))
+    x = torch.randn(40, 6)
+    for method in ("elbo", "nll"):
+        full = anomaly.score(model, x, method, n_samples=5, iw_samples=16)
+        part = anomaly.score(model, x[7:19].flip(0), method, n_samples=5, iw_samples=16, batch_size=4)
+        torch.testing.assert_close(part, full[7:19].flip(0), rtol=1e-5, atol=1e-5)

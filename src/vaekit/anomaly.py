@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
+from torch.distributions import kl_divergence
 
-from vaekit import evaluation, objectives
+from vaekit import evaluation
 from vaekit.errors import CheckpointError, ConfigError
 from vaekit.fileio import atomic_write_bytes
 from vaekit.model import VAE
@@ -27,27 +28,32 @@ def score(model: VAE, x: Tensor, method: str = "elbo", n_samples: int = 10, iw_s
           seed: int = 0, batch_size: int = 1000) -> Tensor:
     """Per-example anomaly score (N,), on the CPU.
 
-    ``elbo``: the negative ELBO averaged over ``n_samples`` posterior draws; ``nll``: the importance-sampled
-    negative log-likelihood with ``iw_samples`` samples; ``recon``: -log p(x|z) at the posterior mean.
+    ``elbo``: the negative ELBO with its expected reconstruction term averaged over ``n_samples`` posterior
+    draws; ``nll``: the importance-sampled negative log-likelihood with ``iw_samples`` samples; ``recon``:
+    -log p(x|z) at the posterior mean. The standard-normal draws behind z = mu + sigma * eps come from
+    ``seed`` and are shared by all inputs, so a score depends only on its input: not on the batch, the
+    order, or the caller's random state.
     """
     if method not in SCORES:
         raise ConfigError(f"unknown anomaly score {method!r}; valid scores: {', '.join(SCORES)}")
     model.eval()
     device = next(model.parameters()).device
     x = x.to(device)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        if method == "nll":
-            return evaluation.importance_sampled_nll(model, x, iw_samples).cpu()
-        return torch.cat([_batch_score(model, x[s : s + batch_size], method, n_samples)
-                          for s in range(0, len(x), batch_size)]).cpu()
+    k = iw_samples if method == "nll" else n_samples
+    eps = torch.randn(k, model.latent_dim, generator=torch.Generator().manual_seed(seed)).to(device)  # (k, L)
+    if method == "nll":
+        return evaluation.importance_sampled_nll(model, x, iw_samples, eps=eps).cpu()
+    return torch.cat([_batch_score(model, x[s : s + batch_size], method, eps)
+                      for s in range(0, len(x), batch_size)]).cpu()
 
 
-def _batch_score(model: VAE, x: Tensor, method: str, n_samples: int) -> Tensor:
+def _batch_score(model: VAE, x: Tensor, method: str, eps: Tensor) -> Tensor:
+    qz_x = model.encode(x)
     if method == "recon":
-        return -model.decode(model.encode(x).mean).log_prob(x)
-    draws = [sum(objectives.elbo_per_example(model, x)) for _ in range(n_samples)]
-    return torch.stack(draws).mean(0)  # (B,)
+        return -model.decode(qz_x.mean).log_prob(x)
+    z = qz_x.mean + qz_x.stddev * eps[:, None, :]  # (S, B, L)
+    recon = -model.decode(z).log_prob(x).mean(0)  # (B,)
+    return recon + kl_divergence(qz_x, model.prior())
 
 
 @dataclass(frozen=True)

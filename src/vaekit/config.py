@@ -62,6 +62,7 @@ class DataConfig:
     test_size: float = 0.2  # tables: the held-out test fraction (seeded by split_seed)
     label_column: str | None = None  # tables from CSV: the column holding labels, if any
     standardize: bool = True  # tables: (x - mean) / std with statistics of the training split
+    train_classes: tuple[int, ...] | None = None  # train and validate on these labels only; test keeps all
 
     def __post_init__(self) -> None:
         _require(self.binarize in BINARIZATIONS, "data.binarize", self.binarize, f"one of {BINARIZATIONS}")

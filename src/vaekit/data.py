@@ -89,6 +89,8 @@ def load(cfg: DataConfig) -> Splits:
     else:
         raise DataError(f"unknown dataset {cfg.dataset!r}; valid datasets: {', '.join(sorted(DATASETS))}, "
                         f"or a path to a {'/'.join(tabular.SUFFIXES)} file")
+    if cfg.train_classes is not None:
+        x_train, y_train = _only_classes(x_train, y_train, cfg)
     train_idx, val_idx = _validation_split(len(x_train), cfg.val_size, cfg.split_seed)
 
     def split(x: np.ndarray, y: np.ndarray | None, idx: np.ndarray | None, name: str, role: str) -> Split:
@@ -101,6 +103,17 @@ def load(cfg: DataConfig) -> Splits:
     train = split(x_train, y_train, train_idx, "train", "train")
     val = split(x_train, y_train, val_idx, "val", "eval") if len(val_idx) else None
     return Splits(train, val, split(x_test, y_test, None, "test", "eval"), preprocess)
+
+
+def _only_classes(x: np.ndarray, y: np.ndarray | None, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The training examples whose label is in ``cfg.train_classes`` (e.g. one digit for one-class tasks)."""
+    if y is None:
+        raise DataError(f"data.train_classes needs labels, and {cfg.dataset} has none")
+    keep = np.isin(y, cfg.train_classes)
+    if not keep.any():
+        raise DataError(f"no training example of {cfg.dataset} has a label in {list(cfg.train_classes)}; "
+                        f"its labels are {sorted(np.unique(y).tolist())}")
+    return x[keep], y[keep]
 
 
 def _validation_split(n: int, val_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

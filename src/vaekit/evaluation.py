@@ -24,7 +24,7 @@ ACTIVE_UNIT_THRESHOLD = 1e-2
 
 @torch.no_grad()
 def importance_sampled_nll(model: VAE, x: Tensor, k: int, batch_size: int = 100,
-                           max_elements: int | None = None) -> Tensor:
+                           max_elements: int | None = None, eps: Tensor | None = None) -> Tensor:
     """-log p(x) per example, estimated by L_k with k importance samples; shape (N,).
 
     Samples are drawn in chunks so that no decoder output exceeds about ``max_elements`` values. The CPU
@@ -36,7 +36,7 @@ def importance_sampled_nll(model: VAE, x: Tensor, k: int, batch_size: int = 100,
         max_elements = 2**26 if x.device.type == "cuda" else 2**22
     per_sample = batch_size * math.prod(model.data_shape) * model.n_params
     chunk = max(1, max_elements // per_sample)
-    return torch.cat([-objectives.iwae_bound(model, x[s : s + batch_size], k, chunk)
+    return torch.cat([-objectives.iwae_bound(model, x[s : s + batch_size], k, chunk, eps)
                       for s in range(0, len(x), batch_size)])
 
 

@@ -45,27 +45,33 @@ def elbo(model: VAE, x: Tensor, beta: float = 1.0, forward: Forward | None = Non
     return ELBOTerms(recon + beta * kl, recon, kl)
 
 
-def log_weights(model: VAE, x: Tensor, k: int) -> Tensor:
-    """log w_i = log p(x, z_i) - log q(z_i|x) for k reparameterised z_i ~ q(z|x); shape (k, B)."""
+def log_weights(model: VAE, x: Tensor, k: int, eps: Tensor | None = None) -> Tensor:
+    """log w_i = log p(x, z_i) - log q(z_i|x) for k reparameterised z_i ~ q(z|x); shape (k, B).
+
+    With ``eps`` (k, L), z_i = mu + sigma * eps_i uses the same standard-normal draws for every input
+    (common random numbers), so an input's value does not depend on the batch it is in.
+    """
     qz_x = model.encode(x)
-    z = qz_x.rsample((k,))  # (k, B, L)
+    z = qz_x.rsample((k,)) if eps is None else qz_x.mean + qz_x.stddev * eps[:, None, :]  # (k, B, L)
     log_q = qz_x.log_prob(z)  # (k, B)
     log_pz = model.prior().log_prob(z)  # (k, B)
     log_px_z = model.decode(z).log_prob(x)  # x broadcasts over the k samples  # (k, B)
     return log_px_z + log_pz - log_q
 
 
-def iwae_bound(model: VAE, x: Tensor, k: int, chunk: int | None = None) -> Tensor:
+def iwae_bound(model: VAE, x: Tensor, k: int, chunk: int | None = None, eps: Tensor | None = None) -> Tensor:
     """Importance-weighted bound L_k = log (1/k) sum_i w_i (Burda et al. 2015, eq. 8); shape (B,).
 
     L_1 is the one-sample ELBO and L_k rises towards log p(x) as k grows. Samples are drawn ``chunk`` at
     a time (default: all k) and combined with a log-sum-exp, so memory stays bounded for large k.
+    ``eps`` (k, L) fixes the standard-normal draws, shared by all inputs (see ``log_weights``).
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     chunk = k if chunk is None else max(1, min(chunk, k))
     partial = [
-        torch.logsumexp(log_weights(model, x, min(chunk, k - start)), dim=0)  # (B,)
+        torch.logsumexp(log_weights(model, x, min(chunk, k - start),
+                                    None if eps is None else eps[start : start + chunk]), dim=0)  # (B,)
         for start in range(0, k, chunk)
     ]
     return torch.logsumexp(torch.stack(partial), dim=0) - math.log(k)
