@@ -40,12 +40,17 @@ def posterior_mean_sample(self, sample_shape=NO_SHAPE):
     return self.loc.expand(self._extended_shape(sample_shape))
 
 
-def worker(rank: int, world: int, port: int, out: str, overrides: dict) -> None:
+class StopAfterFirstEpoch(vaekit.Callback):
+    def on_epoch_end(self, record):
+        self.stop_training = True
+
+
+def worker(rank: int, world: int, port: int, out: str, overrides: dict, stop_early: bool = False) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.distributions.Normal.rsample = posterior_mean_sample
     torch.set_num_threads(1)
-    result = vaekit.train(config(**overrides))
+    result = vaekit.train(config(**overrides), callbacks=[StopAfterFirstEpoch()] if stop_early else ())
     save_file({k: v.contiguous() for k, v in result.model.state_dict().items()}, f"{out}/rank{rank}.safetensors")
     with open(f"{out}/history{rank}.json", "w") as f:
         json.dump(result.history, f)
@@ -73,6 +78,12 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, monkeypatc
                                                 "model.latent_dim": 4}).model)
     moved = sum((one[k] - v).abs().sum() for k, v in init.state_dict().items())
     assert moved > 1.0  # training did change the weights, so the match above is not trivial
+
+
+def test_a_stop_asked_for_on_rank_0_stops_every_process(tmp_path):
+    mp.spawn(worker, args=(2, free_port(), str(tmp_path), {"train.epochs": 3}, True), nprocs=2, join=True)
+    for rank in (0, 1):
+        assert len(json.loads((tmp_path / f"history{rank}.json").read_text())) == 1
 
 
 def test_torchrun_command_line(tmp_path):

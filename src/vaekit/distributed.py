@@ -73,6 +73,15 @@ def mean_over_ranks(t: Tensor, ctx: Context) -> Tensor:
     return t / ctx.world_size
 
 
+def any_rank(flag: bool, ctx: Context, device: torch.device) -> bool:
+    """True in every process when ``flag`` is true in any one (e.g. a stop asked for on rank 0)."""
+    if ctx.world_size == 1:
+        return flag
+    t = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def close(ctx: Context) -> None:
     if ctx.owns_group and dist.is_initialized():
         dist.destroy_process_group()

@@ -81,12 +81,7 @@ def scatter_2d(points: np.ndarray, labels: np.ndarray | None, path: str | Path, 
     ax.set_xlabel(axis_labels[0])
     ax.set_ylabel(axis_labels[1])
     ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 def save_gif(frames: Tensor, path: str | Path, seconds_per_frame: float = 0.15, scale: int | None = None) -> Path:
@@ -137,6 +132,10 @@ def roc_curve(labels: np.ndarray, scores: np.ndarray, path: str | Path, title: s
     ax.legend(loc="lower right")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)
+    return _save_figure(fig, path)
+
+
+def _save_figure(fig: plt.Figure, path: str | Path) -> Path:
     fig.tight_layout()
     path = Path(path)
     with atomic_path(path) as tmp:

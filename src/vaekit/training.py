@@ -177,7 +177,9 @@ def train(config: Config, out_dir: str | Path | None = None, callbacks: Sequence
         for epoch in range(1, run.config.train.epochs + 1):
             record = _epoch(run, epoch)
             result.history.append(record)
-            last = epoch == run.config.train.epochs or any(cb.stop_training for cb in run.callbacks)
+            stop = any(cb.stop_training for cb in run.callbacks)  # callbacks run on rank 0 only
+            stop = distributed.any_rank(stop, ctx, run.x.device)
+            last = epoch == run.config.train.epochs or stop
             if out is not None:
                 _save(run, out, record, last, splits.preprocess)
             if last:
