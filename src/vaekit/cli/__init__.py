@@ -1,0 +1,36 @@
+"""The ``vaekit`` command line: each command parses its flags, builds a config and calls the library."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from vaekit.cli import analysis, images, train
+from vaekit.errors import VaekitError
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vaekit", description="Variational autoencoders: train, evaluate, generate.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = p.add_subparsers(dest="command", required=True)
+    train.add_train(sub)
+    train.add_evaluate(sub)
+    images.add_commands(sub)
+    analysis.add_embed(sub)
+    analysis.add_anomaly(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``vaekit`` console script; returns the exit status."""
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        return args.func(args)
+    except VaekitError as e:
+        print(f"vaekit: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vaekit: interrupted", file=sys.stderr)
+        return 130

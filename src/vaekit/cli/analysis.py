@@ -1,0 +1,147 @@
+"""Commands that analyse data with a trained model: ``embed`` and ``anomaly``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vaekit import anomaly, checkpoint, data, embedding, plots
+from vaekit.errors import VaekitError
+
+
+def add_embed(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("embed", help="posterior means as features (.npz/.csv), a 2-D map, a kNN probe")
+    p.add_argument("dir", type=Path, help="checkpoint directory")
+    p.add_argument("--dataset", help="embed another dataset of the same shape")
+    p.add_argument("--data-dir")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("-o", "--output", type=Path, required=True, help="FILE.npz or FILE.csv")
+    p.add_argument("--plot", type=Path, help="also draw a 2-D map coloured by label (PNG)")
+    p.add_argument("--projection", default="pca", choices=list(embedding.PROJECTIONS),
+                   help="how a latent of more than 2 dimensions is mapped to 2-D")
+    p.add_argument("--probe", action="store_true",
+                   help="kNN accuracy (train -> test split) of the embedding and of PCA with as many dimensions")
+    p.add_argument("--k", type=int, default=1, help="neighbours of the probe")
+    p.set_defaults(func=cmd_embed)
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    model, config = checkpoint.load_run(args.dir)
+    overrides = {f"data.{k}": v for k, v in (("dataset", args.dataset), ("data_dir", args.data_dir)) if v}
+    cfg = config.override(overrides).data
+    splits = data.load(cfg)
+    part = data.evaluation_split(splits, args.split, cfg)
+    z = embedding.posterior_means(model, part.x)
+    print(f"wrote {embedding.save(args.output, z, part.y)} ({len(z)} x {z.shape[1]} posterior means, {args.split})")
+    if args.plot:
+        points, axes = embedding.project_2d(z.numpy(), args.projection)
+        title = f"{cfg.dataset} {args.split}: posterior means (z = {z.shape[1]})"
+        labels = None if part.y is None else part.y.numpy()
+        print(f"wrote {plots.scatter_2d(points, labels, args.plot, title, axes)}")
+    if args.probe:
+        train = data.evaluation_split(splits, "train", cfg)
+        if train.y is None or part.y is None:
+            raise VaekitError(f"--probe needs labels, and {cfg.dataset} has none")
+        r = embedding.probe(model, train.x, train.y, part.x, part.y, args.k)
+        print(f"{r.k}-NN accuracy on {args.split} ({r.n_test} examples, fitted on {r.n_train}): "
+              f"VAE latent ({r.dim}-d) {r.vae_accuracy:.4f}, PCA-{r.dim} {r.pca_accuracy:.4f}")
+    return 0
+
+
+def add_anomaly(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("anomaly", help="anomaly scores per input, a stored threshold, ROC/PR AUC with labels")
+    p.add_argument("dir", type=Path, help="checkpoint directory")
+    p.add_argument("--dataset", help="score another dataset (name or table file) in the model's data shape")
+    p.add_argument("--input", type=Path, help="score the rows of this table file (standardized as in training)")
+    p.add_argument("--data-dir")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--score", default="elbo", choices=list(anomaly.SCORES),
+                   help="elbo: negative ELBO over --samples draws; nll: importance-sampled; recon: -log p(x|mu)")
+    p.add_argument("--samples", type=int, default=10, help="posterior draws per input for --score elbo")
+    p.add_argument("--iw-samples", type=int, default=1000, help="importance samples for --score nll")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--contamination", type=float, help="fit and store a threshold flagging this fraction "
+                       "of the validation split (the training split when there is none)")
+    group.add_argument("--quantile", type=float, help="fit and store the threshold at this quantile instead")
+    p.add_argument("--normal-label", type=int, help="with multi-class labels: this class is normal, others anomalies")
+    p.add_argument("-o", "--output", type=Path, default=Path("scores.csv"), help="CSV: index, score[, flag]")
+    p.add_argument("--roc", type=Path, help="with labels: draw the ROC curve here (PNG)")
+    p.set_defaults(func=cmd_anomaly)
+
+
+def cmd_anomaly(args: argparse.Namespace) -> int:
+    model, config = checkpoint.load_run(args.dir)
+    overrides = {f"data.{k}": v for k, v in (("dataset", args.dataset), ("data_dir", args.data_dir)) if v}
+    cfg = config.override(overrides).data
+    score = lambda x: anomaly.score(model, x, args.score, args.samples, args.iw_samples)  # noqa: E731
+    splits = None
+    if args.input is None or args.contamination is not None or args.quantile is not None:
+        splits = data.load(cfg)
+    if args.contamination is not None or args.quantile is not None:
+        _fit_threshold(args, splits, cfg, score)
+    x, labels = _scored_data(args, splits, cfg)
+    scores = score(x)
+    threshold = anomaly.load_threshold(args.dir)
+    if threshold is not None and threshold.score != args.score:
+        raise VaekitError(f"the stored threshold is for --score {threshold.score}, not {args.score}; refit it "
+                          "with --contamination or --quantile")
+    flags = None if threshold is None else (scores > threshold.value).numpy()
+    _write_scores(args.output, scores.numpy(), flags)
+    print(f"wrote {args.output} ({len(scores)} scores" + (f", {int(flags.sum())} flagged above "
+          f"{threshold.value:.4g} [{threshold.rule}])" if flags is not None else ")"))
+    truth = _anomaly_labels(labels, args.normal_label)
+    if truth is not None:
+        auc = anomaly.auc_scores(truth, scores.numpy())
+        print(f"ROC AUC {auc['roc_auc']:.4f}, PR AUC {auc['pr_auc']:.4f} "
+              f"({int(truth.sum())} anomalies of {len(truth)})")
+        if args.roc:
+            print(f"wrote {plots.roc_curve(truth, scores.numpy(), args.roc, f'{args.score} score, {args.split}')}")
+    return 0
+
+
+def _fit_threshold(args, splits, cfg, score) -> None:
+    fit_on = "val" if splits.val is not None else "train"
+    s = score(data.evaluation_split(splits, fit_on, cfg).x)
+    value = anomaly.threshold_from(s, args.contamination, args.quantile)
+    rule = (f"contamination {args.contamination:g}" if args.contamination is not None
+            else f"quantile {args.quantile:g}") + f" of the {fit_on} split's {args.score} scores"
+    path = anomaly.save_threshold(args.dir, anomaly.Threshold(value, args.score, args.samples, rule))
+    print(f"wrote {path}: threshold {value:.4g} ({rule})")
+
+
+def _scored_data(args, splits, cfg):
+    if args.input is None:
+        part = data.evaluation_split(splits, args.split, cfg)
+        return part.x, part.y
+    from vaekit import tabular
+
+    table = tabular.read(args.input, cfg.label_column)
+    x = torch.from_numpy(table.x)
+    preprocess = checkpoint.load_preprocess(args.dir)
+    return (preprocess(x) if preprocess is not None else x), (None if table.y is None else torch.from_numpy(table.y))
+
+
+def _anomaly_labels(labels, normal_label):
+    if labels is None:
+        return None
+    y = labels.numpy()
+    if normal_label is not None:
+        return (y != normal_label).astype(int)
+    if set(np.unique(y).tolist()) <= {0, 1}:
+        return y.astype(int)
+    print("labels are not 0/1: pass --normal-label to score ROC/PR AUC", file=sys.stderr)
+    return None
+
+
+def _write_scores(path: Path, scores, flags) -> None:
+    from vaekit.fileio import atomic_path
+
+    columns = ["index", "score"] + ([] if flags is None else ["flag"])
+    table = [np.arange(len(scores)), scores] + ([] if flags is None else [flags.astype(int)])
+    fmt = ["%d", "%.6g"] + ([] if flags is None else ["%d"])
+    with atomic_path(path) as tmp:
+        np.savetxt(tmp, np.column_stack(table), delimiter=",", header=",".join(columns), comments="", fmt=fmt)

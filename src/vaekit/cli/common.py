@@ -1,0 +1,29 @@
+"""Helpers shared by the commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from vaekit import data, plots
+from vaekit.config import Config
+from vaekit.errors import VaekitError
+
+
+def require_images(model: Any, what: str) -> None:
+    if not plots.is_image_shape(model.data_shape):
+        raise VaekitError(f"{what} writes images, but this model's data has shape {model.data_shape}")
+
+
+def data_config(config: Config, data_dir: str | None):
+    return config.data if data_dir is None else config.override({"data.data_dir": data_dir}).data
+
+
+def input_example(spec: str, split: data.Split, shape: tuple[int, ...]):
+    """A dataset index or an image file, as a tensor of the model's data shape."""
+    if spec.lstrip("-").isdigit():
+        i = int(spec)
+        if not -len(split) <= i < len(split):
+            raise VaekitError(f"index {i} is outside the {split.name} split of {len(split)} examples")
+        return split.x[i]
+    return plots.read_image(Path(spec), shape)

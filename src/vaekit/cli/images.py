@@ -1,0 +1,110 @@
+"""Commands that write images: ``sample``, ``reconstruct``, ``interpolate``, ``traverse``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from vaekit import checkpoint, data, generate, plots
+from vaekit.cli.common import data_config, input_example, require_images
+from vaekit.errors import VaekitError
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sample", help="decode draws from the prior (or a mixture fitted to the data) into a PNG grid")
+    p.add_argument("dir", type=Path)
+    p.add_argument("-n", type=int, default=64)
+    p.add_argument("-o", "--output", type=Path, default=Path("samples.png"))
+    p.add_argument("--temperature", type=float, default=1.0, help="scale of the draws around the prior/components")
+    p.add_argument("--sampler", default="prior", choices=list(generate.SAMPLERS),
+                   help="prior: z ~ N(0, I); gmm: z ~ a Gaussian mixture fitted to the training set's posterior means")
+    p.add_argument("--components", type=int, default=10, help="mixture components for --sampler gmm")
+    p.add_argument("--data-dir")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--nrow", type=int, default=8)
+    p.set_defaults(func=cmd_sample)
+    p = sub.add_parser("interpolate", help="decode the path between two inputs' latent codes (PNG strip, GIF)")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--from", dest="a", required=True, help="an index into --split, or an image file")
+    p.add_argument("--to", dest="b", required=True, help="an index into --split, or an image file")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--method", default="lerp", choices=list(generate.INTERPOLATIONS))
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--data-dir")
+    p.add_argument("-o", "--output", type=Path, default=Path("interpolation.png"))
+    p.add_argument("--gif", type=Path, help="also write an animated GIF there and back")
+    p.set_defaults(func=cmd_interpolate)
+    p = sub.add_parser("traverse", help="sweep the most informative latent dimensions; one row each (PNG)")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--dims", type=int, default=8, help="how many dimensions, ranked by average KL")
+    p.add_argument("--steps", type=int, default=9)
+    p.add_argument("--span", type=float, default=3.0, help="sweep each dimension from -span to +span")
+    p.add_argument("--base", type=int, help="keep the other dimensions at this test example's code (default 0)")
+    p.add_argument("--data-dir")
+    p.add_argument("-o", "--output", type=Path, default=Path("traversal.png"))
+    p.set_defaults(func=cmd_traverse)
+    p = sub.add_parser("reconstruct", help="inputs above their reconstructions, as a PNG grid")
+    p.add_argument("dir", type=Path)
+    p.add_argument("-n", type=int, default=16)
+    p.add_argument("-o", "--output", type=Path, default=Path("reconstructions.png"))
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--data-dir")
+    p.set_defaults(func=cmd_reconstruct)
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    model, config = checkpoint.load_run(args.dir)
+    require_images(model, "sample")
+    if args.n < 1 or args.temperature < 0:
+        raise VaekitError(f"need -n >= 1 and --temperature >= 0, got -n {args.n}, --temperature {args.temperature}")
+    gmm = None
+    if args.sampler == "gmm":
+        cfg = data_config(config, args.data_dir)
+        train = data.evaluation_split(data.load(cfg), "train", cfg)
+        gmm = generate.fit_latent_gmm(model, train.x, args.components, args.seed)
+    x = generate.sample(model, args.n, args.temperature, args.seed, gmm)
+    print(f"wrote {plots.save_grid(x, args.output, nrow=args.nrow)}")
+    return 0
+
+
+def cmd_interpolate(args: argparse.Namespace) -> int:
+    model, config = checkpoint.load_run(args.dir)
+    require_images(model, "interpolate")
+    needs_data = not all(Path(s).suffix for s in (args.a, args.b))
+    split = None
+    if needs_data:
+        cfg = data_config(config, args.data_dir)
+        split = data.evaluation_split(data.load(cfg), args.split, cfg)
+    xa, xb = (input_example(s, split, model.data_shape) for s in (args.a, args.b))
+    frames = generate.interpolate(model, xa, xb, args.steps, args.method)
+    print(f"wrote {plots.save_grid(frames, args.output, nrow=len(frames))}")
+    if args.gif:
+        print(f"wrote {plots.save_gif(frames, args.gif)}")
+    return 0
+
+
+def cmd_traverse(args: argparse.Namespace) -> int:
+    model, config = checkpoint.load_run(args.dir)
+    require_images(model, "traverse")
+    cfg = data_config(config, args.data_dir)
+    splits = data.load(cfg)
+    test = data.evaluation_split(splits, "test", cfg)
+    base = None if args.base is None else input_example(str(args.base), test, model.data_shape)
+    grid, dims = generate.traverse(model, test.x, base, args.dims, args.steps, args.span)
+    print(f"wrote {plots.save_grid(grid, args.output, nrow=args.steps)} (rows: latent dimensions {dims}, by "
+          f"average KL on the test split; columns: -{args.span:g} to +{args.span:g})")
+    return 0
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> int:
+
+    model, config = checkpoint.load_run(args.dir)
+    require_images(model, "reconstruct")
+    cfg = config.data if args.data_dir is None else config.override({"data.data_dir": args.data_dir}).data
+    x = data.evaluation_split(data.load(cfg), args.split, cfg).x[: args.n]
+    nrow = min(len(x), 8)
+    rows = [torch.cat([x[i : i + nrow], model.reconstruct(x[i : i + nrow])]) for i in range(0, len(x), nrow)]
+    print(f"wrote {plots.save_grid(torch.cat(rows), args.output, nrow=nrow)}")
+    return 0

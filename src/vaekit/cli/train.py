@@ -1,0 +1,171 @@
+"""``vaekit train`` and ``vaekit evaluate``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from vaekit import checkpoint, evaluation, training
+from vaekit.config import PRESETS, Config, flatten, load_config_file, parse_assignment, preset
+from vaekit.errors import VaekitError
+
+# flag dest -> dotted config key; a flag left unset keeps the preset's or the config file's value
+TRAIN_FLAGS = {
+    "dataset": "data.dataset", "data_dir": "data.data_dir", "download": "data.download",
+    "binarize": "data.binarize", "val_size": "data.val_size",
+    "hidden": "model.hidden", "activation": "model.activation", "latent_dim": "model.latent_dim",
+    "likelihood": "model.likelihood", "obs_std": "model.obs_std",
+    "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr", "beta": "train.beta",
+    "seed": "train.seed", "device": "train.device", "checkpoint_every": "train.checkpoint_every",
+    "precision": "train.precision",
+}
+
+
+def _hidden(text: str) -> list[int]:
+    try:
+        sizes = [int(s) for s in text.replace(" ", "").split(",") if s]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--hidden {text!r}: expected comma-separated widths like 400 or 200,200") from None
+    return sizes
+
+
+def add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a VAE and write a checkpoint directory")
+    p.add_argument("--preset", help=f"start from a preset: {', '.join(PRESETS)}")
+    p.add_argument("--config", type=Path, help="JSON or TOML file with model/data/train sections")
+    p.add_argument("--dataset", help="dataset name (mnist, digits); default digits")
+    p.add_argument("--data-dir", help="directory holding mnist/ (default: $VAEKIT_DATA, then the cache)")
+    p.add_argument("--download", action="store_true", default=None, help="download MNIST if missing")
+    p.add_argument("--binarize", choices=["none", "dynamic", "static", "threshold"])
+    p.add_argument("--val-size", type=float, help="validation fraction (<1) or count (>=1) of the train set")
+    p.add_argument("--hidden", type=_hidden, help="hidden layer widths, e.g. 400 or 200,200")
+    p.add_argument("--activation")
+    p.add_argument("--latent-dim", type=int)
+    p.add_argument("--likelihood", help="bernoulli, gaussian, gaussian-learned")
+    p.add_argument("--obs-std", type=float, help="standard deviation of the fixed Gaussian likelihood")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--beta", type=float, help="weight of the KL term (beta-VAE)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--precision", choices=["fp32", "bf16"], help="bf16: bfloat16 autocast, loss in fp32")
+    p.add_argument("--checkpoint-every", type=int, help="checkpoint every N epochs (default 1; 0: only at the end)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any config value, e.g. --set train.eval_batch_size=500 (repeatable)")
+    p.add_argument("--out", type=Path, help="run directory (default: runs/<dataset>, numbered if taken)")
+    p.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    p.set_defaults(func=cmd_train)
+
+
+def build_config(args: argparse.Namespace) -> Config:
+    """Defaults < preset < --config file < flags < --set assignments."""
+    config = preset(args.preset) if args.preset else Config()
+    if args.config:
+        config = config.override(flatten(load_config_file(args.config)))
+    flags = {key: getattr(args, dest) for dest, key in TRAIN_FLAGS.items() if getattr(args, dest) is not None}
+    config = config.override(flags)
+    return config.override(dict(parse_assignment(a) for a in args.set))
+
+
+def _run_dir(args: argparse.Namespace, config: Config) -> Path:
+    if args.out is not None:
+        if (args.out / checkpoint.CONFIG_FILE).exists() and not args.overwrite:
+            raise VaekitError(f"{args.out} already holds a checkpoint; pass --overwrite to replace it, "
+                              "or choose another --out")
+        return args.out
+    base = Path("runs") / config.data.dataset
+    out, i = base, 1
+    while (out / checkpoint.CONFIG_FILE).exists():
+        i += 1
+        out = base.with_name(f"{base.name}-{i}")
+    return out
+
+
+class ProgressBar(training.Callback):
+    """A tqdm bar per epoch and one line of metrics at each epoch's end."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet, self.bar, self.epochs, self.steps = quiet, None, 0, 0
+
+    def on_train_start(self, config: Config, steps_per_epoch: int) -> None:
+        self.epochs, self.steps = config.train.epochs, steps_per_epoch
+
+    def on_step(self, epoch: int, step: int) -> None:
+        if self.quiet:
+            return
+        if self.bar is None:
+            self.bar = tqdm(total=self.steps, desc=f"epoch {epoch}/{self.epochs}", leave=False, unit="step",
+                            disable=None)  # no bar when stderr is not a terminal
+        self.bar.update(1)
+
+    def on_epoch_end(self, record: dict[str, Any]) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        if not self.quiet:
+            tqdm.write(format_epoch(record, self.epochs))
+
+
+def format_epoch(r: dict[str, Any], epochs: int) -> str:
+    """One line per epoch: train (and validation) negative ELBO with its reconstruction and KL parts."""
+    line = (f"epoch {r['epoch']:>3}/{epochs}  train -ELBO {r['train_neg_elbo']:9.3f} "
+            f"(recon {r['train_recon']:9.3f}, KL {r['train_kl']:7.3f})")
+    if "val_neg_elbo" in r:
+        line += f"  val -ELBO {r['val_neg_elbo']:9.3f} (recon {r['val_recon']:9.3f}, KL {r['val_kl']:7.3f})"
+    return line + f"  {r['time_s']:.2f}s"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    config = build_config(args)
+    out = _run_dir(args, config)
+    result = training.train(config, out, callbacks=[ProgressBar(args.quiet)])
+    if result.rank != 0:
+        return 0
+    final = result.history[-1]
+    print(f"wrote {out}/{checkpoint.CONFIG_FILE} and {checkpoint.WEIGHTS_FILE} "
+          f"(final train -ELBO {final['train_neg_elbo']:.3f} nats)")
+    for name in ("reconstructions.png", "samples.png"):
+        if (out / name).exists():
+            print(f"wrote {out / name}")
+    return 0
+
+
+def add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="test negative ELBO, importance-sampled NLL and active units")
+    p.add_argument("dir", type=Path, help="checkpoint directory")
+    p.add_argument("--dataset", help="evaluate on another dataset of the same shape")
+    p.add_argument("--data-dir")
+    p.add_argument("--download", action="store_true", default=None)
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--iw-samples", type=int, default=1000, help="importance samples K (0 skips the NLL)")
+    p.add_argument("--seed", type=int, help="seed of the evaluation's posterior draws (default: the run's)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    overrides = {k: v for k, v in (("dataset", args.dataset), ("data_dir", args.data_dir),
+                                   ("download", args.download)) if v is not None}
+    result = evaluation.evaluate(args.dir, args.split, args.iw_samples, args.device, overrides, args.seed)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    rows = [("negative ELBO", result["neg_elbo"]), ("  reconstruction", result["recon"]),
+            ("  KL", result["kl"])]
+    if "nll" in result:
+        rows.append((f"NLL (K={result['iw_samples']})", result["nll"]))
+    print(f"{args.dir}: {result['split']} split, n={result['n']}, likelihood {result['likelihood']}, "
+          f"binarization {result['binarization']}")
+    for name, value in rows:
+        print(f"  {name:<20} {value:10.3f} nats")
+    print(f"  {'active units':<20} {result['active_units']:>6d} / {result['latent_dim']}")
+    print(f"  ({result['seconds']:.1f} s)")
+    return 0
