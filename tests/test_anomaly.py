@@ -82,3 +82,23 @@ def test_scores_do_not_depend_on_the_batch_or_order():
         full = anomaly.score(model, x, method, n_samples=5, iw_samples=16)
         part = anomaly.score(model, x[7:19].flip(0), method, n_samples=5, iw_samples=16, batch_size=4)
         torch.testing.assert_close(part, full[7:19].flip(0), rtol=1e-5, atol=1e-5)
+
+
+def test_pixel_nll_sums_to_the_recon_score():
+    model = tiny_model("bernoulli", shape=(1, 4, 4))
+    x = torch.rand(6, 1, 4, 4)
+    heat = anomaly.pixel_nll(model, x)
+    assert heat.shape == (6, 4, 4) and (heat >= 0).all()
+    torch.testing.assert_close(heat.sum((1, 2)), anomaly.score(model, x, "recon"))
+
+
+def test_heatmap_of_the_worst_images(tmp_path, capsys):
+    from conftest import digits_config
+
+    run = tmp_path / "run"
+    vaekit.train(digits_config(**{"train.epochs": 2}), run)
+    png = tmp_path / "heat.png"
+    assert main(["anomaly", str(run), "-o", str(tmp_path / "s.csv"), "--heatmap", str(png), "--worst", "5",
+                 "--normal-label", "0"]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "ROC AUC" in capsys.readouterr().out

@@ -56,6 +56,20 @@ def _batch_score(model: VAE, x: Tensor, method: str, eps: Tensor) -> Tensor:
     return recon + kl_divergence(qz_x, model.prior())
 
 
+@torch.no_grad()
+def pixel_nll(model: VAE, x: Tensor) -> Tensor:
+    """-log p(x_i | z = mu(x)) per pixel, summed over channels; (N, H, W) for images (N, *shape) otherwise.
+
+    Its sum over pixels is the ``recon`` score, so the map shows where that score comes from.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    x = x.to(device)
+    px_z = model.decode(model.encode(x).mean)
+    nll = -px_z.base_dist.log_prob(x)  # (N, *shape)
+    return (nll.sum(1) if nll.dim() == 4 else nll).cpu()
+
+
 @dataclass(frozen=True)
 class Threshold:
     """Scores above ``value`` are flagged; how it was chosen travels with it."""

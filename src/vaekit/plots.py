@@ -135,6 +135,35 @@ def roc_curve(labels: np.ndarray, scores: np.ndarray, path: str | Path, title: s
     return _save_figure(fig, path)
 
 
+def anomaly_heatmaps(x: Tensor, recon: Tensor, heat: Tensor, scores: Tensor, path: str | Path, title: str) -> Path:
+    """For each input (columns): the input, its reconstruction, and its per-pixel NLL with a shared colour scale."""
+    n = len(x)
+    fig, axes = plt.subplots(3, n, figsize=(1.4 * n + 1.2, 4.6), dpi=110, squeeze=False)
+    vmax = float(torch.quantile(heat.flatten().float(), 0.995))  # one extreme pixel should not wash out the rest
+    for j in range(n):
+        for row, img in enumerate((x[j], recon[j])):
+            axes[row, j].imshow(_to_hw(img), cmap="gray" if img.shape[0] == 1 else None, vmin=0, vmax=1)
+        im = axes[2, j].imshow(heat[j].numpy(), cmap="inferno", vmin=0, vmax=vmax)
+        axes[0, j].set_title(f"{float(scores[j]):.1f}", fontsize=8)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for row, name in enumerate(("input", "reconstruction", "NLL per pixel")):
+        axes[row, 0].set_ylabel(name, fontsize=8)
+    fig.colorbar(im, ax=axes.ravel().tolist(), fraction=0.02, pad=0.01, label="nats (NLL row)")
+    fig.suptitle(title, fontsize=9)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _to_hw(img: Tensor) -> np.ndarray:
+    a = img.detach().float().clamp(0, 1).cpu().numpy()
+    return a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0)
+
+
 def _save_figure(fig: plt.Figure, path: str | Path) -> Path:
     fig.tight_layout()
     path = Path(path)

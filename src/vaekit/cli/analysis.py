@@ -70,6 +70,8 @@ def add_anomaly(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--normal-label", type=int, help="with multi-class labels: this class is normal, others anomalies")
     p.add_argument("-o", "--output", type=Path, default=Path("scores.csv"), help="CSV: index, score[, flag]")
     p.add_argument("--roc", type=Path, help="with labels: draw the ROC curve here (PNG)")
+    p.add_argument("--heatmap", type=Path, help="images: the worst inputs, their reconstructions and per-pixel NLL")
+    p.add_argument("--worst", type=int, default=8, help="how many of the highest-scoring inputs --heatmap shows")
     p.set_defaults(func=cmd_anomaly)
 
 
@@ -93,6 +95,8 @@ def cmd_anomaly(args: argparse.Namespace) -> int:
     _write_scores(args.output, scores.numpy(), flags)
     print(f"wrote {args.output} ({len(scores)} scores" + (f", {int(flags.sum())} flagged above "
           f"{threshold.value:.4g} [{threshold.rule}])" if flags is not None else ")"))
+    if args.heatmap:
+        _heatmap(args, model, x, scores)
     truth = _anomaly_labels(labels, args.normal_label)
     if truth is not None:
         auc = anomaly.auc_scores(truth, scores.numpy())
@@ -101,6 +105,17 @@ def cmd_anomaly(args: argparse.Namespace) -> int:
         if args.roc:
             print(f"wrote {plots.roc_curve(truth, scores.numpy(), args.roc, f'{args.score} score, {args.split}')}")
     return 0
+
+
+def _heatmap(args, model, x, scores) -> None:
+    if not plots.is_image_shape(model.data_shape):
+        raise VaekitError(f"--heatmap draws images, but this model's data has shape {model.data_shape}")
+    worst = torch.argsort(scores, descending=True)[: args.worst]
+    xw = x[worst]
+    recon = model.reconstruct(xw.to(next(model.parameters()).device)).cpu()
+    title = f"the {len(worst)} highest {args.score} scores (above each input) and where they come from"
+    heat = anomaly.pixel_nll(model, xw)
+    print(f"wrote {plots.anomaly_heatmaps(xw, recon, heat, scores[worst], args.heatmap, title)}")
 
 
 def _fit_threshold(args, splits, cfg, score) -> None:
