@@ -30,7 +30,8 @@ def score(model: VAE, x: Tensor, method: str = "elbo", n_samples: int = 10, iw_s
 
     ``elbo``: the negative ELBO with its expected reconstruction term averaged over ``n_samples`` posterior
     draws; ``nll``: the importance-sampled negative log-likelihood with ``iw_samples`` samples; ``recon``:
-    -log p(x|z) at the posterior mean. The standard-normal draws behind z = mu + sigma * eps come from
+    the squared reconstruction error ||x - E[x|z = mu(x)]||^2 (in the units of x; for tables, standardized
+    units). The standard-normal draws behind z = mu + sigma * eps come from
     ``seed`` and are shared by all inputs, so a score depends only on its input: not on the batch, the
     order, or the caller's random state.
     """
@@ -50,24 +51,25 @@ def score(model: VAE, x: Tensor, method: str = "elbo", n_samples: int = 10, iw_s
 def _batch_score(model: VAE, x: Tensor, method: str, eps: Tensor) -> Tensor:
     qz_x = model.encode(x)
     if method == "recon":
-        return -model.decode(qz_x.mean).log_prob(x)
+        return (x - model.decode(qz_x.mean).mean).pow(2).flatten(1).sum(1)
     z = qz_x.mean + qz_x.stddev * eps[:, None, :]  # (S, B, L)
     recon = -model.decode(z).log_prob(x).mean(0)  # (B,)
     return recon + kl_divergence(qz_x, model.prior())
 
 
 @torch.no_grad()
-def pixel_nll(model: VAE, x: Tensor) -> Tensor:
-    """-log p(x_i | z = mu(x)) per pixel, summed over channels; (N, H, W) for images (N, *shape) otherwise.
+def pixel_map(model: VAE, x: Tensor, method: str = "elbo") -> Tensor:
+    """Where a score comes from, per pixel (summed over channels; (N, H, W) for images).
 
-    Its sum over pixels is the ``recon`` score, so the map shows where that score comes from.
+    For ``recon`` the squared error (x_i - E[x_i|z = mu])^2, whose sum is the recon score; for the
+    likelihood scores -log p(x_i | z = mu), the reconstruction part of the ELBO at the posterior mean.
     """
     model.eval()
     device = next(model.parameters()).device
     x = x.to(device)
     px_z = model.decode(model.encode(x).mean)
-    nll = -px_z.base_dist.log_prob(x)  # (N, *shape)
-    return (nll.sum(1) if nll.dim() == 4 else nll).cpu()
+    per = (x - px_z.mean).pow(2) if method == "recon" else -px_z.base_dist.log_prob(x)  # (N, *shape)
+    return (per.sum(1) if per.dim() == 4 else per).cpu()
 
 
 @dataclass(frozen=True)

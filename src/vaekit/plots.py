@@ -135,8 +135,9 @@ def roc_curve(labels: np.ndarray, scores: np.ndarray, path: str | Path, title: s
     return _save_figure(fig, path)
 
 
-def anomaly_heatmaps(x: Tensor, recon: Tensor, heat: Tensor, scores: Tensor, path: str | Path, title: str) -> Path:
-    """For each input (columns): the input, its reconstruction, and its per-pixel NLL with a shared colour scale."""
+def anomaly_heatmaps(x: Tensor, recon: Tensor, heat: Tensor, scores: Tensor, path: str | Path, title: str,
+                     heat_label: str = "NLL per pixel") -> Path:
+    """For each input (columns): the input, its reconstruction, and its per-pixel map with a shared colour scale."""
     n = len(x)
     fig, axes = plt.subplots(3, n, figsize=(1.4 * n + 1.2, 4.6), dpi=110, squeeze=False)
     vmax = float(torch.quantile(heat.flatten().float(), 0.995))  # one extreme pixel should not wash out the rest
@@ -148,9 +149,9 @@ def anomaly_heatmaps(x: Tensor, recon: Tensor, heat: Tensor, scores: Tensor, pat
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    for row, name in enumerate(("input", "reconstruction", "NLL per pixel")):
+    for row, name in enumerate(("input", "reconstruction", heat_label)):
         axes[row, 0].set_ylabel(name, fontsize=8)
-    fig.colorbar(im, ax=axes.ravel().tolist(), fraction=0.02, pad=0.01, label="nats (NLL row)")
+    fig.colorbar(im, ax=axes.ravel().tolist(), fraction=0.02, pad=0.01, label=f"{heat_label} (bottom row)")
     fig.suptitle(title, fontsize=9)
     path = Path(path)
     with atomic_path(path) as tmp:

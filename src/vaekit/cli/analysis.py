@@ -60,7 +60,8 @@ def add_anomaly(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--score", default="elbo", choices=list(anomaly.SCORES),
-                   help="elbo: negative ELBO over --samples draws; nll: importance-sampled; recon: -log p(x|mu)")
+                   help="elbo: negative ELBO over --samples draws; nll: importance-sampled; "
+                   "recon: squared reconstruction error at the posterior mean")
     p.add_argument("--samples", type=int, default=10, help="posterior draws per input for --score elbo")
     p.add_argument("--iw-samples", type=int, default=1000, help="importance samples for --score nll")
     group = p.add_mutually_exclusive_group()
@@ -114,8 +115,9 @@ def _heatmap(args, model, x, scores) -> None:
     xw = x[worst]
     recon = model.reconstruct(xw.to(next(model.parameters()).device)).cpu()
     title = f"the {len(worst)} highest {args.score} scores (above each input) and where they come from"
-    heat = anomaly.pixel_nll(model, xw)
-    print(f"wrote {plots.anomaly_heatmaps(xw, recon, heat, scores[worst], args.heatmap, title)}")
+    heat = anomaly.pixel_map(model, xw, args.score)
+    label = "squared error" if args.score == "recon" else "NLL per pixel"
+    print(f"wrote {plots.anomaly_heatmaps(xw, recon, heat, scores[worst], args.heatmap, title, label)}")
 
 
 def _fit_threshold(args, splits, cfg, score) -> None:
