@@ -38,7 +38,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a VAE and write a checkpoint directory")
     p.add_argument("--preset", help=f"start from a preset: {', '.join(PRESETS)}")
     p.add_argument("--config", type=Path, help="JSON or TOML file with model/data/train sections")
-    p.add_argument("--dataset", help="dataset name (mnist, digits); default digits")
+    p.add_argument("--dataset", help="mnist, digits (the default), or a .csv/.npy/.npz/.mat table")
     p.add_argument("--data-dir", help="directory holding mnist/ (default: $VAEKIT_DATA, then the cache)")
     p.add_argument("--download", action="store_true", default=None, help="download MNIST if missing")
     p.add_argument("--binarize", choices=["none", "dynamic", "static", "threshold"])
