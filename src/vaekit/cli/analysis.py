@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from vaekit import anomaly, checkpoint, data, embedding, plots
+from vaekit.cli.common import data_config
 from vaekit.errors import VaekitError
 
 
@@ -31,8 +32,7 @@ def add_embed(sub: argparse._SubParsersAction) -> None:
 
 def cmd_embed(args: argparse.Namespace) -> int:
     model, config = checkpoint.load_run(args.dir)
-    overrides = {f"data.{k}": v for k, v in (("dataset", args.dataset), ("data_dir", args.data_dir)) if v}
-    cfg = config.override(overrides).data
+    cfg = data_config(config, args.data_dir, args.dataset)
     splits = data.load(cfg)
     part = data.evaluation_split(splits, args.split, cfg)
     z = embedding.posterior_means(model, part.x)
@@ -78,8 +78,7 @@ def add_anomaly(sub: argparse._SubParsersAction) -> None:
 
 def cmd_anomaly(args: argparse.Namespace) -> int:
     model, config = checkpoint.load_run(args.dir)
-    overrides = {f"data.{k}": v for k, v in (("dataset", args.dataset), ("data_dir", args.data_dir)) if v}
-    cfg = config.override(overrides).data
+    cfg = data_config(config, args.data_dir, args.dataset)
     score = lambda x: anomaly.score(model, x, args.score, args.samples, args.iw_samples)  # noqa: E731
     splits = None
     if args.input is None or args.contamination is not None or args.quantile is not None:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from vaekit import data, plots
-from vaekit.config import Config
+from vaekit.config import Config, DataConfig
 from vaekit.errors import VaekitError
 
 
@@ -15,8 +15,10 @@ def require_images(model: Any, what: str) -> None:
         raise VaekitError(f"{what} writes images, but this model's data has shape {model.data_shape}")
 
 
-def data_config(config: Config, data_dir: str | None):
-    return config.data if data_dir is None else config.override({"data.data_dir": data_dir}).data
+def data_config(config: Config, data_dir: str | None = None, dataset: str | None = None) -> DataConfig:
+    """The run's data settings with the command's --data-dir and --dataset, where given."""
+    overrides = {f"data.{k}": v for k, v in (("dataset", dataset), ("data_dir", data_dir)) if v}
+    return config.override(overrides).data if overrides else config.data
 
 
 def input_example(spec: str, split: data.Split, shape: tuple[int, ...]):
