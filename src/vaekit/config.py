@@ -26,21 +26,28 @@ else:  # pragma: no cover - exercised only on Python 3.10
 BINARIZATIONS = ("none", "dynamic", "static", "threshold")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
+ARCHS = ("mlp", "conv")
+OBJECTIVES = ("elbo", "iwae")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture of the VAE: q(z|x) and p(x|z) networks, latent size and likelihood."""
 
-    arch: str = "mlp"
-    hidden: tuple[int, ...] = (400,)
+    arch: str = "mlp"  # mlp, or conv: stride-2 convolutions for (C, H, W) images of any size
+    hidden: tuple[int, ...] = (400,)  # MLP widths; for conv, the fully connected layers after the convolutions
+    channels: tuple[int, ...] = (32, 64)  # conv: output channels of each stride-2 layer of the encoder
     activation: str = "relu"
     latent_dim: int = 20
     likelihood: str = "bernoulli"
     obs_std: float = 0.1  # standard deviation of the fixed-variance Gaussian likelihood
     data_shape: tuple[int, ...] | None = None  # set from the data at training time
+    conditional: bool = False  # q(z|x, y) and p(x|z, y) for a class label y
+    labels: tuple[str, ...] | None = None  # the class names of a conditional model, set from the data
 
     def __post_init__(self) -> None:
+        _require(self.arch in ARCHS, "model.arch", self.arch, f"one of {ARCHS}")
+        _require(all(c >= 1 for c in self.channels), "model.channels", self.channels, "positive channel counts")
         _require(self.latent_dim >= 1, "model.latent_dim", self.latent_dim, "an integer >= 1")
         _require(all(h >= 1 for h in self.hidden), "model.hidden", self.hidden, "positive layer widths")
         _require(self.obs_std > 0, "model.obs_std", self.obs_std, "a positive number")
@@ -63,11 +70,18 @@ class DataConfig:
     label_column: str | None = None  # tables from CSV: the column holding labels, if any
     standardize: bool = True  # tables: (x - mean) / std with statistics of the training split
     train_classes: tuple[int, ...] | None = None  # train and validate on these labels only; test keeps all
+    image_size: tuple[int, int] | None = None  # image folders/arrays: (H, W); None = that of the first image
+    channels: int | None = None  # image folders: 1 (grey), 3 (RGB) or 4 (RGBA); None = that of the first image
+    strict: bool = False  # image folders: stop at the first unreadable file instead of skipping it
 
     def __post_init__(self) -> None:
         _require(self.binarize in BINARIZATIONS, "data.binarize", self.binarize, f"one of {BINARIZATIONS}")
         _require(self.val_size >= 0, "data.val_size", self.val_size, "a fraction in [0, 1) or a count")
         _require(0 < self.test_size < 1, "data.test_size", self.test_size, "a fraction in (0, 1)")
+        if self.image_size is not None:
+            _require(len(self.image_size) == 2 and min(self.image_size) >= 1, "data.image_size", self.image_size,
+                     "[height, width]")
+        _require(self.channels in (None, 1, 3, 4), "data.channels", self.channels, "1, 3 or 4")
 
 
 @dataclass(frozen=True)
@@ -85,6 +99,11 @@ class TrainConfig:
     eval_batch_size: int = 1000
     precision: str = "fp32"  # bf16: matrix products in bfloat16 under autocast; the loss stays in fp32
     cuda_graph: bool = True  # on CUDA, capture the whole step as one graph (drops the last partial batch)
+    objective: str = "elbo"  # elbo, or iwae: the importance-weighted bound with iw_k samples (Burda et al. 2015)
+    iw_k: int = 50  # importance samples of the iwae objective
+    kl_warmup_epochs: float = 0.0  # beta rises linearly from 0 to train.beta over this many epochs ...
+    kl_warmup_steps: int = 0  # ... or over this many optimizer steps (set at most one of the two)
+    free_bits: float = 0.0  # nats: each latent dimension's batch-mean KL counts at least this much (Kingma 2016)
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "train.epochs", self.epochs, "an integer >= 1")
@@ -95,6 +114,13 @@ class TrainConfig:
         _require(self.checkpoint_every >= 0, "train.checkpoint_every", self.checkpoint_every, "an integer >= 0")
         _require(self.device in DEVICES, "train.device", self.device, f"one of {DEVICES}")
         _require(self.precision in PRECISIONS, "train.precision", self.precision, f"one of {PRECISIONS}")
+        _require(self.objective in OBJECTIVES, "train.objective", self.objective, f"one of {OBJECTIVES}")
+        _require(self.iw_k >= 1, "train.iw_k", self.iw_k, "an integer >= 1")
+        _require(self.kl_warmup_epochs >= 0, "train.kl_warmup_epochs", self.kl_warmup_epochs, "a number >= 0")
+        _require(self.kl_warmup_steps >= 0, "train.kl_warmup_steps", self.kl_warmup_steps, "an integer >= 0")
+        _require(not (self.kl_warmup_epochs and self.kl_warmup_steps), "train.kl_warmup_steps",
+                 self.kl_warmup_steps, "0 when train.kl_warmup_epochs is set (one warm-up schedule)")
+        _require(self.free_bits >= 0, "train.free_bits", self.free_bits, "a number >= 0")
 
 
 @dataclass(frozen=True)

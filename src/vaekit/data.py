@@ -43,6 +43,7 @@ class Splits:
     val: Split | None
     test: Split
     preprocess: tabular.Standardizer | None = None  # applied to every split; saved with the model
+    classes: tuple[str, ...] | None = None  # names of the labels 0..C-1 that ``y`` holds, when known
 
 
 def _mnist(cfg: DataConfig) -> RawSplits:

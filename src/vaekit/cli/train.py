@@ -17,6 +17,10 @@ from vaekit.errors import VaekitError
 TRAIN_FLAGS = {
     "dataset": "data.dataset", "data_dir": "data.data_dir", "download": "data.download",
     "binarize": "data.binarize", "val_size": "data.val_size",
+    "image_size": "data.image_size", "channels": "data.channels", "strict": "data.strict",
+    "arch": "model.arch", "conv_channels": "model.channels", "conditional": "model.conditional",
+    "objective": "train.objective", "k": "train.iw_k", "kl_warmup_epochs": "train.kl_warmup_epochs",
+    "kl_warmup_steps": "train.kl_warmup_steps", "free_bits": "train.free_bits",
     "hidden": "model.hidden", "activation": "model.activation", "latent_dim": "model.latent_dim",
     "likelihood": "model.likelihood", "obs_std": "model.obs_std",
     "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr", "beta": "train.beta",
@@ -34,24 +38,47 @@ def _hidden(text: str) -> list[int]:
     return sizes
 
 
+def _image_size(text: str) -> list[int]:
+    parts = text.lower().replace(" ", "").split("x")
+    if len(parts) != 2 or not all(p.isdigit() and int(p) >= 1 for p in parts):
+        raise argparse.ArgumentTypeError(f"--image-size {text!r}: expected HEIGHTxWIDTH like 32x32 or 30x45")
+    return [int(p) for p in parts]
+
+
 def add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a VAE and write a checkpoint directory")
     p.add_argument("--preset", help=f"start from a preset: {', '.join(PRESETS)}")
     p.add_argument("--config", type=Path, help="JSON or TOML file with model/data/train sections")
-    p.add_argument("--dataset", help="mnist, digits (the default), or a .csv/.npy/.npz/.mat table")
+    p.add_argument("--dataset", help="mnist, digits (the default), a folder of PNG/JPEG images, "
+                   "or a .csv/.npy/.npz/.mat file (a table, or an array of images)")
     p.add_argument("--data-dir", help="directory holding mnist/ (default: $VAEKIT_DATA, then the cache)")
     p.add_argument("--download", action="store_true", default=None, help="download MNIST if missing")
     p.add_argument("--binarize", choices=["none", "dynamic", "static", "threshold"])
     p.add_argument("--val-size", type=float, help="validation fraction (<1) or count (>=1) of the train set")
+    p.add_argument("--image-size", type=_image_size, help="image data: resize to HEIGHTxWIDTH (default: the "
+                   "size of the first image)")
+    p.add_argument("--channels", type=int, choices=[1, 3, 4], help="image data: 1 grey, 3 RGB, 4 RGBA "
+                   "(default: those of the first image)")
+    p.add_argument("--strict", action="store_true", default=None,
+                   help="image folders: stop at an unreadable file (default: skip it with a warning)")
+    p.add_argument("--arch", choices=["mlp", "conv"], help="network type (conv: any HxWxC image)")
+    p.add_argument("--conv-channels", type=_hidden, help="conv: channels of each stride-2 layer, e.g. 32,64")
+    p.add_argument("--conditional", action="store_true", default=None,
+                   help="condition encoder and decoder on the class label (needs a labelled dataset)")
     p.add_argument("--hidden", type=_hidden, help="hidden layer widths, e.g. 400 or 200,200")
     p.add_argument("--activation")
     p.add_argument("--latent-dim", type=int)
-    p.add_argument("--likelihood", help="bernoulli, gaussian, gaussian-learned")
+    p.add_argument("--likelihood", help="bernoulli, gaussian, gaussian-learned, continuous-bernoulli, logistic")
     p.add_argument("--obs-std", type=float, help="standard deviation of the fixed Gaussian likelihood")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--beta", type=float, help="weight of the KL term (beta-VAE)")
+    p.add_argument("--kl-warmup-epochs", type=float, help="raise beta linearly from 0 over this many epochs")
+    p.add_argument("--kl-warmup-steps", type=int, help="raise beta linearly from 0 over this many steps")
+    p.add_argument("--free-bits", type=float, help="nats: floor on each latent dimension's KL (Kingma 2016)")
+    p.add_argument("--objective", choices=["elbo", "iwae"], help="training bound (default elbo)")
+    p.add_argument("--k", type=int, help="importance samples of --objective iwae (default 50)")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--precision", choices=["fp32", "bf16"], help="bf16: bfloat16 autocast, loss in fp32")
