@@ -59,7 +59,7 @@ def test_existing_checkpoint_is_not_overwritten_without_asking(tmp_path, capsys)
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["train", "--dataset", "cifar"], "unknown dataset 'cifar'; valid datasets: digits, mnist"),
-    (["train", "--preset", "vq"], "unknown preset 'vq'; valid presets: iwae, seed"),
+    (["train", "--preset", "vq"], "unknown preset 'vq'; valid presets: conv, iwae, seed"),
     (["train", "--dataset", "digits", "--activation", "swishy"], "unknown activation 'swishy'"),
     (["train", "--dataset", "digits", "--likelihood", "poisson"], "unknown likelihood 'poisson'"),
     (["train", "--set", "model.depth=3"], "unknown config key 'model.depth'"),
@@ -83,3 +83,25 @@ def test_missing_mnist_explains_both_ways_to_get_it(tmp_path, capsys, monkeypatc
 def test_console_script_and_module_entry_point(tmp_path):
     out = subprocess.run([sys.executable, "-m", "vaekit", "--help"], capture_output=True, text=True, check=True)
     assert "train" in out.stdout and "evaluate" in out.stdout
+
+
+def test_conditional_conv_model_from_the_command_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *SMALL, "--arch", "conv", "--conv-channels", "4,8", "--conditional",
+                 "--kl-warmup-epochs", "1", "--free-bits", "0.1", "--out", str(run)]) == 0
+    cfg = vaekit.load_config(run)
+    assert (cfg.model.arch, cfg.model.channels, cfg.model.conditional) == ("conv", (4, 8), True)
+    assert (cfg.train.kl_warmup_epochs, cfg.train.free_bits) == (1.0, 0.1)
+    capsys.readouterr()
+    assert main(["sample", str(run), "-o", str(tmp_path / "all.png"), "--nrow", "5"]) == 0
+    assert "one row per label: 0, 1, 2" in capsys.readouterr().out
+    assert main(["sample", str(run), "--label", "7", "-n", "4", "-o", str(tmp_path / "sevens.png")]) == 0
+    assert main(["sample", str(run), "--label", "x", "-o", str(tmp_path / "x.png")]) == 2
+    assert "unknown label 'x'" in capsys.readouterr().err
+    assert main(["evaluate", str(run), "--iw-samples", "4", "--device", "cpu"]) == 0
+
+
+def test_iwae_objective_from_the_command_line(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", *SMALL, "--objective", "iwae", "--k", "3", "--out", str(run)]) == 0
+    assert (vaekit.load_config(run).train.objective, vaekit.load_config(run).train.iw_k) == ("iwae", 3)

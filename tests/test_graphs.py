@@ -51,7 +51,7 @@ def test_static_step_binarizes_dynamically_on_the_device():
     x = torch.rand(50, 1, 4, 4)
     seen = []
 
-    def step_fn(xb):
+    def step_fn(xb, yb, beta):
         seen.append(xb.clone())
         return torch.stack([xb.sum(), xb.mean(), torch.tensor(0.0)])
 

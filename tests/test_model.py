@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch.distributions import Distribution
 
-from vaekit import DataError
-from vaekit.model import LOGVAR_MAX, LOGVAR_MIN
+from vaekit import ConfigError, DataError
+from vaekit.config import ModelConfig
+from vaekit.model import LOGVAR_MAX, LOGVAR_MIN, VAE
 
 from conftest import tiny_model
 
@@ -74,3 +75,41 @@ def test_decode_keeps_leading_sample_dimensions():
     x = torch.rand(5, 1, 4, 4)
     per_sample = torch.stack([model.decode(z[i]).log_prob(x) for i in range(2)])
     torch.testing.assert_close(px_z.log_prob(x), per_sample)
+
+
+def _conditional(arch: str = "mlp") -> VAE:
+    cfg = ModelConfig(arch=arch, data_shape=(1, 8, 8), hidden=(16,), channels=(4,), latent_dim=2,
+                      conditional=True, labels=("cat", "dog", "eel"))
+    return VAE(cfg)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "conv"])
+def test_conditional_decoder_depends_on_the_label(arch):
+    model = _conditional(arch)
+    z = torch.randn(4, 2)
+    a = model.decode(z, torch.zeros(4, dtype=torch.long)).mean
+    b = model.decode(z, torch.full((4,), 2)).mean
+    assert not torch.allclose(a, b)
+    k = model.decode(z.expand(3, 4, 2), torch.zeros(4, dtype=torch.long)).mean  # samples broadcast over y
+    torch.testing.assert_close(k[1], a)
+
+
+def test_conditional_model_names_what_is_wrong_with_labels():
+    model = _conditional()
+    x = torch.rand(3, 1, 8, 8)
+    with pytest.raises(ConfigError, match="conditional: pass the labels"):
+        model.encode(x)
+    with pytest.raises(DataError, match=r"0\.\.2"):
+        model.encode(x, torch.tensor([0, 1, 3]))
+    with pytest.raises(DataError, match=r"shape \(3,\)"):
+        model.encode(x, torch.tensor([0, 1]))
+    with pytest.raises(ConfigError, match="unknown label 'fox'"):
+        model.label_index("fox")
+    assert model.label_index("eel") == 2
+    with pytest.raises(ConfigError, match="not conditional"):
+        tiny_model().encode(torch.rand(2, 1, 4, 4), torch.tensor([0, 1]))
+
+
+def test_conditional_model_needs_its_label_names():
+    with pytest.raises(ConfigError, match=r"model\.labels"):
+        VAE(ModelConfig(data_shape=(1, 8, 8), conditional=True))

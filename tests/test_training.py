@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -120,3 +121,52 @@ def test_bf16_autocast_trains_with_fp32_loss_close_to_fp32():
     with torch.autocast("cpu", torch.bfloat16):
         qz_x, _z, px_z = bf16.model(x)
         assert qz_x.mean.dtype == torch.float32 and px_z.log_prob(x).dtype == torch.float32
+
+
+def test_epoch_records_report_beta_kl_per_dimension_and_active_units():
+    cfg = digits_config(**{"train.epochs": 3, "train.kl_warmup_epochs": 2, "train.beta": 2.0})
+    history = vaekit.train(cfg).history
+    assert [r["beta"] for r in history] == [1.0, 2.0, 2.0]  # linear over the first two epochs, then flat
+    for r in history:
+        assert len(r["kl_per_dim"]) == 4 and all(v >= 0 for v in r["kl_per_dim"])
+        assert 0 <= r["active_units"] <= 4
+
+
+def test_warmup_by_steps_starts_near_zero():
+    cfg = digits_config(**{"train.epochs": 1, "train.kl_warmup_steps": 1000})
+    steps = len(batch_bounds(1294, 64, False))
+    assert vaekit.train(cfg).history[0]["beta"] == pytest.approx(steps / 1000)
+
+
+def test_iwae_objective_and_free_bits_train():
+    for extra in ({"train.objective": "iwae", "train.iw_k": 5}, {"train.free_bits": 0.5}):
+        history = vaekit.train(digits_config(**{"train.epochs": 3, **extra})).history
+        assert history[-1]["train_neg_elbo"] < history[0]["train_neg_elbo"], extra
+
+
+def test_iwae_objective_refuses_free_bits():
+    with pytest.raises(TrainingError, match="free_bits"):
+        vaekit.train(digits_config(**{"train.objective": "iwae", "train.free_bits": 0.5}))
+
+
+def test_conditional_needs_labels():
+    cfg = digits_config(**{"model.conditional": True})
+    from vaekit import data
+
+    splits = data.load(cfg.data)
+    unlabelled = dataclasses.replace(splits, train=dataclasses.replace(splits.train, y=None))
+    with pytest.raises(TrainingError, match="labelled data"):
+        vaekit.train(cfg, splits=unlabelled)
+
+
+def test_conditional_conv_model_trains_saves_and_evaluates(tmp_path):
+    cfg = digits_config(**{"model.conditional": True, "model.arch": "conv", "model.channels": [4, 8],
+                           "train.epochs": 2})
+    result = vaekit.train(cfg, tmp_path)
+    assert result.config.model.labels == tuple(str(d) for d in range(10))
+    loaded = vaekit.load(tmp_path)
+    x, y = torch.rand(3, 1, 8, 8), torch.tensor([0, 5, 9])
+    torch.testing.assert_close(loaded.reconstruct(x, y), result.model.eval().reconstruct(x, y))
+    metrics = vaekit.evaluate(tmp_path, iw_samples=5, device="cpu")
+    assert metrics["conditional"] and metrics["nll"] <= metrics["neg_elbo"] + 1e-3
+    assert (tmp_path / "samples.png").exists()

@@ -168,6 +168,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model.likelihood": "bernoulli", "data.binarize": "dynamic",
         "train.lr": 1e-3, "train.batch_size": 128,
     },
+    # A convolutional VAE for MNIST-sized images: two stride-2 convolutions (16 and 32 channels, 28 -> 14 -> 7)
+    # and a 256-unit layer on each side, z = 50, Bernoulli, dynamically binarized data.
+    "conv": {
+        "model.arch": "conv", "model.channels": [16, 32], "model.hidden": [256], "model.activation": "relu",
+        "model.latent_dim": 50, "model.likelihood": "bernoulli", "data.binarize": "dynamic",
+        "train.lr": 1e-3, "train.batch_size": 128,
+    },
 }
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vaekit import mnist, tabular
+from vaekit import images, mnist, tabular
 from vaekit.config import DataConfig
 from vaekit.errors import DataError
 
@@ -65,13 +65,30 @@ def _digits(cfg: DataConfig) -> RawSplits:
 
 
 DATASETS: dict[str, Callable[[DataConfig], RawSplits]] = {"mnist": _mnist, "digits": _digits}
+DIGITS = tuple(str(d) for d in range(10))
+CLASSES: dict[str, tuple[str, ...]] = {"mnist": DIGITS, "digits": DIGITS}  # y holds the digit itself
+
+
+def _test_split(n: int, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded (train, test) indices for data that comes without a test set: tables and the user's images."""
+    if n < 2:
+        raise DataError(f"{cfg.dataset} holds {n} example(s); need at least 2, one to train on and one to test")
+    perm = np.random.default_rng(cfg.split_seed).permutation(n)
+    n_test = max(1, round(cfg.test_size * n))
+    return np.sort(perm[n_test:]), np.sort(perm[:n_test])
+
+
+def _images(cfg: DataConfig) -> tuple[RawSplits, tuple[str, ...] | None]:
+    """A folder or array of images: a seeded test split, and no standardization (pixels are in [0, 1])."""
+    s = images.read(cfg.dataset, cfg.image_size, cfg.channels, cfg.strict)
+    train, test = _test_split(len(s.x), cfg)
+    y_train, y_test = (None, None) if s.y is None else (s.y[train], s.y[test])
+    return (s.x[train], y_train, s.x[test], y_test), s.classes
 
 
 def _table(cfg: DataConfig) -> tuple[RawSplits, tabular.Standardizer | None]:
     t = tabular.read(cfg.dataset, cfg.label_column)
-    perm = np.random.default_rng(cfg.split_seed).permutation(len(t.x))
-    n_test = max(1, round(cfg.test_size * len(t.x)))
-    test, train = np.sort(perm[:n_test]), np.sort(perm[n_test:])
+    train, test = _test_split(len(t.x), cfg)
     y_train, y_test = (None, None) if t.y is None else (t.y[train], t.y[test])
     if not cfg.standardize:
         return (t.x[train], y_train, t.x[test], y_test), None
@@ -81,15 +98,22 @@ def _table(cfg: DataConfig) -> tuple[RawSplits, tabular.Standardizer | None]:
 
 
 def load(cfg: DataConfig) -> Splits:
-    """Load ``cfg.dataset`` (a registered name or a table file), carve the validation split, binarize."""
-    preprocess = None
-    if tabular.is_table_path(cfg.dataset):
-        (x_train, y_train, x_test, y_test), preprocess = _table(cfg)
-    elif cfg.dataset in DATASETS:
+    """Load ``cfg.dataset``, carve the validation split and binarize.
+
+    ``cfg.dataset`` is a registered name, a folder or .npy/.npz array of images, or a table file. A registered
+    name wins over a folder of the same name: write ``./mnist`` for the folder.
+    """
+    preprocess, classes = None, CLASSES.get(cfg.dataset)
+    if cfg.dataset in DATASETS:
         x_train, y_train, x_test, y_test = DATASETS[cfg.dataset](cfg)
+    elif images.is_image_path(cfg.dataset):  # before tables: .npy/.npz arrays of 3+ axes are images
+        (x_train, y_train, x_test, y_test), classes = _images(cfg)
+    elif tabular.is_table_path(cfg.dataset):
+        (x_train, y_train, x_test, y_test), preprocess = _table(cfg)
     else:
         raise DataError(f"unknown dataset {cfg.dataset!r}; valid datasets: {', '.join(sorted(DATASETS))}, "
-                        f"or a path to a {'/'.join(tabular.SUFFIXES)} file")
+                        f"a folder of {'/'.join(images.SUFFIXES)} images, or a path to a "
+                        f"{'/'.join(tabular.SUFFIXES)} file")
     if cfg.train_classes is not None:
         x_train, y_train = _only_classes(x_train, y_train, cfg)
     train_idx, val_idx = _validation_split(len(x_train), cfg.val_size, cfg.split_seed)
@@ -103,7 +127,7 @@ def load(cfg: DataConfig) -> Splits:
 
     train = split(x_train, y_train, train_idx, "train", "train")
     val = split(x_train, y_train, val_idx, "val", "eval") if len(val_idx) else None
-    return Splits(train, val, split(x_test, y_test, None, "test", "eval"), preprocess)
+    return Splits(train, val, split(x_test, y_test, None, "test", "eval"), preprocess, classes)
 
 
 def _only_classes(x: np.ndarray, y: np.ndarray | None, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:

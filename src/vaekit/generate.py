@@ -41,22 +41,39 @@ def fit_latent_gmm(model: VAE, x: Tensor, n_components: int = 10, seed: int = 0)
 
 
 @torch.no_grad()
-def sample(model: VAE, n: int, temperature: float = 1.0, seed: int = 0, gmm: LatentGMM | None = None) -> Tensor:
-    """n decoded samples: z ~ N(0, T^2 I), or z ~ the mixture with each component's spread scaled by T."""
+def sample(model: VAE, n: int, temperature: float = 1.0, seed: int = 0, gmm: LatentGMM | None = None,
+           label: str | None = None) -> Tensor:
+    """n decoded samples: z ~ N(0, T^2 I), or z ~ the mixture with each component's spread scaled by T.
+
+    A conditional model decodes them all with the class ``label`` (one of ``model.config.labels``).
+    """
+    y = None
+    if label is not None or model.config.conditional:
+        if label is None:
+            raise DataError(f"this model is conditional: choose a label ({', '.join(model.config.labels)})")
+        y = torch.full((n,), model.label_index(label), dtype=torch.long, device=model._zero.device)
     if gmm is None:
-        return model.sample(n, temperature, torch.Generator().manual_seed(seed))
+        return model.sample(n, temperature, torch.Generator().manual_seed(seed), y).cpu()
     rng = np.random.default_rng(seed)
     k = rng.choice(len(gmm.weights), size=n, p=gmm.weights / gmm.weights.sum())
     eps = rng.standard_normal((n, gmm.means.shape[1]))
     z = gmm.means[k] + temperature * np.einsum("nij,nj->ni", gmm.chol[k], eps)
-    return decode_mean(model, torch.as_tensor(z, dtype=torch.float32))
+    return decode_mean(model, torch.as_tensor(z, dtype=torch.float32), y)
+
+
+def sample_per_label(model: VAE, per_label: int, temperature: float = 1.0, seed: int = 0) -> Tensor:
+    """``per_label`` samples of each class of a conditional model, class by class: (C * per_label, *shape)."""
+    labels = model.config.labels or ()
+    if not model.config.conditional:
+        raise DataError("sampling per label needs a conditional model (trained with --conditional)")
+    return torch.cat([sample(model, per_label, temperature, seed, label=name) for name in labels])
 
 
 @torch.no_grad()
-def decode_mean(model: VAE, z: Tensor) -> Tensor:
-    """E[x|z] for latent codes z (N, L), on the CPU."""
+def decode_mean(model: VAE, z: Tensor, y: Tensor | None = None) -> Tensor:
+    """E[x|z] (or E[x|z, y]) for latent codes z (N, L), on the CPU."""
     device = next(model.parameters()).device
-    return model.decode(z.to(device)).mean.cpu()
+    return model.decode(z.to(device), None if y is None else y.to(device)).mean.cpu()
 
 
 def path(za: Tensor, zb: Tensor, steps: int, method: str = "lerp") -> Tensor:

@@ -23,15 +23,18 @@ WARMUP_STEPS = 3  # eager steps on a side stream before capture, as CUDA graph c
 
 
 class StaticStep:
-    """Runs ``step_fn(x[idx]) -> terms (3,)`` on fixed buffers, as a CUDA graph when ``capture`` is true.
+    """Runs ``step_fn(x[idx], y[idx], beta) -> terms (3,)`` on fixed buffers, as a CUDA graph when ``capture``.
 
     ``step_terms`` (n_steps, 3) receives each step's terms at the row given by a device-side step counter,
-    which ``start_epoch`` resets.
+    which ``start_epoch`` resets. ``y`` are optional labels; ``beta`` is a device scalar the caller may
+    refill between steps (a KL warm-up) without recapturing.
     """
 
-    def __init__(self, x: Tensor, batch_size: int, n_steps: int, step_fn: Callable[[Tensor], Tensor],
-                 dynamic: bool, capture: bool) -> None:
-        self.x, self.step_fn, self.dynamic = x, step_fn, dynamic
+    def __init__(self, x: Tensor, batch_size: int, n_steps: int,
+                 step_fn: Callable[[Tensor, Tensor | None, Tensor], Tensor], dynamic: bool, capture: bool,
+                 y: Tensor | None = None) -> None:
+        self.x, self.y, self.step_fn, self.dynamic = x, y, step_fn, dynamic
+        self.beta = torch.ones((), device=x.device)
         self.idx = torch.zeros(batch_size, dtype=torch.long, device=x.device)
         self.step_terms = torch.zeros(n_steps, 3, device=x.device)
         self.step_no = torch.zeros(1, dtype=torch.long, device=x.device)
@@ -57,9 +60,10 @@ class StaticStep:
 
     def _body(self) -> None:
         xb = self.x.index_select(0, self.idx)  # (B, *shape)
+        yb = None if self.y is None else self.y.index_select(0, self.idx)  # (B,)
         if self.dynamic:  # the default generator: its state advances inside a graph, a custom one's would not
             xb = torch.bernoulli(xb)
-        terms = self.step_fn(xb)  # (3,)
+        terms = self.step_fn(xb, yb, self.beta)  # (3,)
         self.step_terms.index_copy_(0, self.step_no, terms.unsqueeze(0))
         self.step_no += 1
 

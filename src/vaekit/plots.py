@@ -19,12 +19,12 @@ from vaekit.fileio import atomic_path
 
 
 def is_image_shape(shape: tuple[int, ...]) -> bool:
-    """True for (C, H, W) with 1 or 3 channels."""
-    return len(shape) == 3 and shape[0] in (1, 3)
+    """True for (C, H, W) with 1 (grey), 3 (RGB) or 4 (RGBA) channels, of any height and width."""
+    return len(shape) == 3 and shape[0] in (1, 3, 4)
 
 
 def grid(images: Tensor, nrow: int, pad: int = 1) -> np.ndarray:
-    """Tile (N, C, H, W) images in [0, 1] into one (rows*H, nrow*W[, 3]) array with ``pad`` pixel gaps."""
+    """Tile (N, C, H, W) images in [0, 1] into one (rows*H, nrow*W[, C]) array with ``pad`` pixel gaps."""
     x = images.detach().float().clamp(0, 1).cpu().numpy()
     n, c, h, w = x.shape
     rows = math.ceil(n / nrow)
@@ -102,19 +102,20 @@ def save_gif(frames: Tensor, path: str | Path, seconds_per_frame: float = 0.15, 
 
 
 def read_image(path: Path, shape: tuple[int, ...]) -> Tensor:
-    """An image file as a (C, H, W) tensor in [0, 1]; its size must already be the model's."""
-    from PIL import Image, UnidentifiedImageError
+    """An image file as a (C, H, W) tensor in [0, 1], decoded as a training folder is (``vaekit.images``).
+
+    Its size must already be the model's; its channels are converted to the model's.
+    """
+    from vaekit import images  # here, not at the top: several functions take an argument named images
 
     c, h, w = shape
     try:
-        with Image.open(path) as im:
-            im = im.convert("L" if c == 1 else "RGB")
-            a = np.asarray(im, dtype=np.float32) / 255
-    except (OSError, UnidentifiedImageError) as e:
+        im = images.open_image(path)
+    except images.UNREADABLE as e:
         raise DataError(f"cannot read image {path}: {e}") from e
-    if a.shape[:2] != (h, w):
-        raise DataError(f"image {path} is {a.shape[1]}x{a.shape[0]} pixels; the model takes {w}x{h}")
-    return torch.from_numpy(a.reshape(h, w, c).transpose(2, 0, 1).copy())
+    if (im.height, im.width) != (h, w):
+        raise DataError(f"image {path} is {im.width}x{im.height} pixels; the model takes {w}x{h}")
+    return torch.from_numpy(np.ascontiguousarray(images.pixels(im, (h, w), c)))
 
 
 def roc_curve(labels: np.ndarray, scores: np.ndarray, path: str | Path, title: str) -> Path:

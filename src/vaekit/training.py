@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vaekit import checkpoint, data, distributed, graphs, likelihoods, objectives, plots
+from vaekit import checkpoint, data, distributed, generate, graphs, images, likelihoods, objectives, plots
 from vaekit.config import Config
 from vaekit.errors import TrainingError
 from vaekit.model import VAE
@@ -77,15 +77,17 @@ def batch_bounds(n: int, batch_size: int, drop_last: bool) -> list[tuple[int, in
     return [(s, min(s + batch_size, n)) for s in range(0, stop, batch_size)]
 
 
-def train_step(model: VAE, opt: torch.optim.Optimizer, x: Tensor, beta: float,
-               forward: objectives.Forward | None = None, weight: float = 1.0, bf16: bool = False) -> Tensor:
-    """One Adam step on ``weight`` times the beta-weighted negative ELBO; returns the weighted (loss, recon,
-    kl) without syncing. The weight lets the slices of a global batch count by their size across processes.
-    With ``bf16`` the networks run under bfloat16 autocast; distributions and the loss stay in fp32.
+def train_step(model: VAE, opt: torch.optim.Optimizer, x: Tensor, beta: float | Tensor,
+               forward: objectives.Forward | None = None, weight: float = 1.0, bf16: bool = False,
+               y: Tensor | None = None, objective: objectives.Objective = objectives.ELBO) -> Tensor:
+    """One Adam step on ``weight`` times the objective (by default the beta-weighted negative ELBO); returns the
+    weighted (loss, recon, kl) without syncing. The weight lets the slices of a global batch count by their size
+    across processes. With ``bf16`` the networks run under bfloat16 autocast; distributions and the loss stay in
+    fp32. ``y`` are the labels of a conditional model.
     """
     # no cast cache: each weight is used once per step, and a cache would not survive graph replays
     with torch.autocast(x.device.type, torch.bfloat16, enabled=bf16, cache_enabled=False):
-        terms = objectives.elbo(model, x, beta, forward)
+        terms = objective(model, x, beta, forward, y)
     opt.zero_grad(set_to_none=True)
     (terms.loss * weight if weight != 1.0 else terms.loss).backward()
     opt.step()
@@ -102,12 +104,25 @@ class Run:
     forward: objectives.Forward  # the model, or its DistributedDataParallel wrapper
     opt: torch.optim.Optimizer
     x: Tensor  # this process's training examples, on the device
+    y: Tensor | None  # their labels, for a conditional model
     x_val: Tensor | None
+    y_val: Tensor | None
     bounds: list[tuple[int, int]]  # batch slices of one epoch
     gen: torch.Generator  # permutations and dynamic binarization
     ctx: distributed.Context
     callbacks: Sequence[Callback]
     static: graphs.StaticStep | None = None  # the CUDA-graph step, when it can be used
+    step: int = 0  # optimizer steps taken so far
+    warmup_steps: int = 0  # length of the linear KL warm-up, in steps
+
+    @property
+    def objective(self) -> objectives.Objective:
+        tc = self.config.train
+        return objectives.Objective(tc.objective, tc.iw_k, tc.free_bits)
+
+    def beta(self) -> float:
+        """The KL weight in force for the next step."""
+        return objectives.kl_weight(self.config.train.beta, self.step + 1, self.warmup_steps)
 
 
 def run_epoch(run: Run, epoch: int) -> Tensor:
@@ -118,15 +133,19 @@ def run_epoch(run: Run, epoch: int) -> Tensor:
         return _run_epoch_static(run, epoch, perm)
     step_terms = torch.empty(len(run.bounds), len(TERMS), device=x.device)
     dynamic = run.config.data.binarize == "dynamic"
+    bf16, objective = run.config.train.precision == "bf16", run.objective
     run.model.train()
     for step, (start, stop) in enumerate(run.bounds):
-        xb = x.index_select(0, perm[start:stop])  # (B, *shape); faster than x[idx] on CPU
+        idx = perm[start:stop]
+        xb = x.index_select(0, idx)  # (B, *shape); faster than x[idx] on CPU
+        yb = None if run.y is None else run.y.index_select(0, idx)
         if dynamic:  # a fresh binarization of every image each time it is seen
             xb = torch.bernoulli(xb, generator=gen)
         a, b = distributed.rank_slice(len(xb), ctx)  # the whole batch in a single-process run
         weight = (b - a) * ctx.world_size / len(xb)
-        step_terms[step] = train_step(run.model, run.opt, xb[a:b], run.config.train.beta, run.forward, weight,
-                                      run.config.train.precision == "bf16")
+        step_terms[step] = train_step(run.model, run.opt, xb[a:b], run.beta(), run.forward, weight, bf16,
+                                      None if yb is None else yb[a:b], objective)
+        run.step += 1
         for cb in run.callbacks:
             cb.on_step(epoch, step)
     return distributed.mean_over_ranks(step_terms, ctx)
@@ -137,7 +156,10 @@ def _run_epoch_static(run: Run, epoch: int, perm: Tensor) -> Tensor:
     static = run.static
     static.start_epoch()
     for step, (start, stop) in enumerate(run.bounds):
+        if run.step < run.warmup_steps + 1:  # the graph reads beta from a device buffer
+            static.beta.fill_(run.beta())
         static(perm[start:stop])
+        run.step += 1
         for cb in run.callbacks:
             cb.on_step(epoch, step)
     return static.step_terms.clone()
@@ -186,16 +208,30 @@ def train(config: Config, out_dir: str | Path | None = None, callbacks: Sequence
                 break
         run.model.eval()
         if out is not None:
-            plots.write_previews(run.model, splits.test.x, out)
+            _write_previews(run.model, splits.test, out)
         return result
     finally:
         distributed.close(ctx)
 
 
+@torch.no_grad()
+def _write_previews(model: VAE, test: data.Split, out: Path, n: int = 8) -> None:
+    """reconstructions.png and samples.png; a conditional model's samples come one row per class."""
+    if not model.config.conditional:
+        plots.write_previews(model, test.x, out)
+        return
+    if not plots.is_image_shape(test.shape):
+        return
+    device = next(model.parameters()).device
+    x, y = test.x[:n].to(device), test.y[:n].to(device)
+    plots.save_grid(torch.cat([x, model.reconstruct(x, y)]), out / "reconstructions.png", nrow=len(x))
+    plots.save_grid(generate.sample_per_label(model, n), out / "samples.png", nrow=n)
+
+
 def _start(config: Config, splits: data.Splits, device: torch.device, ctx: distributed.Context,
            callbacks: Sequence[Callback]) -> Run:
     likelihoods.check_support(config.model.likelihood, splits.train.x, f"the {config.data.dataset} training set")
-    config = config.override({"model.data_shape": list(splits.train.shape)})
+    config = _resolve(config, splits)
     torch.manual_seed(config.train.seed)  # the same initial weights in every process
     model = VAE(config.model).to(device)
     forward = distributed.wrap(model, ctx, device)
@@ -208,19 +244,43 @@ def _start(config: Config, splits: data.Splits, device: torch.device, ctx: distr
     if not bounds:
         raise TrainingError(f"batch size {config.train.batch_size} with drop_last leaves no batch of {len(x)} "
                             f"examples for {ctx.world_size} process(es)")
-    x_val = splits.val.x.to(device) if splits.val is not None and ctx.is_main else None
+    x_val, y_val = _labelled(splits.val, config, device) if splits.val is not None and ctx.is_main else (None, None)
     gen = torch.Generator(device).manual_seed(config.train.seed)  # one permutation shared by all processes
     callbacks = callbacks if ctx.is_main else ()
     blocker = graphs.fast_path_blocker(device, ctx.world_size, config.train.cuda_graph)
     opt = make_optimizer(model, config.train.lr, capturable=blocker is None)
-    run = Run(config, model, forward, opt, x, x_val, bounds, gen, ctx, callbacks)
+    y = _labelled(splits.train, config, device)[1]
+    run = Run(config, model, forward, opt, x, y, x_val, y_val, bounds, gen, ctx, callbacks)
     if blocker is None:
         _use_static_step(run)
     elif device.type == "cuda":
         log.info("training step not captured as a CUDA graph: %s", blocker)
+    tc = config.train
+    run.warmup_steps = tc.kl_warmup_steps or round(tc.kl_warmup_epochs * len(run.bounds))
     for cb in callbacks:
         cb.on_train_start(config, len(run.bounds))
     return run
+
+
+def _resolve(config: Config, splits: data.Splits) -> Config:
+    """The config with what the data decides: the data shape, and the class names of a conditional model."""
+    resolved: dict[str, Any] = {"model.data_shape": list(splits.train.shape)}
+    if images.is_image_path(config.data.dataset):  # later commands convert the folder the same way
+        resolved.update({"data.channels": splits.train.shape[0], "data.image_size": list(splits.train.shape[1:])})
+    if config.model.conditional:
+        if splits.train.y is None or splits.classes is None:
+            raise TrainingError(f"a conditional model needs labelled data, and {config.data.dataset} has no "
+                                "labels (image folders get them from one sub-folder per class)")
+        resolved["model.labels"] = list(splits.classes)
+    if config.train.objective == "iwae" and config.train.free_bits > 0:
+        raise TrainingError("train.free_bits applies to the ELBO objective; the iwae objective takes none")
+    return config.override(resolved)
+
+
+def _labelled(split: data.Split, config: Config, device: torch.device) -> tuple[Tensor, Tensor | None]:
+    """A split's data on the device, with its labels when the model is conditional."""
+    y = split.y.to(device) if config.model.conditional else None
+    return split.x.to(device), y
 
 
 def _use_static_step(run: Run) -> None:
@@ -232,19 +292,19 @@ def _use_static_step(run: Run) -> None:
         log.info("dropping the last partial batch (%d examples) each epoch: the CUDA graph needs a fixed batch; "
                  "the per-epoch permutation still shows every example", stop - start)
     batch = run.bounds[0][1] - run.bounds[0][0]
+    objective, bf16 = run.objective, tc.precision == "bf16"
 
-    def step_fn(xb: Tensor) -> Tensor:
-        return train_step(run.model, run.opt, xb, tc.beta, run.forward, 1.0, tc.precision == "bf16")
+    def step_fn(xb: Tensor, yb: Tensor | None, beta: Tensor) -> Tensor:
+        return train_step(run.model, run.opt, xb, beta, run.forward, 1.0, bf16, yb, objective)
 
     dynamic = run.config.data.binarize == "dynamic"
-    run.static = graphs.StaticStep(run.x, batch, len(run.bounds), step_fn, dynamic, capture=True)
+    run.static = graphs.StaticStep(run.x, batch, len(run.bounds), step_fn, dynamic, capture=True, y=run.y)
 
 
 def _epoch(run: Run, epoch: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     step_terms = run_epoch(run, epoch)
-    record = _epoch_record(epoch, epoch_means(step_terms, run.bounds, epoch), run.model, run.x_val,
-                           run.config, t0)
+    record = _epoch_record(epoch, epoch_means(step_terms, run.bounds, epoch), run, t0)
     log.debug("epoch %d: %s", epoch, record)
     for cb in run.callbacks:
         cb.on_epoch_end(record)
@@ -258,18 +318,30 @@ def _save(run: Run, out: Path, record: dict[str, Any], last: bool, preprocess: A
         checkpoint.save(run.model, run.config, out, preprocess)
 
 
-def _epoch_record(epoch: int, train: dict[str, float], model: VAE, x_val: Tensor | None, config: Config,
-                  t0: float) -> dict[str, Any]:
-    record: dict[str, Any] = {"epoch": epoch, "time_s": round(time.perf_counter() - t0, 4)}
+def _epoch_record(epoch: int, train: dict[str, float], run: Run, t0: float) -> dict[str, Any]:
+    record: dict[str, Any] = {"epoch": epoch, "time_s": round(time.perf_counter() - t0, 4),
+                              "beta": objectives.kl_weight(run.config.train.beta, run.step, run.warmup_steps)}
     record.update({f"train_{k}": v for k, v in train.items()})
-    if x_val is not None:
-        model.eval()
-        devices = [x_val.device] if x_val.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(config.data.eval_seed)  # the same posterior draws every epoch
-            record.update({f"val_{k}": v for k, v in
-                           objectives.dataset_elbo(model, x_val, config.train.eval_batch_size).items()})
+    model, config = run.model, run.config
+    model.eval()
+    devices = [run.x.device] if run.x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(config.data.eval_seed)  # the same posterior draws every epoch
+        if run.x_val is not None:
+            record.update({f"val_{k}": v for k, v in objectives.dataset_elbo(
+                model, run.x_val, config.train.eval_batch_size, run.y_val).items()})
+        record.update(_latent_usage(run))
     return record
+
+
+@torch.no_grad()
+def _latent_usage(run: Run, n: int = 1000) -> dict[str, Any]:
+    """KL per latent dimension and active units on the validation set (or the first n training examples)."""
+    x, y = (run.x_val, run.y_val) if run.x_val is not None else (run.x[:n], None if run.y is None else run.y[:n])
+    qz_x = run.model.encode(x[:n], None if y is None else y[:n])
+    kl_j = objectives.kl_per_dimension(qz_x, run.model.prior()).mean(0)  # (L,)
+    active = qz_x.mean.double().var(dim=0, unbiased=False) > 1e-2  # Burda et al. 2015
+    return {"kl_per_dim": [round(v, 4) for v in kl_j.tolist()], "active_units": int(active.sum())}
 
 
 def _append_jsonl(path: Path, record: dict[str, Any]) -> None:

@@ -24,6 +24,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--nrow", type=int, default=8)
+    p.add_argument("--label", help="conditional models: the class to draw (default: one row of --nrow per class)")
     p.set_defaults(func=cmd_sample)
     p = sub.add_parser("interpolate", help="decode the path between two inputs' latent codes (PNG strip, GIF)")
     p.add_argument("dir", type=Path)
@@ -64,7 +65,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
         cfg = data_config(config, args.data_dir)
         train = data.evaluation_split(data.load(cfg), "train", cfg)
         gmm = generate.fit_latent_gmm(model, train.x, args.components, args.seed)
-    x = generate.sample(model, args.n, args.temperature, args.seed, gmm)
+    if model.config.conditional and args.label is None:
+        x = generate.sample_per_label(model, args.nrow, args.temperature, args.seed)
+        print(f"one row per label: {', '.join(model.config.labels)}")
+    else:
+        x = generate.sample(model, args.n, args.temperature, args.seed, gmm, args.label)
     print(f"wrote {plots.save_grid(x, args.output, nrow=args.nrow)}")
     return 0
 

@@ -107,7 +107,7 @@ def _run_dir(args: argparse.Namespace, config: Config) -> Path:
             raise VaekitError(f"{args.out} already holds a checkpoint; pass --overwrite to replace it, "
                               "or choose another --out")
         return args.out
-    base = Path("runs") / config.data.dataset
+    base = Path("runs") / Path(config.data.dataset).stem  # a path's last name: never the data folder itself
     out, i = base, 1
     while (out / checkpoint.CONFIG_FILE).exists():
         i += 1
@@ -191,8 +191,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         rows.append((f"NLL (K={result['iw_samples']})", result["nll"]))
     print(f"{args.dir}: {result['split']} split, n={result['n']}, likelihood {result['likelihood']}, "
           f"binarization {result['binarization']}")
+    notes = {"discrete": "log-probabilities of discrete data: comparable in nats or bits/dim",
+             "continuous": "log-densities: comparable only with densities on the same data scaling",
+             "unnormalized": "a discrete likelihood on data off its grid, e.g. Bernoulli on grey levels: "
+                             "a score, not a likelihood"}
+    print(f"  density {result['density']} ({notes.get(result['density'], '')})")
     for name, value in rows:
         print(f"  {name:<20} {value:10.3f} nats")
+    bits = [("negative ELBO", "neg_elbo_bits_per_dim"), (f"NLL (K={result['iw_samples']})", "bits_per_dim")]
+    for name, key in bits:
+        if key in result:
+            print(f"  {name:<20} {result[key]:10.4f} bits/dim")
     print(f"  {'active units':<20} {result['active_units']:>6d} / {result['latent_dim']}")
     print(f"  ({result['seconds']:.1f} s)")
     return 0
