@@ -99,6 +99,7 @@ def test_conditional_conv_model_from_the_command_line(tmp_path, capsys):
     assert main(["sample", str(run), "--label", "x", "-o", str(tmp_path / "x.png")]) == 2
     assert "unknown label 'x'" in capsys.readouterr().err
     assert main(["evaluate", str(run), "--iw-samples", "4", "--device", "cpu"]) == 0
+    assert main(["reconstruct", str(run), "-n", "8", "-o", str(tmp_path / "r.png")]) == 0
 
 
 def test_iwae_objective_from_the_command_line(tmp_path):

@@ -104,12 +104,14 @@ def cmd_traverse(args: argparse.Namespace) -> int:
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
-
     model, config = checkpoint.load_run(args.dir)
     require_images(model, "reconstruct")
     cfg = config.data if args.data_dir is None else config.override({"data.data_dir": args.data_dir}).data
-    x = data.evaluation_split(data.load(cfg), args.split, cfg).x[: args.n]
+    split = data.evaluation_split(data.load(cfg), args.split, cfg)
+    x = split.x[: args.n]
+    y = split.y[: args.n] if model.config.conditional and split.y is not None else None  # the true classes
     nrow = min(len(x), 8)
-    rows = [torch.cat([x[i : i + nrow], model.reconstruct(x[i : i + nrow])]) for i in range(0, len(x), nrow)]
+    rows = [torch.cat([x[i : i + nrow], model.reconstruct(x[i : i + nrow], None if y is None else y[i : i + nrow])])
+            for i in range(0, len(x), nrow)]
     print(f"wrote {plots.save_grid(torch.cat(rows), args.output, nrow=nrow)}")
     return 0
