@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from vaekit.cli import analysis, images, train
+from vaekit.cli import analysis, images, serve, train
 from vaekit.errors import VaekitError
 
 
@@ -19,6 +19,7 @@ def parser() -> argparse.ArgumentParser:
     images.add_commands(sub)
     analysis.add_embed(sub)
     analysis.add_anomaly(sub)
+    serve.add_serve(sub)
     return p
 
 

@@ -1,0 +1,313 @@
+"""The model behind the server: loaded once, in eval mode, used under one lock and without gradients.
+
+Everything here is plain Python and PyTorch (no web framework), so it can be used and tested on its own.
+Requests arrive in *data units* (the units of the files the model was trained on) and outputs leave in them:
+for a table model that means the server standardizes inputs with the statistics saved at training time and
+undoes it on decoded outputs; for images data units and model units are the same.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.distributions import kl_divergence
+
+from vaekit import anomaly, checkpoint, data, generate, likelihoods
+from vaekit.config import Config
+from vaekit.errors import CheckpointError, ConfigError, DataError, VaekitError
+from vaekit.model import VAE
+from vaekit.plots import is_image_shape
+from vaekit.serve import codec
+from vaekit.tabular import Standardizer
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EXAMPLES = 500  # test inputs kept for the page: thumbnails, the latent map, the ranking of dimensions
+NLL_MAX_BATCH = 16  # importance sampling costs 1000 decoder passes per input: keep one request's work bounded
+NLL_SAMPLES = 1000
+ELBO_SAMPLES = 10
+
+
+@dataclass(frozen=True)
+class Examples:
+    """A few test inputs of the run's dataset (model units) with their label names, loaded once at start."""
+
+    x: Tensor  # (N, *shape)
+    y: Tensor | None  # (N,) label indices, when the data has labels
+    names: tuple[str, ...] | None  # a label name per example
+    source: str  # where they came from, e.g. "digits test split"
+
+
+@dataclass(frozen=True)
+class LatentMap:
+    """Posterior means of the examples in 2-D: the latent itself when 2-D, else its first two principal axes.
+
+    A point (u, v) of the map is the latent code ``mean + u * axes[0] + v * axes[1]``.
+    """
+
+    points: np.ndarray  # (N, 2)
+    mean: np.ndarray  # (L,)
+    axes: np.ndarray  # (2, L)
+    axis_labels: tuple[str, str]
+
+
+class ModelService:
+    """A trained VAE and what travels with it (threshold, standardization, examples), ready for requests."""
+
+    def __init__(self, model: VAE, config: Config | None = None, threshold: anomaly.Threshold | None = None,
+                 preprocess: Standardizer | None = None, examples: Examples | None = None) -> None:
+        if threshold is not None and not math.isfinite(threshold.value):
+            raise CheckpointError(f"the stored anomaly threshold is {threshold.value}, not a finite number")
+        self.model = model.eval()  # the model is never trained here: dropout/batch-norm stay in inference mode
+        self.config = config
+        self.threshold = threshold
+        self.preprocess = preprocess
+        self.examples = examples
+        self._lock = threading.Lock()  # one request at a time on the model: PyTorch already uses all cores
+        self._device = next(model.parameters()).device
+        self._mu = None if examples is None else self._posterior_means(examples)
+        self.ranking, self.kl = latent_ranking(model, examples, self._mu)
+        self.map = None if self._mu is None else latent_map(self._mu.double().numpy())
+
+    @classmethod
+    def from_directory(cls, directory: str | Path, n_examples: int = DEFAULT_EXAMPLES, data_dir: str | None = None,
+                       device: str = "cpu") -> ModelService:
+        """Load the run in ``directory`` (checkpoint, threshold, standardization) and up to ``n_examples`` tests."""
+        model, config = checkpoint.load_run(directory, device)
+        examples = load_examples(config, n_examples, data_dir) if n_examples > 0 else None
+        return cls(model, config, anomaly.load_threshold(directory), checkpoint.load_preprocess(directory), examples)
+
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        return self.model.data_shape
+
+    @property
+    def is_image(self) -> bool:
+        return is_image_shape(self.data_shape)
+
+    @contextmanager
+    def _inference(self) -> Iterator[None]:
+        with self._lock, torch.no_grad():
+            yield
+
+    # ---- requests ------------------------------------------------------------------------------------------
+
+    def sample(self, n: int, temperature: float = 1.0, seed: int = 0, label: str | None = None) -> Tensor:
+        """n decoded draws with z ~ N(0, T^2 I), seeded; (n, *shape) in data units."""
+        y = self.labels(label, n)
+        with self._inference():
+            x = self.model.sample(n, temperature, torch.Generator(self._device).manual_seed(seed), _on(y, self._device))
+        return self._to_data_units(x)
+
+    def decode(self, z: Sequence[Sequence[float]], label: str | None = None) -> Tensor:
+        """E[x|z] for latent codes z (N, L); (N, *shape) in data units."""
+        codes = self.codes(z)
+        y = self.labels(label, len(codes))
+        with self._inference():
+            return self._to_data_units(generate.decode_mean(self.model, codes, y))
+
+    def encode(self, x: Sequence[Any], label: str | None = None) -> tuple[Tensor, Tensor]:
+        """The posterior q(z|x) of each input: its mean and log-variance, each (N, L)."""
+        xt = self.inputs(x)
+        y = self.labels(label, len(xt))
+        with self._inference():
+            qz_x = self.model.encode(xt.to(self._device), _on(y, self._device))
+            return qz_x.mean.cpu(), (2 * qz_x.stddev.log()).cpu()
+
+    def reconstruct(self, x: Sequence[Any], label: str | None = None) -> Tensor:
+        """E[x|z = mu(x)] for each input; (N, *shape) in data units."""
+        xt = self.inputs(x)
+        y = self.labels(label, len(xt))
+        with self._inference():
+            return self._to_data_units(self.model.reconstruct(xt.to(self._device), _on(y, self._device)).cpu())
+
+    def interpolate(self, x: Sequence[Any] | None = None, z: Sequence[Sequence[float]] | None = None,
+                    steps: int = 10, method: str = "lerp", label: str | None = None) -> tuple[Tensor, Tensor]:
+        """The path between two inputs' posterior means, or two codes: (codes (S, L), decoded (S, *shape))."""
+        if (x is None) == (z is None) or len(x if x is not None else z) != 2:
+            raise DataError("interpolate needs exactly two inputs x or exactly two latent codes z")
+        if x is not None:
+            mu, _ = self.encode(x, label)
+            za, zb = mu
+        else:
+            za, zb = self.codes(z)
+        codes = generate.path(za, zb, steps, method)
+        return codes, self.decode(codes.tolist(), label)
+
+    def score(self, x: Sequence[Any], label: str | None = None, method: str | None = None,
+              details: bool = False) -> dict[str, Any]:
+        """Anomaly scores (anomaly.py's, seeded), flags against the stored threshold when it is for this score,
+        and with ``details`` each input's reconstruction and per-pixel (per-feature) contribution."""
+        method = method or (self.threshold.score if self.threshold else "elbo")
+        if method not in anomaly.SCORES:
+            raise DataError(f"unknown anomaly score {method!r}; valid scores: {', '.join(anomaly.SCORES)}")
+        xt = self.inputs(x)
+        if method == "nll" and len(xt) > NLL_MAX_BATCH:
+            raise DataError(f"the nll score takes at most {NLL_MAX_BATCH} inputs per request, got {len(xt)}")
+        bound = self._bound(label, len(xt))
+        thr = self.threshold if self.threshold is not None and self.threshold.score == method else None
+        with self._inference():
+            scores = anomaly.score(bound, xt, method, thr.n_samples if thr else ELBO_SAMPLES, NLL_SAMPLES)
+            out: dict[str, Any] = {"scores": scores, "method": method, "threshold": thr,
+                                   "flags": None if thr is None else (scores > thr.value)}
+            if details:
+                out["pixel_error"] = anomaly.pixel_map(bound, xt, method)
+                xd = xt.to(self._device)
+                out["reconstruction"] = self._to_data_units(bound.decode(bound.encode(xd).mean).mean)
+        return out
+
+    # ---- input checks --------------------------------------------------------------------------------------
+
+    def inputs(self, items: Sequence[Any]) -> Tensor:
+        """Request inputs (nested arrays or base64 PNGs, data units) as one (N, *shape) tensor in model units."""
+        if not items:
+            raise DataError("x is empty: send at least one input")
+        x = codec.stack([codec.example_from_json(item, self.data_shape, i) for i, item in enumerate(items)])
+        x = self.preprocess(x.flatten(1)).reshape(x.shape) if self.preprocess is not None else x
+        likelihoods.check_support(self.model.config.likelihood, x, "x")
+        return x
+
+    def codes(self, z: Sequence[Sequence[float]]) -> Tensor:
+        """Latent codes as an (N, L) tensor, their length checked against the model's latent size."""
+        if not z:
+            raise DataError("z is empty: send at least one latent code")
+        return torch.from_numpy(codec.array_from_json(z, (len(z), self.model.latent_dim), "z"))
+
+    def labels(self, label: str | None, n: int) -> Tensor | None:
+        """The label indices (n,) a conditional model needs, or None for an unconditional one (which refuses one)."""
+        if not self.model.config.conditional:
+            if label is not None:
+                raise ConfigError(f"this model is not conditional: it takes no label (got {label!r})")
+            return None
+        if label is None:
+            raise ConfigError(f"this model is conditional: give a label, one of {', '.join(self.model.config.labels)}")
+        return torch.full((n,), self.model.label_index(label), dtype=torch.long)
+
+    def _bound(self, label: str | None, n: int) -> Any:
+        y = self.labels(label, n)
+        return self.model if y is None else LabelBound(self.model, int(y[0]))
+
+    # ---- units ---------------------------------------------------------------------------------------------
+
+    def _to_data_units(self, x: Tensor) -> Tensor:
+        x = x.cpu()
+        if self.preprocess is None:
+            return x
+        return (x.flatten(1) * self.preprocess.std + self.preprocess.mean).reshape(x.shape)
+
+    def _posterior_means(self, ex: Examples) -> Tensor:
+        y = ex.y if self.model.config.conditional else None
+        with self._inference():
+            return torch.cat([self.model.encode(ex.x[s : s + 500].to(self._device),
+                                                _on(None if y is None else y[s : s + 500], self._device)).mean.cpu()
+                              for s in range(0, len(ex.x), 500)])
+
+    def example_inputs(self, n: int) -> tuple[Tensor, tuple[str, ...] | None]:
+        """The first ``n`` examples in data units and their label names."""
+        if self.examples is None:
+            raise DataError("this server has no examples: the run's dataset was not available at start")
+        ex = self.examples
+        return self._to_data_units(ex.x[:n]), None if ex.names is None else ex.names[:n]
+
+    def info(self) -> dict[str, Any]:
+        """What a client needs to know to talk to this model."""
+        cfg = self.model.config
+        support = likelihoods.get(cfg.likelihood).support
+        config = self.config.to_dict() if self.config is not None else {"model": _plain(dataclasses.asdict(cfg))}
+        return {
+            "config": config, "data_shape": list(self.data_shape), "latent_dim": cfg.latent_dim,
+            "likelihood": cfg.likelihood, "conditional": cfg.conditional,
+            "labels": list(cfg.labels) if cfg.conditional and cfg.labels else None,
+            "image": self.is_image, "support": None if support is None else list(support),
+            "standardized": self.preprocess is not None,
+            "threshold": None if self.threshold is None else dataclasses.asdict(self.threshold),
+            "latent_ranking": {"dims": self.ranking, "kl": self.kl,
+                               "ranked_by": (f"average KL(q(z_j|x) || N(0, 1)) over {len(self.examples.x)} examples"
+                                             if self.kl is not None else "index (no data to rank by)")},
+            "examples": 0 if self.examples is None else len(self.examples.x),
+            "examples_source": None if self.examples is None else self.examples.source,
+        }
+
+
+class LabelBound:
+    """A conditional model with its label fixed, seen as an unconditional one.
+
+    ``anomaly.score`` and ``anomaly.pixel_map`` call ``encode(x)`` and ``decode(z)`` without labels; binding the
+    request's label here lets them score inputs of a conditional model unchanged.
+    """
+
+    def __init__(self, model: VAE, index: int) -> None:
+        self._model, self._index = model, index
+
+    def __getattr__(self, name: str) -> Any:  # everything else (prior, latent_dim, parameters, ...) as the model's
+        return getattr(self._model, name)
+
+    def encode(self, x: Tensor, y: Tensor | None = None) -> Any:
+        return self._model.encode(x, self._y(len(x), x.device))
+
+    def decode(self, z: Tensor, y: Tensor | None = None) -> Any:
+        return self._model.decode(z, self._y(z.shape[-2] if z.dim() > 1 else 1, z.device))
+
+    def _y(self, n: int, device: torch.device) -> Tensor:
+        return torch.full((n,), self._index, dtype=torch.long, device=device)
+
+
+def load_examples(config: Config, n: int, data_dir: str | None = None) -> Examples | None:
+    """The first ``n`` test inputs of the run's dataset, or None (logged) when the data is not available."""
+    cfg = config.override({"data.data_dir": data_dir}).data if data_dir else config.data
+    try:
+        splits = data.load(cfg)
+        test = data.evaluation_split(splits, "test", cfg)
+    except (VaekitError, OSError) as e:  # the page then works without examples
+        log.warning("serving without examples: cannot load %s (%s)", cfg.dataset, e)
+        return None
+    y = None if test.y is None else test.y[:n]
+    classes = splits.classes or config.model.labels
+    names = None if y is None else tuple(classes[i] if classes and 0 <= i < len(classes) else str(i)
+                                         for i in y.tolist())
+    return Examples(test.x[:n].contiguous(), y, names, f"{cfg.dataset} test split ({test.binarization})")
+
+
+def latent_ranking(model: VAE, examples: Examples | None, mu: Tensor | None) -> tuple[list[int], list[float] | None]:
+    """Latent dimensions, most informative first (highest average KL over the examples), and their KL."""
+    if examples is None or mu is None:
+        return list(range(model.latent_dim)), None
+    y = examples.y if model.config.conditional else None
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        qz_x = model.encode(examples.x.to(device), _on(y, device))
+        kl = kl_divergence(qz_x.base_dist, model.prior().base_dist).mean(0).double().cpu()  # (L,)
+    return torch.argsort(kl, descending=True).tolist(), kl.tolist()
+
+
+def latent_map(mu: np.ndarray) -> LatentMap:
+    """The 2-D map of posterior means mu (N, L): z itself for L <= 2, else PCA (via the SVD)."""
+    dim = mu.shape[1]
+    if dim <= 2:
+        axes = np.eye(2, dim)  # L = 1: the second axis is all zeros, so the map is a line
+        return LatentMap(mu @ axes.T, np.zeros(dim), axes, ("z[0]", "z[1]" if dim == 2 else "(none)"))
+    mean = mu.mean(0)
+    _, s, vt = np.linalg.svd(mu - mean, full_matrices=False)
+    share = s**2 / max(float((s**2).sum()), 1e-300)
+    return LatentMap((mu - mean) @ vt[:2].T, mean, vt[:2],
+                     (f"PC 1 ({share[0]:.0%} of variance)", f"PC 2 ({share[1]:.0%})"))
+
+
+def _on(y: Tensor | None, device: torch.device) -> Tensor | None:
+    return None if y is None else y.to(device)
+
+
+def _plain(d: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(d))
