@@ -45,27 +45,28 @@ def accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("run", type=Path, help="checkpoint directory of a conditional MNIST model")
+    p.add_argument("runs", type=Path, nargs="+", help="checkpoint directories of conditional MNIST models")
     p.add_argument("--per-label", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--grid", type=Path, default=Path("conditional_samples.png"))
+    p.add_argument("--grid", type=Path, default=Path("conditional_samples.png"), help="a grid of the first run")
     args = p.parse_args()
-    model, config = vaekit.load_run(args.run)
-    splits = data.load(config.data.__class__(dataset="mnist", data_dir=config.data.data_dir, val_size=0))
+    splits = data.load(vaekit.DataConfig(dataset="mnist", val_size=0))
     t0 = time.perf_counter()
     judge = train_classifier(splits.train.x, splits.train.y)
-    real = accuracy(judge, splits.test.x, splits.test.y)
-    fake = generate.sample_per_label(model, args.per_label, seed=args.seed)  # (10 * per_label, 1, 28, 28)
-    labels = torch.tensor([model.label_index(n) for n in model.config.labels]).repeat_interleave(args.per_label)
-    per_label = [accuracy(judge, fake[labels == c], labels[labels == c]) for c in range(len(model.config.labels))]
-    plots.save_grid(generate.sample_per_label(model, 10, seed=args.seed), args.grid, nrow=10)
-    print(f"{args.run}: {config.model.arch} {config.model.hidden}, latent {model.latent_dim}, "
-          f"{config.train.epochs} epochs; judge trained in {time.perf_counter() - t0:.0f} s")
-    print("| judge on real test digits | judge on generated digits | per label 0..9 |")
-    print("|---|---|---|")
-    print(f"| {real:.4f} | **{accuracy(judge, fake, labels):.4f}** ({len(fake):,} samples, z ~ N(0, I)) | "
-          f"{' '.join(f'{a:.2f}' for a in per_label)} |")
-    print(f"wrote {args.grid}")
+    print(f"judge: {accuracy(judge, splits.test.x, splits.test.y):.4f} on the real test digits, trained in "
+          f"{time.perf_counter() - t0:.0f} s")
+    print("| run | model | judge accuracy on generated digits | per label 0..9 |")
+    print("|---|---|---|---|")
+    for run in args.runs:
+        model, config = vaekit.load_run(run)
+        fake = generate.sample_per_label(model, args.per_label, seed=args.seed)  # (10 * per_label, 1, 28, 28)
+        labels = torch.tensor([int(n) for n in model.config.labels]).repeat_interleave(args.per_label)
+        per_label = [accuracy(judge, fake[labels == c], labels[labels == c]) for c in range(10)]
+        print(f"| {run} | {config.model.arch} {list(config.model.hidden)}, z = {model.latent_dim}, "
+              f"{config.train.epochs} epochs | **{accuracy(judge, fake, labels):.4f}** ({len(fake):,} samples, "
+              f"z ~ N(0, I)) | {' '.join(f'{a:.2f}' for a in per_label)} |")
+    model = vaekit.load(args.runs[0])
+    print(f"wrote {plots.save_grid(generate.sample_per_label(model, 10, seed=args.seed), args.grid, nrow=10)}")
 
 
 if __name__ == "__main__":
