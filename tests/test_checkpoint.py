@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import vaekit
 from vaekit import VAE, Config, checkpoint
@@ -276,3 +278,178 @@ def test_crash_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     assert sorted(os.listdir(directory)) == FILES  # the temp file was removed
     assert {name: (directory / name).read_bytes() for name in FILES} == before
     assert_same_model(model, vaekit.load(directory))
+
+
+# --- training runs: a set of files behind one pointer ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    from conftest import digits_config
+
+    directory = tmp_path_factory.mktemp("run")
+    vaekit.train(digits_config(**{"train.epochs": 1}), directory)
+    return directory
+
+
+@pytest.fixture
+def run_copy(trained_run, tmp_path) -> Path:
+    import shutil
+
+    shutil.copytree(trained_run, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def current_file(directory: Path, name: str) -> Path:
+    return checkpoint.current(directory)[0] / name
+
+
+def vouch_for(directory: Path, name: str) -> None:
+    """Record the file's present SHA-256 in latest.json, as if the damage had been there when it was written."""
+    import hashlib
+
+    pointer = json.loads((directory / "latest.json").read_text())
+    pointer["sha256"][name] = hashlib.sha256(current_file(directory, name).read_bytes()).hexdigest()
+    (directory / "latest.json").write_text(json.dumps(pointer))
+
+
+def test_run_directories_load_through_the_pointer(run_copy):
+    """load/load_run/load_config read the set latest.json names; the top-level copies are the same files."""
+    _, cfg = checkpoint.load_run(run_copy)
+    assert cfg.model.data_shape == (1, 8, 8)
+    assert (run_copy / "model.safetensors").read_bytes() == current_file(run_copy, "model.safetensors").read_bytes()
+    assert checkpoint.load_state(run_copy).epoch == 1
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "config.json", "training_state.json",
+                                  "training_state.safetensors"])
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_damaged_file_of_a_run_checkpoint_is_refused(run_copy, name, damage):
+    """Any change to a file of the set after it was written is caught by its SHA-256 in latest.json."""
+    path = current_file(run_copy, name)
+    blob = bytearray(path.read_bytes())
+    if damage == "truncate":
+        blob = blob[: len(blob) // 2]
+    else:
+        blob[len(blob) // 2] ^= 0x01
+    path.write_bytes(bytes(blob))
+    with pytest.raises(vaekit.CheckpointError, match=rf"{name} does not match the SHA-256"):
+        checkpoint.load_run(run_copy)
+        checkpoint.load_state(run_copy)
+
+
+def test_truncated_training_state_tensors_are_refused_even_when_vouched_for(run_copy):
+    path = current_file(run_copy, "training_state.safetensors")
+    path.write_bytes(path.read_bytes()[:100])
+    vouch_for(run_copy, "training_state.safetensors")
+    with pytest.raises(vaekit.CheckpointError, match=r"training_state\.safetensors is corrupt or truncated"):
+        checkpoint.load_state(run_copy)
+
+
+@pytest.mark.parametrize(("edit", "match"), [
+    (lambda d: d.update(epoch="one"), r"key 'epoch' must be int, got 'one'"),
+    (lambda d: d.update(finished=1), r"key 'finished' must be bool"),
+    (lambda d: d.update(step=True), r"key 'step' must be int, got True"),
+    (lambda d: d.update(colour="red"), r"unknown key 'colour'"),
+    (lambda d: d.pop("history"), r"key 'history' must be list, got '<missing>'"),
+    (lambda d: d.update(epoch=5), r"epoch 5, step .* do not fit together"),
+    (lambda d: d.update(version=2), "not a vaekit training state of version 1"),
+    (lambda d: d.update(checkpoint="000009-00000000"), "belongs to checkpoint '000009-00000000'"),
+])
+def test_ill_typed_training_state_is_refused_by_key(run_copy, edit, match):
+    path = current_file(run_copy, "training_state.json")
+    doc = json.loads(path.read_text())
+    edit(doc)
+    path.write_text(json.dumps(doc))
+    vouch_for(run_copy, "training_state.json")
+    with pytest.raises(vaekit.CheckpointError, match=match) as err:
+        checkpoint.load_state(run_copy)
+    assert "training_state.json" in str(err.value)
+
+
+@pytest.mark.parametrize(("edit", "match"), [
+    (lambda d: d.update(checkpoint="../../elsewhere"), "is not a checkpoint id"),
+    (lambda d: d.update(checkpoint="000001-ffffffff"), r"names checkpoint 000001-ffffffff, but .* is missing"),
+    (lambda d: d.update(format="other"), "not a vaekit checkpoint pointer"),
+    (lambda d: d.update(version=7), "format version 7"),
+    (lambda d: d.pop("sha256"), "key 'sha256' must map"),
+])
+def test_tampered_pointer_is_refused(run_copy, edit, match):
+    doc = json.loads((run_copy / "latest.json").read_text())
+    edit(doc)
+    (run_copy / "latest.json").write_text(json.dumps(doc))
+    with pytest.raises(vaekit.CheckpointError, match=match):
+        vaekit.load(run_copy)
+
+
+def test_a_file_from_another_checkpoint_is_refused(run_copy, trained_run, tmp_path):
+    """Weights copied in from another run (and even vouched for) carry that checkpoint's id: refused."""
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(trained_run, other)
+    vaekit.train(Config.from_dict(json.loads((other / "config.json").read_text())["config"]), other)
+    shutil.copyfile(current_file(other, "model.safetensors"), current_file(run_copy, "model.safetensors"))
+    vouch_for(run_copy, "model.safetensors")
+    with pytest.raises(vaekit.CheckpointError, match=r"belongs to checkpoint .* files of different checkpoints"):
+        vaekit.load(run_copy)
+
+
+def test_pickle_in_a_run_checkpoint_is_never_loaded(run_copy, tmp_path):
+    marker = tmp_path / "unpickled-marker"
+    weights = current_file(run_copy, "model.safetensors")
+    weights.unlink()
+    (weights.parent / "model.pt").write_bytes(pickle.dumps(_Payload(marker)))
+    with pytest.raises(vaekit.CheckpointError, match=r"model\.safetensors is missing \(model\.pt present"):
+        vaekit.load(run_copy)
+    assert not marker.exists()
+
+
+def test_a_plain_save_over_a_run_replaces_its_model(run_copy):
+    model = tiny_model()
+    checkpoint.save(model, config_for(model), run_copy)
+    assert_same_model(model, vaekit.load(run_copy))
+    with pytest.raises(vaekit.CheckpointError, match="holds no training state"):
+        checkpoint.load_state(run_copy)
+
+
+POINTS = ["checkpoint-file", "checkpoint-before-rename", "atomic-replace", "checkpoint-before-switch",
+          "checkpoint-after-switch"]
+
+
+@pytest.mark.parametrize("point", POINTS)
+@pytest.mark.parametrize("arrival", [1, 2])
+def test_a_checkpoint_interrupted_anywhere_leaves_a_loadable_one(run_copy, monkeypatch, point, arrival):
+    """An exception at each crash point of save_run (in-process; the kill test does it with SIGKILL)."""
+    from vaekit import fileio
+
+    before, before_model = checkpoint.load_state(run_copy), vaekit.load(run_copy)
+    old_weights = checkpoint.current(run_copy)[0] / "model.safetensors"
+    old_bytes = old_weights.read_bytes()
+    seen = {"n": 0}
+
+    def crash(name):
+        if name == point:
+            seen["n"] += 1
+            if seen["n"] == arrival:
+                raise OSError(5, f"simulated crash at {point}")
+
+    monkeypatch.setattr(checkpoint, "crash_point", crash)
+    monkeypatch.setattr(fileio, "crash_point", crash)
+    model, cfg = checkpoint.load_run(run_copy)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    state = checkpoint.TrainingState(2, before.step * 2, [*before.history, {**before.history[0], "epoch": 2}],
+                                     before.tensors)
+    with contextlib.suppress(OSError):
+        checkpoint.save_run(run_copy, cfg, model.state_dict(), state)
+    crashed = seen["n"] >= arrival
+    # after the switch of latest.json (the publishing of the top-level copies uses the second atomic replace)
+    switched = not crashed or point == "checkpoint-after-switch" or (point == "atomic-replace" and arrival == 2)
+    assert checkpoint.load_state(run_copy).epoch == (2 if switched else 1)
+    assert_same_model(vaekit.load(run_copy), model if switched else before_model)
+    if not switched:
+        assert old_weights.read_bytes() == old_bytes
+    load_file(run_copy / "model.safetensors")  # the files at the top are whole, whichever checkpoint they are from
+    json.loads((run_copy / "config.json").read_text())

@@ -48,7 +48,8 @@ def test_training_on_digits_improves_and_writes_metrics(tmp_path):
     lines = [json.loads(s) for s in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert lines == json.loads(json.dumps(hist))
     assert {p.name for p in tmp_path.iterdir()} == {
-        "config.json", "model.safetensors", "metrics.jsonl", "reconstructions.png", "samples.png"}
+        "config.json", "model.safetensors", "metrics.jsonl", "reconstructions.png", "samples.png",
+        "latest.json", "checkpoints"}  # the pointer to the current checkpoint set, and the set (see test_resume)
     assert result.config.model.data_shape == (1, 8, 8)
 
 

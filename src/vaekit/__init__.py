@@ -1,7 +1,7 @@
 """vaekit: variational autoencoders in PyTorch.
 
-Train with ``vaekit.train(config, out_dir)``, load with ``vaekit.load(dir)``, then ``vae.sample(n)``,
-``vae.reconstruct(x)``, or ``vaekit.evaluate(dir)``.
+Train with ``vaekit.train(config, out_dir)``, continue an interrupted run with ``vaekit.resume(out_dir)``, load
+with ``vaekit.load(dir)``, then ``vae.sample(n)``, ``vae.reconstruct(x)``, or ``vaekit.evaluate(dir)``.
 """
 
 from vaekit.checkpoint import load, load_config, load_run, save
@@ -11,12 +11,12 @@ from vaekit.errors import CheckpointError, ConfigError, DataError, TrainingError
 from vaekit.evaluation import evaluate, evaluate_model
 from vaekit.model import VAE
 from vaekit.objectives import elbo, iwae_bound
-from vaekit.training import Callback, TrainResult, train
+from vaekit.training import Callback, TrainResult, resume, train
 
 __version__ = "0.1.0"
 
 __all__ = [
     "VAE", "Callback", "CheckpointError", "Config", "ConfigError", "DataConfig", "DataError", "ModelConfig",
     "TrainConfig", "TrainResult", "TrainingError", "VaekitError", "elbo", "evaluate", "evaluate_model",
-    "iwae_bound", "load", "load_config", "load_data", "load_run", "preset", "save", "train",
+    "iwae_bound", "load", "load_config", "load_data", "load_run", "preset", "resume", "save", "train",
 ]

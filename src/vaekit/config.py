@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 import types
 import typing
@@ -28,6 +29,7 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
 ARCHS = ("mlp", "conv")
 OBJECTIVES = ("elbo", "iwae")
+NONFINITE = ("stop", "skip")
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,9 @@ class TrainConfig:
     kl_warmup_epochs: float = 0.0  # beta rises linearly from 0 to train.beta over this many epochs ...
     kl_warmup_steps: int = 0  # ... or over this many optimizer steps (set at most one of the two)
     free_bits: float = 0.0  # nats: each latent dimension's batch-mean KL counts at least this much (Kingma 2016)
+    nonfinite: str = "stop"  # a non-finite loss or gradient: stop at the epoch's end, or skip that step's update
+    max_skipped_steps: int = 10  # with nonfinite = "skip": fail once more steps than this were skipped in all
+    early_stopping_patience: int = 0  # stop after this many epochs without a better validation -ELBO; 0 = off
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "train.epochs", self.epochs, "an integer >= 1")
@@ -121,6 +126,10 @@ class TrainConfig:
         _require(not (self.kl_warmup_epochs and self.kl_warmup_steps), "train.kl_warmup_steps",
                  self.kl_warmup_steps, "0 when train.kl_warmup_epochs is set (one warm-up schedule)")
         _require(self.free_bits >= 0, "train.free_bits", self.free_bits, "a number >= 0")
+        _require(self.nonfinite in NONFINITE, "train.nonfinite", self.nonfinite, f"one of {NONFINITE}")
+        _require(self.max_skipped_steps >= 0, "train.max_skipped_steps", self.max_skipped_steps, "an integer >= 0")
+        _require(self.early_stopping_patience >= 0, "train.early_stopping_patience", self.early_stopping_patience,
+                 "an integer >= 0 (0 = off)")
 
 
 @dataclass(frozen=True)
@@ -190,8 +199,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
         text = path.read_bytes()
-    except OSError as e:
-        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from e
+    except (OSError, ValueError) as e:  # ValueError: a path with a NUL byte
+        raise ConfigError(f"cannot read config file {path}: {getattr(e, 'strerror', None) or e}") from e
     try:
         d = tomllib.loads(text.decode("utf-8")) if path.suffix.lower() == ".toml" else json.loads(text)
     except (ValueError, UnicodeDecodeError) as e:
@@ -259,7 +268,13 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"{key} must be a list, got {value!r}")
         return tuple(_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond float range
+            number = math.inf
+        if not math.isfinite(number):  # NaN or infinity would only surface later, deep inside training
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
+        return number
     if tp is int and isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):

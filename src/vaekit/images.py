@@ -38,6 +38,9 @@ RESAMPLE = Image.Resampling.LANCZOS
 # plugins raise SyntaxError or ValueError on malformed headers.
 UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 NAMED_IN_WARNING = 5
+# Deflate compresses at most about 1032:1 and 1-bit PNGs pack 8 pixels a byte (JPEG needs far more): a header
+# claiming more pixels per stored byte than this is corrupt, and is refused before the pixels are allocated.
+MAX_PIXELS_PER_BYTE = 16384
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +154,10 @@ def _warn_skipped(folder: Path, skipped: list[Path]) -> None:
 def open_image(path: Path) -> Image.Image:
     """The decoded image, turned upright as its EXIF orientation says (cameras store photos sideways)."""
     with Image.open(path) as im:
+        stored = path.stat().st_size
+        if im.width * im.height > MAX_PIXELS_PER_BYTE * max(stored, 1):  # checked before PIL allocates them
+            raise ValueError(f"its header claims {im.width}x{im.height} pixels, more than a {stored}-byte file "
+                             "can encode: the header is corrupt")
         im.load()  # decode now, so that a truncated file fails here and not later
         return ImageOps.exif_transpose(im)
 
@@ -208,7 +215,7 @@ def read_array(path: str | Path, image_size: Sequence[int] | None = None,
 
 def _load_array(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     try:
-        loaded = np.load(path, allow_pickle=False)  # a pickled object array could run code
+        loaded = tabular.load_array_file(path)  # no pickle, and no allocation a corrupt header asks for
         if isinstance(loaded, np.ndarray):
             return loaded, None
         with loaded:
@@ -220,7 +227,7 @@ def _load_array(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
             return loaded[key], y
     except DataError:
         raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    except tabular.ARRAY_ERRORS as e:
         raise DataError(f"cannot read {path}: {e}") from e
 
 
@@ -237,7 +244,7 @@ def _stored_shape(path: Path) -> tuple[int, ...] | None:
                 return None
             with z.open(members[key]) as f:
                 return _header_shape(f)
-    except (OSError, ValueError, zipfile.BadZipFile):
+    except tabular.ARRAY_ERRORS:
         return None  # not an image array we can recognise: the table reader reports what is wrong
 
 
@@ -261,7 +268,7 @@ def _channels_first(a: np.ndarray, path: Path) -> np.ndarray:
 
 def _unit_range(x: np.ndarray, path: Path) -> np.ndarray:
     """uint8 -> /255; floats must already lie in [0, 1]: other scales are refused, not guessed."""
-    if len(x) == 0:
+    if x.size == 0:
         raise DataError(f"{path} holds no images (shape {x.shape})")
     if x.dtype == np.uint8:
         return np.ascontiguousarray(x, np.float32) / np.float32(255)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
+import math
 import os
 import urllib.request
 import zlib
@@ -53,7 +54,7 @@ def read_idx(path: str | Path, ndim: int) -> np.ndarray:
     if len(data) < header:
         raise DataError(f"{path} is truncated: {len(data)} bytes, shorter than the {header}-byte IDX header")
     dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected = header + int(np.prod(dims, dtype=np.int64))
+    expected = header + math.prod(dims)  # Python ints: a corrupt header's product must not wrap around
     if len(data) != expected:
         raise DataError(
             f"{path} is {'truncated' if len(data) < expected else 'too long'}: header says shape {dims}, "

@@ -7,7 +7,12 @@ missing value, NaN or infinity, an empty file, a shape that is not a table.
 from __future__ import annotations
 
 import csv
+import lzma
 import math
+import struct
+import tokenize
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +23,10 @@ from torch import Tensor
 from vaekit.errors import DataError
 
 SUFFIXES = (".csv", ".npy", ".npz", ".mat")
+# What numpy and zipfile raise on a damaged .npy/.npz: bad headers (numpy parses them as Python literals, hence
+# SyntaxError and TokenError), truncated or undecodable zip members, compression or encryption zipfile lacks.
+ARRAY_ERRORS = (OSError, ValueError, EOFError, RuntimeError, NotImplementedError, SyntaxError, tokenize.TokenError,
+                struct.error, zipfile.BadZipFile, zlib.error, lzma.LZMAError)
 
 
 @dataclass(frozen=True)
@@ -88,16 +97,49 @@ def _number(cell: str, path: Path, line: int, column: str) -> float:
 
 def _read_numpy(path: Path) -> Table:
     try:
-        loaded = np.load(path, allow_pickle=False)  # a pickled object array could run code
-    except (OSError, ValueError, EOFError) as e:
+        loaded = load_array_file(path)
+        if isinstance(loaded, np.ndarray):
+            return Table(_features(loaded, path), None, ())
+        with loaded:
+            if "X" not in loaded:
+                raise DataError(f"{path} holds arrays {sorted(loaded.files)}; expected X (and optionally y)")
+            y = _labels(loaded["y"], f"{path}, array y") if "y" in loaded else None
+            return Table(_features(loaded["X"], path), y, ())
+    except DataError:
+        raise
+    except ARRAY_ERRORS as e:
         raise DataError(f"cannot read {path}: {e}") from e
-    if isinstance(loaded, np.ndarray):
-        return Table(_features(loaded, path), None, ())
-    with loaded:
-        if "X" not in loaded:
-            raise DataError(f"{path} holds arrays {sorted(loaded.files)}; expected X (and optionally y)")
-        y = _labels(loaded["y"], f"{path}, array y") if "y" in loaded else None
-        return Table(_features(loaded["X"], path), y, ())
+
+
+def load_array_file(path: Path) -> np.ndarray | np.lib.npyio.NpzFile:
+    """``np.load`` without pickle, after checking that each header's shape fits the bytes actually stored.
+
+    numpy allocates the whole array a header promises before reading it, so a corrupt or hostile header of
+    shape (10**12,) would otherwise ask for terabytes; here it is refused from the header alone.
+    """
+    with path.open("rb") as f:
+        magic = f.read(6)
+    if magic[:4] in (b"PK\x03\x04", b"PK\x05\x06"):  # np.load's own test for an .npz archive
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                with z.open(info) as member:
+                    _check_stored_size(member, info.file_size, f"{path}, array {info.filename}")
+    elif magic == b"\x93NUMPY":
+        with path.open("rb") as f:
+            _check_stored_size(f, path.stat().st_size, str(path))
+    return np.load(path, allow_pickle=False)  # a pickled object array could run code
+
+
+def _check_stored_size(f, stored: int, what: str) -> None:
+    version = np.lib.format.read_magic(f)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read_header(f)
+    if dtype.hasobject:
+        return  # refused by np.load without reading it: pickles are never loaded
+    promised, available = math.prod(shape) * dtype.itemsize, stored - f.tell()
+    if promised > available:
+        raise DataError(f"{what}: the header promises shape {shape} of {dtype} ({promised} bytes), but only "
+                        f"{max(available, 0)} bytes follow: the file is truncated or its header is corrupt")
 
 
 def _read_mat(path: Path) -> Table:
@@ -114,18 +156,26 @@ def _read_mat(path: Path) -> Table:
 
 
 def _features(a: np.ndarray, path: Path) -> np.ndarray:
+    if not isinstance(a, np.ndarray):  # e.g. a sparse matrix from a .mat file
+        raise DataError(f"{path}: features are a {type(a).__name__}; expected a dense numeric array")
     if a.ndim != 2:
         raise DataError(f"{path}: features have shape {a.shape}; expected a 2-d table (examples, features)")
     if not np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.complexfloating):
         raise DataError(f"{path}: features have dtype {a.dtype}; expected real numbers")
-    return a.astype(np.float32)
+    with np.errstate(over="ignore"):  # values beyond float32 become inf, which _check reports by position
+        return a.astype(np.float32)
 
 
 def _labels(a: np.ndarray, what: str) -> np.ndarray:
     a = np.asarray(a).ravel()
-    if not np.issubdtype(a.dtype, np.number) or not np.all(np.isfinite(a)) or np.any(a != np.round(a)):
+    if not np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.complexfloating) \
+            or not np.all(np.isfinite(a)) or np.any(a != np.round(a)):
         raise DataError(f"{what}: labels must be integers")
-    return a.astype(np.int64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        ints = a.astype(np.int64)
+    if not np.array_equal(ints, a):  # beyond the int64 range, a cast would wrap around silently
+        raise DataError(f"{what}: labels must be integers within the 64-bit range")
+    return ints
 
 
 def _check(t: Table, path: Path) -> None:
@@ -134,7 +184,8 @@ def _check(t: Table, path: Path) -> None:
     bad = ~np.isfinite(t.x)
     if bad.any():
         row, col = np.argwhere(bad)[0]
-        raise DataError(f"{path}: example {row}, feature {col} is {t.x[row, col]}; values must be finite")
+        raise DataError(f"{path}: example {row}, feature {col} is {t.x[row, col]}; values must be finite "
+                        "(and within float32 range)")
     if t.y is not None and len(t.y) != len(t.x):
         raise DataError(f"{path}: {len(t.x)} examples but {len(t.y)} labels")
 

@@ -25,7 +25,8 @@ TRAIN_FLAGS = {
     "likelihood": "model.likelihood", "obs_std": "model.obs_std",
     "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr", "beta": "train.beta",
     "seed": "train.seed", "device": "train.device", "checkpoint_every": "train.checkpoint_every",
-    "precision": "train.precision",
+    "precision": "train.precision", "early_stopping_patience": "train.early_stopping_patience",
+    "nonfinite": "train.nonfinite", "max_skipped_steps": "train.max_skipped_steps",
 }
 
 
@@ -83,6 +84,14 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--precision", choices=["fp32", "bf16"], help="bf16: bfloat16 autocast, loss in fp32")
     p.add_argument("--checkpoint-every", type=int, help="checkpoint every N epochs (default 1; 0: only at the end)")
+    p.add_argument("--early-stopping-patience", type=int, help="stop after N epochs without a better validation "
+                   "-ELBO and keep the best weights (default 0: off; needs a validation split)")
+    p.add_argument("--nonfinite", choices=["stop", "skip"], help="a non-finite loss or gradient stops training "
+                   "(default) or skips that step's update")
+    p.add_argument("--max-skipped-steps", type=int, help="with --nonfinite skip: fail once more steps were "
+                   "skipped (default 10)")
+    p.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR from its latest checkpoint; "
+                   "other flags must repeat its config (--epochs may change, e.g. to extend a finished run)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any config value, e.g. --set train.eval_batch_size=500 (repeatable)")
     p.add_argument("--out", type=Path, help="run directory (default: runs/<dataset>, numbered if taken)")
@@ -101,15 +110,37 @@ def build_config(args: argparse.Namespace) -> Config:
     return config.override(dict(parse_assignment(a) for a in args.set))
 
 
+def given_assignments(args: argparse.Namespace) -> dict[str, Any]:
+    """Every setting the command line gave (preset, --config file, flags, --set), as dotted keys."""
+    given: dict[str, Any] = {}
+    if args.preset:
+        preset(args.preset)  # an unknown name is refused, listing the valid ones
+        given.update(PRESETS[args.preset])
+    if args.config:
+        given.update(flatten(load_config_file(args.config)))
+    given.update({key: getattr(args, dest) for dest, key in TRAIN_FLAGS.items() if getattr(args, dest) is not None})
+    given.update(dict(parse_assignment(a) for a in args.set))
+    return given
+
+
+def _resume_dir(args: argparse.Namespace) -> Path:
+    if args.overwrite:
+        raise VaekitError(f"--resume continues the run in {args.resume}; --overwrite would replace it: pass one")
+    if args.out is not None and args.out.resolve() != args.resume.resolve():
+        raise VaekitError(f"--resume continues the run in {args.resume} and writes there; --out {args.out} names "
+                          "another directory")
+    return args.resume
+
+
 def _run_dir(args: argparse.Namespace, config: Config) -> Path:
     if args.out is not None:
-        if (args.out / checkpoint.CONFIG_FILE).exists() and not args.overwrite:
+        if checkpoint.exists(args.out) and not args.overwrite:
             raise VaekitError(f"{args.out} already holds a checkpoint; pass --overwrite to replace it, "
-                              "or choose another --out")
+                              f"--resume {args.out} to continue it, or choose another --out")
         return args.out
     base = Path("runs") / Path(config.data.dataset).stem  # a path's last name: never the data folder itself
     out, i = base, 1
-    while (out / checkpoint.CONFIG_FILE).exists():
+    while checkpoint.exists(out):
         i += 1
         out = base.with_name(f"{base.name}-{i}")
     return out
@@ -146,18 +177,30 @@ def format_epoch(r: dict[str, Any], epochs: int) -> str:
             f"(recon {r['train_recon']:9.3f}, KL {r['train_kl']:7.3f})")
     if "val_neg_elbo" in r:
         line += f"  val -ELBO {r['val_neg_elbo']:9.3f} (recon {r['val_recon']:9.3f}, KL {r['val_kl']:7.3f})"
+    if "active_units" in r:
+        line += f"  beta {r['beta']:.3g}  active {r['active_units']}/{len(r['kl_per_dim'])}"
     return line + f"  {r['time_s']:.2f}s"
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    config = build_config(args)
-    out = _run_dir(args, config)
-    result = training.train(config, out, callbacks=[ProgressBar(args.quiet)])
+    progress = ProgressBar(args.quiet)
+    if args.resume is not None:
+        out = _resume_dir(args)
+        result = training.resume(out, given_assignments(args), callbacks=[progress])
+    else:
+        config = build_config(args)
+        out = _run_dir(args, config)
+        result = training.train(config, out, callbacks=[progress])
     if result.rank != 0:
         return 0
     final = result.history[-1]
     print(f"wrote {out}/{checkpoint.CONFIG_FILE} and {checkpoint.WEIGHTS_FILE} "
           f"(final train -ELBO {final['train_neg_elbo']:.3f} nats)")
+    if result.best_epoch is not None:
+        print(f"early stopping: the saved weights are those of epoch {result.best_epoch}, the best on validation"
+              + (f" (stopped after epoch {final['epoch']})" if result.stopped == "early_stopping" else ""))
+    if result.skipped_steps:
+        print(f"skipped {result.skipped_steps} step(s) with a non-finite loss or gradient")
     for name in ("reconstructions.png", "samples.png"):
         if (out / name).exists():
             print(f"wrote {out / name}")
