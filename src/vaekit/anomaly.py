@@ -25,8 +25,8 @@ THRESHOLD_FILE = "anomaly.json"
 
 @torch.no_grad()
 def score(model: VAE, x: Tensor, method: str = "elbo", n_samples: int = 10, iw_samples: int = 1000,
-          seed: int = 0, batch_size: int = 1000) -> Tensor:
-    """Per-example anomaly score (N,), on the CPU.
+          seed: int = 0, batch_size: int = 1000, y: Tensor | None = None) -> Tensor:
+    """Per-example anomaly score (N,), on the CPU; ``y`` are the labels a conditional model needs.
 
     ``elbo``: the negative ELBO with its expected reconstruction term averaged over ``n_samples`` posterior
     draws; ``nll``: the importance-sampled negative log-likelihood with ``iw_samples`` samples; ``recon``:
@@ -39,26 +39,27 @@ def score(model: VAE, x: Tensor, method: str = "elbo", n_samples: int = 10, iw_s
         raise ConfigError(f"unknown anomaly score {method!r}; valid scores: {', '.join(SCORES)}")
     model.eval()
     device = next(model.parameters()).device
-    x = x.to(device)
+    x, y = x.to(device), None if y is None else y.to(device)
     k = iw_samples if method == "nll" else n_samples
     eps = torch.randn(k, model.latent_dim, generator=torch.Generator().manual_seed(seed)).to(device)  # (k, L)
     if method == "nll":
-        return evaluation.importance_sampled_nll(model, x, iw_samples, eps=eps).cpu()
-    return torch.cat([_batch_score(model, x[s : s + batch_size], method, eps)
+        return evaluation.importance_sampled_nll(model, x, iw_samples, eps=eps, y=y).cpu()
+    return torch.cat([_batch_score(model, x[s : s + batch_size], method, eps,
+                                   None if y is None else y[s : s + batch_size])
                       for s in range(0, len(x), batch_size)]).cpu()
 
 
-def _batch_score(model: VAE, x: Tensor, method: str, eps: Tensor) -> Tensor:
-    qz_x = model.encode(x)
+def _batch_score(model: VAE, x: Tensor, method: str, eps: Tensor, y: Tensor | None) -> Tensor:
+    qz_x = model.encode(x, y)
     if method == "recon":
-        return (x - model.decode(qz_x.mean).mean).pow(2).flatten(1).sum(1)
+        return (x - model.decode(qz_x.mean, y).mean).pow(2).flatten(1).sum(1)
     z = qz_x.mean + qz_x.stddev * eps[:, None, :]  # (S, B, L)
-    recon = -model.decode(z).log_prob(x).mean(0)  # (B,)
+    recon = -model.decode(z, y).log_prob(x).mean(0)  # (B,)
     return recon + kl_divergence(qz_x, model.prior())
 
 
 @torch.no_grad()
-def pixel_map(model: VAE, x: Tensor, method: str = "elbo") -> Tensor:
+def pixel_map(model: VAE, x: Tensor, method: str = "elbo", y: Tensor | None = None) -> Tensor:
     """Where a score comes from, per pixel (summed over channels; (N, H, W) for images).
 
     For ``recon`` the squared error (x_i - E[x_i|z = mu])^2, whose sum is the recon score; for the
@@ -66,8 +67,8 @@ def pixel_map(model: VAE, x: Tensor, method: str = "elbo") -> Tensor:
     """
     model.eval()
     device = next(model.parameters()).device
-    x = x.to(device)
-    px_z = model.decode(model.encode(x).mean)
+    x, y = x.to(device), None if y is None else y.to(device)
+    px_z = model.decode(model.encode(x, y).mean, y)
     per = (x - px_z.mean).pow(2) if method == "recon" else -px_z.base_dist.log_prob(x)  # (N, *shape)
     return (per.sum(1) if per.dim() == 4 else per).cpu()
 

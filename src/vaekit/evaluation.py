@@ -50,7 +50,7 @@ def decoder_width(model: VAE) -> int:
     if cfg.arch == "conv":
         sizes = nets.downsampled(shape[1:], len(cfg.channels))[1:]
         widths += [c * h * w for c, (h, w) in zip(cfg.channels, sizes, strict=True)]
-        widths.append(cfg.channels[0] * math.prod(shape[1:]))  # the last transposed convolution's input, upsampled
+        widths.append(cfg.channels[0] * math.prod(shape[1:]))  # a margin for convolution workspace at full size
     return max(widths)
 
 

@@ -156,16 +156,16 @@ class ModelService:
         xt = self.inputs(x)
         if method == "nll" and len(xt) > NLL_MAX_BATCH:
             raise DataError(f"the nll score takes at most {NLL_MAX_BATCH} inputs per request, got {len(xt)}")
-        bound = self._bound(label, len(xt))
+        y = self.labels(label, len(xt))
         thr = self.threshold if self.threshold is not None and self.threshold.score == method else None
         with self._inference():
-            scores = anomaly.score(bound, xt, method, thr.n_samples if thr else ELBO_SAMPLES, NLL_SAMPLES)
+            scores = anomaly.score(self.model, xt, method, thr.n_samples if thr else ELBO_SAMPLES, NLL_SAMPLES, y=y)
             out: dict[str, Any] = {"scores": scores, "method": method, "threshold": thr,
                                    "flags": None if thr is None else (scores > thr.value)}
             if details:
-                out["pixel_error"] = anomaly.pixel_map(bound, xt, method)
-                xd = xt.to(self._device)
-                out["reconstruction"] = self._to_data_units(bound.decode(bound.encode(xd).mean).mean)
+                out["pixel_error"] = anomaly.pixel_map(self.model, xt, method, y)
+                xd, yd = xt.to(self._device), _on(y, self._device)
+                out["reconstruction"] = self._to_data_units(self.model.reconstruct(xd, yd))
         return out
 
     # ---- input checks --------------------------------------------------------------------------------------
@@ -194,10 +194,6 @@ class ModelService:
         if label is None:
             raise ConfigError(f"this model is conditional: give a label, one of {', '.join(self.model.config.labels)}")
         return torch.full((n,), self.model.label_index(label), dtype=torch.long)
-
-    def _bound(self, label: str | None, n: int) -> Any:
-        y = self.labels(label, n)
-        return self.model if y is None else LabelBound(self.model, int(y[0]))
 
     # ---- units ---------------------------------------------------------------------------------------------
 
@@ -239,29 +235,6 @@ class ModelService:
             "examples": 0 if self.examples is None else len(self.examples.x),
             "examples_source": None if self.examples is None else self.examples.source,
         }
-
-
-class LabelBound:
-    """A conditional model with its label fixed, seen as an unconditional one.
-
-    ``anomaly.score`` and ``anomaly.pixel_map`` call ``encode(x)`` and ``decode(z)`` without labels; binding the
-    request's label here lets them score inputs of a conditional model unchanged.
-    """
-
-    def __init__(self, model: VAE, index: int) -> None:
-        self._model, self._index = model, index
-
-    def __getattr__(self, name: str) -> Any:  # everything else (prior, latent_dim, parameters, ...) as the model's
-        return getattr(self._model, name)
-
-    def encode(self, x: Tensor, y: Tensor | None = None) -> Any:
-        return self._model.encode(x, self._y(len(x), x.device))
-
-    def decode(self, z: Tensor, y: Tensor | None = None) -> Any:
-        return self._model.decode(z, self._y(z.shape[-2] if z.dim() > 1 else 1, z.device))
-
-    def _y(self, n: int, device: torch.device) -> Tensor:
-        return torch.full((n,), self._index, dtype=torch.long, device=device)
 
 
 def load_examples(config: Config, n: int, data_dir: str | None = None) -> Examples | None:
