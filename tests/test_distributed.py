@@ -94,7 +94,7 @@ def test_torchrun_command_line(tmp_path):
            "--device", "cpu", "--quiet", "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.returncode == 0, proc.stderr[:3000] + "\n...\n" + proc.stderr[-1000:]
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(s)["epoch"] for s in lines] == [1, 2]
     assert proc.stdout.count("wrote") == 3  # checkpoint and two PNGs, printed once

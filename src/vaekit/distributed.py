@@ -82,6 +82,13 @@ def any_rank(flag: bool, ctx: Context, device: torch.device) -> bool:
     return bool(t.item())
 
 
+def leave_together(ctx: Context) -> None:
+    """Wait until every process is done: one that closes its connections while a peer still writes its
+    checkpoint can make gloo abort that peer's process at exit."""
+    if ctx.world_size > 1:
+        dist.barrier()
+
+
 def close(ctx: Context) -> None:
     if ctx.owns_group and dist.is_initialized():
         dist.destroy_process_group()

@@ -293,6 +293,7 @@ def train(config: Config, out_dir: str | Path | None = None, callbacks: Sequence
         run.model.eval()
         if run.out is not None:
             _write_previews(run.model, splits.test, run.out)
+        distributed.leave_together(ctx)
         best = run.stopping.best_epoch if run.stopping is not None else None
         return TrainResult(run.model, run.config, run.history, ctx.rank, best, run.stopped, run.skipped)
     finally:
