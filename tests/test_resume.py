@@ -20,7 +20,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 import vaekit
-from vaekit import CheckpointError, ConfigError, TrainingError, checkpoint, graphs, objectives, training
+from vaekit import CheckpointError, ConfigError, TrainingError, checkpoint, fused, graphs, objectives, training
 from vaekit.fileio import KILL_ENV
 from vaekit.training import make_optimizer, train_step
 
@@ -227,8 +227,9 @@ def test_early_stopping_needs_a_validation_split():
 
 
 def poison_elbo(monkeypatch, calls_to_poison: set[int]) -> None:
-    """Make the training objective NaN at the given calls: its gradients are NaN too."""
-    real = objectives.elbo
+    """Make the training objective NaN at the given calls: its gradients are NaN too. Both ways of computing
+    it are poisoned, autograd's and the fused CPU step's."""
+    real, real_fused = objectives.elbo, fused.FusedELBO.__call__
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -238,7 +239,17 @@ def poison_elbo(monkeypatch, calls_to_poison: set[int]) -> None:
             return objectives.ELBOTerms(terms.loss * float("nan"), terms.recon, terms.kl)
         return terms
 
+    def poisoned_fused(self, *args, **kwargs):
+        calls["n"] += 1
+        terms = real_fused(self, *args, **kwargs)
+        if calls["n"] in calls_to_poison:
+            for p in self.model.parameters():
+                p.grad.mul_(float("nan"))
+            return objectives.ELBOTerms(terms.loss * float("nan"), terms.recon, terms.kl)
+        return terms
+
     monkeypatch.setattr(objectives, "elbo", poisoned)
+    monkeypatch.setattr(fused.FusedELBO, "__call__", poisoned_fused)
 
 
 def test_non_finite_stop_names_the_last_good_checkpoint(tmp_path, monkeypatch):

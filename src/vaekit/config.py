@@ -101,6 +101,7 @@ class TrainConfig:
     eval_batch_size: int = 1000
     precision: str = "fp32"  # bf16: matrix products in bfloat16 under autocast; the loss stays in fp32
     cuda_graph: bool = True  # on CUDA, capture the whole step as one graph (drops the last partial batch)
+    fused_step: bool = True  # on the CPU, a fully connected model's gradients come from a hand-written backward
     objective: str = "elbo"  # elbo, or iwae: the importance-weighted bound with iw_k samples (Burda et al. 2015)
     iw_k: int = 50  # importance samples of the iwae objective
     kl_warmup_epochs: float = 0.0  # beta rises linearly from 0 to train.beta over this many epochs ...

@@ -28,7 +28,19 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from vaekit import checkpoint, data, distributed, generate, graphs, images, likelihoods, objectives, plots, runstate
+from vaekit import (
+    checkpoint,
+    data,
+    distributed,
+    fused,
+    generate,
+    graphs,
+    images,
+    likelihoods,
+    objectives,
+    plots,
+    runstate,
+)
 from vaekit.config import Config
 from vaekit.errors import TrainingError
 from vaekit.fileio import crash_point
@@ -95,19 +107,18 @@ def batch_bounds(n: int, batch_size: int, drop_last: bool) -> list[tuple[int, in
 def train_step(model: VAE, opt: torch.optim.Optimizer, x: Tensor, beta: float | Tensor,
                forward: objectives.Forward | None = None, weight: float = 1.0, bf16: bool = False,
                y: Tensor | None = None, objective: objectives.Objective = objectives.ELBO,
-               skip_nonfinite: bool = False) -> Tensor:
+               skip_nonfinite: bool = False, fused_elbo: fused.FusedELBO | None = None) -> Tensor:
     """One Adam step on ``weight`` times the objective (by default the beta-weighted negative ELBO); returns the
     weighted (loss, recon, kl) without syncing. The weight lets the slices of a global batch count by their size
     across processes. With ``bf16`` the networks run under bfloat16 autocast; distributions and the loss stay in
     fp32. ``y`` are the labels of a conditional model. With ``skip_nonfinite`` (fused Adam only) a step whose
     loss or gradient is not finite leaves weights and Adam's state untouched and returns NaN terms, decided on
-    the device.
+    the device. ``fused_elbo`` computes the same gradients without autograd (``vaekit.fused``; fp32, one process).
     """
-    # no cast cache: each weight is used once per step, and a cache would not survive graph replays
-    with torch.autocast(x.device.type, torch.bfloat16, enabled=bf16, cache_enabled=False):
-        terms = objective(model, x, beta, forward, y)
-    opt.zero_grad(set_to_none=True)
-    (terms.loss * weight if weight != 1.0 else terms.loss).backward()
+    if fused_elbo is not None:
+        terms = fused_elbo(x, beta, y)
+    else:
+        terms = _autograd_gradients(model, opt, x, beta, forward, weight, bf16, y, objective)
     stacked = torch.stack(terms).detach()  # (3,)
     if skip_nonfinite:
         ok = _cancel_if_nonfinite(opt, terms.loss)
@@ -117,6 +128,18 @@ def train_step(model: VAE, opt: torch.optim.Optimizer, x: Tensor, beta: float | 
     else:
         opt.step()
     return stacked * weight if weight != 1.0 else stacked
+
+
+def _autograd_gradients(model: VAE, opt: torch.optim.Optimizer, x: Tensor, beta: float | Tensor,
+                        forward: objectives.Forward | None, weight: float, bf16: bool, y: Tensor | None,
+                        objective: objectives.Objective) -> objectives.ELBOTerms:
+    """The objective's terms, with the gradients of ``weight`` times its loss in the parameters' ``.grad``."""
+    # no cast cache: each weight is used once per step, and a cache would not survive graph replays
+    with torch.autocast(x.device.type, torch.bfloat16, enabled=bf16, cache_enabled=False):
+        terms = objective(model, x, beta, forward, y)
+    opt.zero_grad(set_to_none=True)
+    (terms.loss * weight if weight != 1.0 else terms.loss).backward()
+    return terms
 
 
 def _cancel_if_nonfinite(opt: torch.optim.Optimizer, loss: Tensor) -> Tensor:
@@ -173,6 +196,7 @@ class Run:
     ctx: distributed.Context
     callbacks: Sequence[Callback]
     static: graphs.StaticStep | None = None  # the CUDA-graph step, when it can be used
+    fused_elbo: fused.FusedELBO | None = None  # the hand-differentiated CPU step, when it can be used
     step: int = 0  # optimizer steps taken so far
     warmup_steps: int = 0  # length of the linear KL warm-up, in steps
     epoch: int = 0  # epochs completed
@@ -216,7 +240,7 @@ def run_epoch(run: Run, epoch: int) -> Tensor:
         a, b = distributed.rank_slice(len(xb), ctx)  # the whole batch in a single-process run
         weight = (b - a) * ctx.world_size / len(xb)
         step_terms[step] = train_step(run.model, run.opt, xb[a:b], run.beta(), run.forward, weight, bf16,
-                                      None if yb is None else yb[a:b], objective, skip)
+                                      None if yb is None else yb[a:b], objective, skip, run.fused_elbo)
         run.step += 1
         crash_point("step")
         for cb in run.callbacks:
@@ -398,6 +422,10 @@ def _start(config: Config, splits: data.Splits, device: torch.device, ctx: distr
         _use_static_step(run)
     elif device.type == "cuda":
         log.info("training step not captured as a CUDA graph: %s", blocker)
+    elif (why_not := fused.blocker(config, device, ctx.world_size)) is None:
+        run.fused_elbo = fused.FusedELBO(model, config.train.free_bits)
+    else:
+        log.info("gradients by autograd, not the fused CPU step: %s", why_not)
     tc = config.train
     run.warmup_steps = tc.kl_warmup_steps or round(tc.kl_warmup_epochs * len(run.bounds))
     if tc.early_stopping_patience and ctx.is_main:

@@ -1,0 +1,56 @@
+"""Milliseconds per training step of the seed VAE on the CPU: autograd's gradients against the fused step's.
+
+Both run ``vaekit.training.train_step`` (forward, gradients, fused Adam) on MNIST-sized batches of 128 in one
+process, in alternating blocks so that the machine's changing speed affects both alike; the table gives the
+median and the best block of each, and their ratio. The gradients themselves agree (tests/test_fused.py).
+
+    python benchmarks/fused_step.py --blocks 8 --steps 150
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+
+import vaekit
+from vaekit import fused, training
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--blocks", type=int, default=8, help="timed blocks per variant, alternating")
+    p.add_argument("--steps", type=int, default=150, help="steps per block")
+    p.add_argument("--batch-size", type=int, default=128)
+    args = p.parse_args()
+    torch.manual_seed(0)
+    config = vaekit.preset("seed").override({"model.data_shape": [1, 28, 28]})
+    model = vaekit.VAE(config.model)
+    opt = training.make_optimizer(model, config.train.lr)
+    by_hand = fused.FusedELBO(model)
+    x = torch.rand(args.steps * args.batch_size, 1, 28, 28)
+    batches = x.split(args.batch_size)
+    variants = {"autograd": None, "fused": by_hand}
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for block in range(args.blocks + 1):  # block 0 warms both up and is not counted
+        for name, fused_elbo in variants.items():
+            start = time.perf_counter()
+            for xb in batches:
+                training.train_step(model, opt, xb, 1.0, fused_elbo=fused_elbo)
+            if block:
+                times[name].append((time.perf_counter() - start) / len(batches) * 1e3)
+    print(f"seed VAE (784-400-20), batch {args.batch_size}, {args.blocks} blocks of {args.steps} steps each, "
+          f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print("| gradients | median ms/step | best block ms/step |")
+    print("|---|---|---|")
+    for name, t in times.items():
+        print(f"| {name} | {statistics.median(t):.2f} | {min(t):.2f} |")
+    ratio = statistics.median(a / b for a, b in zip(times["autograd"], times["fused"], strict=True))
+    print(f"\nmedian of the per-block ratios autograd / fused: {ratio:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

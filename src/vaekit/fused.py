@@ -1,0 +1,151 @@
+"""The ELBO gradient of a fully connected VAE, differentiated by hand: the CPU training step's fast path.
+
+On a CPU the seed model's step is five 128 x 400 x 784 matrix products plus about a hundred small
+operations that autograd records, allocates for and replays; the latter cost as much as the products.
+Written out, the backward pass is a handful of products and fused element-wise updates:
+
+    logits l = dec(z),  z = mu + sigma * eps,  (mu, log sigma^2) = enc(x)
+    d loss / d l      = (sigmoid(l) - x) / B                  (Bernoulli; (m - x) / (s^2 B) for a Gaussian)
+    d loss / d mu     = dz + beta * mu / B
+    d loss / d logvar = dz * eps * sigma / 2 + beta * (sigma^2 - 1) / (2 B)   (0 where the clamp holds)
+
+and through each linear layer W: dW = g^T h, db = sum g, dh = g W, times the activation's derivative read
+from its output. The posterior noise is drawn exactly as ``torch.distributions.Normal.rsample`` draws it,
+so a step gives autograd's gradients to float rounding (tests/test_fused.py) and runs are reproducible
+either way. Used by default where it applies (``blocker`` says why not otherwise); ``train.fused_step =
+false`` restores autograd.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vaekit.config import Config
+from vaekit.model import LOGVAR_MAX, LOGVAR_MIN, VAE
+from vaekit.objectives import ELBOTerms
+
+LIKELIHOODS = ("bernoulli", "gaussian")
+
+
+def _leaky_relu_grad(h: Tensor, g: Tensor) -> Tensor:
+    return torch.where(h > 0, g, g * 0.01)  # nn.LeakyReLU's default slope
+
+
+def _elu_grad(h: Tensor, g: Tensor) -> Tensor:
+    return g.mul_(torch.where(h > 0, 1.0, h + 1))  # alpha = 1: d/da (exp(a) - 1) = exp(a) = h + 1
+
+
+# name -> (the activation, in place where torch has it; g times its derivative, written from the output h
+# alone, in g's memory); the same functions as the modules in nets.ACTIVATIONS, with their defaults
+ACTIVATIONS: dict[str, tuple[Callable[[Tensor], Tensor], Callable[[Tensor, Tensor], Tensor]]] = {
+    "relu": (torch.relu_, lambda h, g: g.mul_(h > 0)),
+    "leaky_relu": (F.leaky_relu_, _leaky_relu_grad),
+    "tanh": (torch.tanh_, lambda h, g: g.mul_(1 - h * h)),
+    "elu": (F.elu_, _elu_grad),
+    "softplus": (F.softplus, lambda h, g: g.mul_(-torch.expm1(-h))),  # sigmoid(a) = 1 - exp(-softplus(a))
+}
+
+
+def blocker(config: Config, device: torch.device, world_size: int) -> str | None:
+    """Why the hand-differentiated step cannot train this run, or None when it can."""
+    mc, tc = config.model, config.train
+    reasons = [
+        (not tc.fused_step, "disabled by train.fused_step = false"),
+        (device.type != "cpu", f"device is {device.type}: the fused step is the CPU path"),
+        (mc.arch != "mlp", f"model.arch is {mc.arch}, not mlp"),
+        (mc.likelihood not in LIKELIHOODS, f"likelihood {mc.likelihood} is not one of {LIKELIHOODS}"),
+        (mc.activation not in ACTIVATIONS, f"activation {mc.activation} is not one of {tuple(ACTIVATIONS)}"),
+        (tc.objective != "elbo", f"objective is {tc.objective}, not elbo"),
+        (tc.precision != "fp32", f"precision is {tc.precision}, not fp32"),
+        (world_size > 1, "DistributedDataParallel needs autograd's gradient hooks"),
+    ]
+    return next((why for blocked, why in reasons if blocked), None)
+
+
+class _Dense:
+    """The linear layers of one of the model's MLPs, with what its backward pass needs from the forward."""
+
+    def __init__(self, net: nn.Sequential, act: str) -> None:
+        self.layers = [m for m in net if isinstance(m, nn.Linear)]
+        self.act, self.act_grad = ACTIVATIONS[act]
+        self.inputs: list[Tensor] = []  # each layer's input, kept for the weight gradients
+
+    def forward(self, h: Tensor) -> Tensor:
+        self.inputs = []
+        for i, layer in enumerate(self.layers):
+            self.inputs.append(h)
+            h = torch.addmm(layer.bias, h, layer.weight.t())
+            if i < len(self.layers) - 1:
+                h = self.act(h)
+        return h
+
+    def backward(self, g: Tensor, input_grad: bool) -> Tensor | None:
+        """Set each weight's and bias's ``.grad`` from g = d/d output; return d/d input when asked."""
+        for i in range(len(self.layers) - 1, -1, -1):
+            layer, h = self.layers[i], self.inputs[i]
+            layer.weight.grad, layer.bias.grad = torch.mm(g.t(), h), g.sum(0)
+            if i == 0 and not input_grad:
+                return None
+            g = torch.mm(g, layer.weight)
+            if i > 0:
+                g = self.act_grad(h, g)
+        return g
+
+
+class FusedELBO:
+    """Sets the parameters' ``.grad`` to those of the beta-weighted negative ELBO and returns its terms.
+
+    Same quantities as ``objectives.elbo`` (free bits included) for the models ``blocker`` lets through.
+    """
+
+    def __init__(self, model: VAE, free_bits: float = 0.0) -> None:
+        mc = model.config
+        self.model, self.free_bits = model, free_bits
+        self.encoder, self.decoder = _Dense(model.encoder, mc.activation), _Dense(model.decoder, mc.activation)
+        self.likelihood, self.obs_std = mc.likelihood, mc.obs_std
+
+    @torch.no_grad()
+    def __call__(self, x: Tensor, beta: float, y: Tensor | None = None) -> ELBOTerms:
+        model, n = self.model, len(x)
+        c = model._condition(y, n)
+        x = x.flatten(1)  # (B, D)
+        out = self.encoder.forward(x if c is None else torch.cat([x, c], dim=1))  # (B, 2L)
+        mu, logvar = out.chunk(2, dim=1)
+        logvar_c = logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
+        sigma = torch.exp(0.5 * logvar_c)
+        eps = torch.randn_like(mu)  # what Normal.rsample draws, from the same generator
+        z = torch.addcmul(mu, sigma, eps)
+        params = self.decoder.forward(z if c is None else torch.cat([z, c], dim=1))  # (B, D) logits or means
+        recon_sum, g = self._likelihood(params, x)
+        kl_j = 0.5 * (mu * mu + sigma * sigma - 1 - logvar_c).mean(0)  # (L,) batch-mean KL per dimension
+        recon, kl = recon_sum / n, kl_j.sum()
+        active = kl_j >= self.free_bits if self.free_bits > 0 else None  # clamped dimensions get no KL gradient
+        loss = recon + beta * (kl_j.clamp(min=self.free_bits).sum() if active is not None else kl)
+
+        dz = self.decoder.backward(g.div_(n), input_grad=True)[:, : mu.shape[1]]
+        kl_scale = beta / n if active is None else active.to(mu.dtype) * (beta / n)
+        d_out = torch.empty_like(out)
+        d_mu, d_logvar = d_out.chunk(2, dim=1)
+        torch.add(dz, mu * kl_scale, out=d_mu)
+        torch.mul(dz * eps, 0.5 * sigma, out=d_logvar)
+        d_logvar.add_((sigma * sigma - 1) * (0.5 * kl_scale))
+        d_logvar.mul_((logvar >= LOGVAR_MIN) & (logvar <= LOGVAR_MAX))  # clamp's gradient
+        self.encoder.backward(d_out, input_grad=False)
+        return ELBOTerms(loss, recon, kl)
+
+    def _likelihood(self, params: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        """sum over the batch of -log p(x|z), and its gradient in the decoder's outputs (times B)."""
+        if self.likelihood == "bernoulli":
+            # -log p = softplus(l) - x l, the BCE-with-logits; d/dl = sigmoid(l) - x
+            nll = (F.softplus(params) - x * params).sum()
+            return nll, torch.sigmoid(params).sub_(x)
+        var = self.obs_std**2
+        diff = params - x
+        const = x.numel() * (math.log(self.obs_std) + 0.5 * math.log(2 * math.pi))
+        return 0.5 * (diff * diff).sum() / var + const, diff.div_(var)
+
