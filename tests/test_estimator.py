@@ -76,3 +76,16 @@ def test_unfitted_use_raises_and_params_round_trip():
     assert est.set_params(epochs=7).epochs == 7
     with pytest.raises(ValueError, match="contamination"):
         VAEAnomalyDetector(contamination=0.7).fit(plane_data())
+
+
+def test_detector_defaults_are_the_outliers_preset():
+    """VAEAnomalyDetector() trains the model the CLI's ``--preset outliers`` trains (and the benchmark measures)."""
+    from vaekit.config import preset
+
+    det = VAEAnomalyDetector().fit(np.random.default_rng(0).normal(size=(80, 3)))
+    vae = det.vae_
+    cfg = preset("outliers")
+    assert (vae.latent_dim, tuple(vae.hidden), vae.likelihood, vae.obs_std, vae.activation) == (
+        cfg.model.latent_dim, tuple(cfg.model.hidden), cfg.model.likelihood, cfg.model.obs_std, cfg.model.activation)
+    assert (vae.epochs, vae.batch_size, vae.lr, vae.beta) == (
+        cfg.train.epochs, cfg.train.batch_size, cfg.train.lr, cfg.train.beta)

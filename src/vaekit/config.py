@@ -185,6 +185,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model.latent_dim": 50, "model.likelihood": "bernoulli", "data.binarize": "dynamic",
         "train.lr": 1e-3, "train.batch_size": 128,
     },
+    # Anomaly detection on standardized tables, trained on unlabelled and possibly contaminated data: a small
+    # Gaussian VAE, briefly trained, with beta = 4. The heavier KL weight keeps the model smooth, so it does not
+    # learn a cluster of outliers in its training data (benchmarks/anomaly_odds.py: ODDS ROC AUC 0.915 at
+    # beta = 1, 0.941 at beta = 4, on seeds kept apart from the five it was chosen on).
+    "outliers": {
+        "model.hidden": [64], "model.activation": "relu", "model.latent_dim": 4,
+        "model.likelihood": "gaussian", "model.obs_std": 1.0, "data.val_size": 0,
+        "train.epochs": 5, "train.batch_size": 64, "train.lr": 1e-3, "train.beta": 4.0,
+    },
 }
 
 

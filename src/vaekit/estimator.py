@@ -132,12 +132,13 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
     ``score_samples`` is minus the anomaly score (higher = more normal); ``decision_function`` is
     ``score_samples - offset_``, negative for outliers; ``predict`` returns +1 for inliers and -1 for
     outliers. ``threshold_`` is the anomaly score above which the ``contamination`` fraction of the
-    training data lies.
+    training data lies. The defaults are the ``outliers`` preset (a small Gaussian VAE with beta = 4).
     """
 
     def __init__(self, contamination: float = 0.1, score_method: str = "elbo", latent_dim: int = 4,
                  hidden: tuple[int, ...] = (64,), epochs: int = 5, batch_size: int = 64, lr: float = 1e-3,
-                 n_score_samples: int = 10, device: str = "cpu", random_state: int | None = 0) -> None:
+                 beta: float = 4.0, n_score_samples: int = 10, device: str = "cpu",
+                 random_state: int | None = 0) -> None:
         self.contamination = contamination
         self.score_method = score_method
         self.latent_dim = latent_dim
@@ -145,6 +146,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         self.epochs = epochs
         self.batch_size = batch_size
         self.lr = lr
+        self.beta = beta
         self.n_score_samples = n_score_samples
         self.device = device
         self.random_state = random_state
@@ -154,7 +156,8 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         if not 0 < self.contamination < 0.5:
             raise ValueError(f"contamination must lie in (0, 0.5), got {self.contamination}")
         self.vae_ = VAEEstimator(self.latent_dim, tuple(self.hidden), epochs=self.epochs, batch_size=self.batch_size,
-                                 lr=self.lr, device=self.device, random_state=self.random_state).fit(X)
+                                 lr=self.lr, beta=self.beta, device=self.device,
+                                 random_state=self.random_state).fit(X)
         self.n_features_in_ = self.vae_.n_features_in_
         anomaly_scores = -self.score_samples(X)
         self.threshold_ = float(np.quantile(anomaly_scores, 1 - self.contamination))
