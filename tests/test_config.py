@@ -33,7 +33,7 @@ def test_iwae_preset_is_burda_et_al():
 def test_unknown_preset_lists_the_valid_ones():
     with pytest.raises(ConfigError, match="valid presets: conv, iwae, outliers, seed"):
         preset("nope")
-    assert set(PRESETS) == {"seed", "iwae", "conv"}
+    assert set(PRESETS) == {"seed", "iwae", "conv", "outliers"}
 
 
 @pytest.mark.parametrize(("key", "value", "message"), [
