@@ -148,4 +148,3 @@ class FusedELBO:
         diff = params - x
         const = x.numel() * (math.log(self.obs_std) + 0.5 * math.log(2 * math.pi))
         return 0.5 * (diff * diff).sum() / var + const, diff.div_(var)
-
