@@ -5,7 +5,7 @@ operations that autograd records, allocates for and replays; the latter cost as 
 Written out, the backward pass is a handful of products and fused element-wise updates:
 
     logits l = dec(z),  z = mu + sigma * eps,  (mu, log sigma^2) = enc(x)
-    d loss / d l      = (sigmoid(l) - x) / B                  (Bernoulli; (m - x) / (s^2 B) for a Gaussian)
+    d loss / d l      = (sigmoid(l) - x) / B      (Bernoulli; likelihoods.py writes each one's out)
     d loss / d mu     = dz + beta * mu / B
     d loss / d logvar = dz * eps * sigma / 2 + beta * (sigma^2 - 1) / (2 B)   (0 where the clamp holds)
 
@@ -18,18 +18,19 @@ false`` restores autograd.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vaekit import likelihoods
 from vaekit.config import Config
 from vaekit.model import LOGVAR_MAX, LOGVAR_MIN, VAE
 from vaekit.objectives import ELBOTerms
 
-LIKELIHOODS = ("bernoulli", "gaussian")
+# the likelihoods whose negative log-likelihood gradient likelihoods.py writes out
+LIKELIHOODS = tuple(name for name, lik in likelihoods.LIKELIHOODS.items() if lik.nll_and_grad is not None)
 
 
 def _leaky_relu_grad(h: Tensor, g: Tensor) -> Tensor:
@@ -107,7 +108,7 @@ class FusedELBO:
         mc = model.config
         self.model, self.free_bits = model, free_bits
         self.encoder, self.decoder = _Dense(model.encoder, mc.activation), _Dense(model.decoder, mc.activation)
-        self.likelihood, self.obs_std = mc.likelihood, mc.obs_std
+        self.nll_and_grad, self.obs_std = likelihoods.get(mc.likelihood).nll_and_grad, mc.obs_std
 
     @torch.no_grad()
     def __call__(self, x: Tensor, beta: float, y: Tensor | None = None) -> ELBOTerms:
@@ -121,7 +122,7 @@ class FusedELBO:
         eps = torch.randn_like(mu)  # what Normal.rsample draws, from the same generator
         z = torch.addcmul(mu, sigma, eps)
         params = self.decoder.forward(z if c is None else torch.cat([z, c], dim=1))  # (B, D) logits or means
-        recon_sum, g = self._likelihood(params, x)
+        recon_sum, g = self.nll_and_grad(params, x, self.obs_std)  # sum over the batch, d/d params
         kl_j = 0.5 * (mu * mu + sigma * sigma - 1 - logvar_c).mean(0)  # (L,) batch-mean KL per dimension
         recon, kl = recon_sum / n, kl_j.sum()
         active = kl_j >= self.free_bits if self.free_bits > 0 else None  # clamped dimensions get no KL gradient
@@ -137,14 +138,3 @@ class FusedELBO:
         d_logvar.mul_((logvar >= LOGVAR_MIN) & (logvar <= LOGVAR_MAX))  # clamp's gradient
         self.encoder.backward(d_out, input_grad=False)
         return ELBOTerms(loss, recon, kl)
-
-    def _likelihood(self, params: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
-        """sum over the batch of -log p(x|z), and its gradient in the decoder's outputs (times B)."""
-        if self.likelihood == "bernoulli":
-            # -log p = softplus(l) - x l, the BCE-with-logits; d/dl = sigmoid(l) - x
-            nll = (F.softplus(params) - x * params).sum()
-            return nll, torch.sigmoid(params).sub_(x)
-        var = self.obs_std**2
-        diff = params - x
-        const = x.numel() * (math.log(self.obs_std) + 0.5 * math.log(2 * math.pi))
-        return 0.5 * (diff * diff).sum() / var + const, diff.div_(var)

@@ -48,6 +48,9 @@ class Likelihood:
     support: tuple[float, float] | None  # closed range the data must lie in, None for the real line
     levels: int | None = None  # log_prob is a probability for data on the grid k/levels; None: a density
     grid_required: bool = False  # check_support refuses data off that grid
+    # (decoder outputs (B, D), x (B, D), obs_std) -> (sum of -log p(x|z) over the batch, its gradient in the
+    # outputs), written out for the CPU step that differentiates by hand (vaekit.fused); None: autograd only
+    nll_and_grad: Callable[[Tensor, Tensor, float], tuple[Tensor, Tensor]] | None = None
 
 
 def _bernoulli(params: tuple[Tensor, ...], obs_std: float) -> Distribution:
@@ -56,8 +59,20 @@ def _bernoulli(params: tuple[Tensor, ...], obs_std: float) -> Distribution:
     return Bernoulli(logits=params[0], validate_args=False)
 
 
+def _bernoulli_nll_and_grad(logits: Tensor, x: Tensor, obs_std: float) -> tuple[Tensor, Tensor]:
+    # -log p = softplus(l) - x l (BCE with logits); d/dl = sigmoid(l) - x
+    return (F.softplus(logits) - x * logits).sum(), torch.sigmoid(logits).sub_(x)
+
+
 def _gaussian(params: tuple[Tensor, ...], obs_std: float) -> Distribution:
     return Normal(params[0], torch.full_like(params[0], obs_std), validate_args=False)
+
+
+def _gaussian_nll_and_grad(mean: Tensor, x: Tensor, obs_std: float) -> tuple[Tensor, Tensor]:
+    # -log p = (x - m)^2 / (2 s^2) + log s + log(2 pi) / 2 per dimension; d/dm = (m - x) / s^2
+    diff = mean - x
+    const = x.numel() * (math.log(obs_std) + 0.5 * math.log(2 * math.pi))
+    return 0.5 * (diff * diff).sum() / obs_std**2 + const, diff.div_(obs_std**2)
 
 
 def _gaussian_learned(params: tuple[Tensor, ...], obs_std: float) -> Distribution:
@@ -169,8 +184,8 @@ def _logistic(params: tuple[Tensor, ...], obs_std: float) -> Distribution:
 
 
 LIKELIHOODS: dict[str, Likelihood] = {
-    "bernoulli": Likelihood("bernoulli", 1, _bernoulli, (0.0, 1.0), levels=1),
-    "gaussian": Likelihood("gaussian", 1, _gaussian, None),
+    "bernoulli": Likelihood("bernoulli", 1, _bernoulli, (0.0, 1.0), levels=1, nll_and_grad=_bernoulli_nll_and_grad),
+    "gaussian": Likelihood("gaussian", 1, _gaussian, None, nll_and_grad=_gaussian_nll_and_grad),
     "gaussian-learned": Likelihood("gaussian-learned", 2, _gaussian_learned, None),
     "continuous-bernoulli": Likelihood("continuous-bernoulli", 1, _continuous_bernoulli, (0.0, 1.0)),
     "logistic": Likelihood("logistic", 2, _logistic, (0.0, 1.0), levels=255, grid_required=True),
