@@ -102,6 +102,31 @@ def test_conditional_conv_model_from_the_command_line(tmp_path, capsys):
     assert main(["reconstruct", str(run), "-n", "8", "-o", str(tmp_path / "r.png")]) == 0
 
 
+def test_every_analysis_command_takes_a_conditional_model(tmp_path, capsys):
+    """Dataset inputs are encoded with their own labels; commands that decode need --label (or --base)."""
+    run = tmp_path / "run"
+    assert main(["train", *SMALL, "--conditional", "--out", str(run)]) == 0
+    out = lambda name: str(tmp_path / name)  # noqa: E731
+    commands = [
+        ["embed", str(run), "-o", out("z.npz"), "--probe", "--plot", out("map.png")],
+        ["anomaly", str(run), "-o", out("s.csv"), "--contamination", "0.05", "--normal-label", "3",
+         "--heatmap", out("heat.png")],
+        ["interpolate", str(run), "--from", "0", "--to", "5", "--label", "4", "-o", out("i.png")],
+        ["traverse", str(run), "--base", "3", "-o", out("t.png")],
+        ["traverse", str(run), "--label", "7", "-o", out("t7.png")],
+        ["sample", str(run), "--sampler", "gmm", "--components", "3", "-o", out("gmm.png")],
+    ]
+    for argv in commands:
+        assert main(argv) == 0, argv
+    for name in ("z.npz", "map.png", "s.csv", "heat.png", "i.png", "t.png", "t7.png", "gmm.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert "ROC AUC" in capsys.readouterr().out
+    assert main(["interpolate", str(run), "--from", "0", "--to", "5", "-o", out("x.png")]) == 2
+    assert "interpolate needs --label (labels: 0, 1, 2" in capsys.readouterr().err
+    assert main(["traverse", str(run), "-o", out("x.png")]) == 2
+    assert "traverse needs --label or --base" in capsys.readouterr().err
+
+
 def test_iwae_objective_from_the_command_line(tmp_path):
     run = tmp_path / "run"
     assert main(["train", *SMALL, "--objective", "iwae", "--k", "3", "--out", str(run)]) == 0

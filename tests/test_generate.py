@@ -39,6 +39,40 @@ def test_interpolation_ends_at_the_reconstructions():
     torch.testing.assert_close(frames[-1], model.reconstruct(xb[None])[0])
 
 
+def conditional_model() -> vaekit.VAE:
+    cfg = vaekit.Config().override({"model.data_shape": [1, 4, 4], "model.latent_dim": 3, "model.hidden": [16],
+                                    "model.conditional": True, "model.labels": ["a", "b", "c"]})
+    return vaekit.VAE(cfg.model)
+
+
+def test_conditional_interpolation_encodes_each_end_with_its_label_and_decodes_with_the_chosen_one():
+    model = conditional_model()
+    xa, xb = torch.rand(2, 1, 4, 4)
+    ends = torch.tensor([0, 2])
+    frames = generate.interpolate(model, xa, xb, steps=3, label="b", y_ends=ends)
+    mu = model.encode(torch.stack([xa, xb]), ends).mean.detach()
+    b = torch.ones(1, dtype=torch.long)
+    torch.testing.assert_close(frames[0], model.decode(mu[:1], b).mean.detach()[0])
+    torch.testing.assert_close(frames[-1], model.decode(mu[1:], b).mean.detach()[0])
+    assert not torch.allclose(frames[0], model.reconstruct(xa[None], ends[:1])[0])  # the class does matter
+    with pytest.raises(vaekit.DataError, match="conditional: choose a label"):
+        generate.interpolate(model, xa, xb, steps=3)
+
+
+def test_conditional_traversal_decodes_with_the_base_examples_class():
+    model = conditional_model()
+    x, y = torch.rand(12, 1, 4, 4), torch.tensor([0, 1, 2] * 4)
+    cond = generate.Conditioning(y, y[4:5])
+    grid, dims = generate.traverse(model, x, x[4], n_dims=2, steps=3, span=1.0, cond=cond)
+    z0 = model.encode(x[4:5], y[4:5]).mean.detach()[0]
+    codes = z0.repeat(6, 1)
+    codes[0:3, dims[0]] = torch.tensor([-1.0, 0.0, 1.0])
+    codes[3:6, dims[1]] = torch.tensor([-1.0, 0.0, 1.0])
+    torch.testing.assert_close(grid, model.decode(codes, y[4].repeat(6)).mean.detach())
+    kl = generate.kl_per_dimension(model, x, y=y)
+    assert dims == torch.argsort(kl, descending=True)[:2].tolist()
+
+
 def test_traversal_ranks_dimensions_by_kl_and_sweeps_only_them():
     model = tiny_model(latent=3)
     with torch.no_grad():

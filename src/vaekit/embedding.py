@@ -20,11 +20,17 @@ PROJECTIONS = ("pca", "tsne")
 
 
 @torch.no_grad()
-def posterior_means(model: VAE, x: Tensor, batch_size: int = 1000) -> Tensor:
-    """mu(x) for every row of x, in batches; shape (N, L), on the CPU."""
+def posterior_means(model: VAE, x: Tensor, batch_size: int = 1000, y: Tensor | None = None) -> Tensor:
+    """mu(x) for every row of x, in batches; shape (N, L), on the CPU. A conditional model's mu(x, y) needs the
+    labels y (N,)."""
     model.eval()
     device = next(model.parameters()).device
-    return torch.cat([model.encode(x[s : s + batch_size].to(device)).mean.cpu() for s in range(0, len(x), batch_size)])
+
+    def labels(s: int) -> Tensor | None:
+        return None if y is None else y[s : s + batch_size].to(device)
+
+    return torch.cat([model.encode(x[s : s + batch_size].to(device), labels(s)).mean.cpu()
+                      for s in range(0, len(x), batch_size)])
 
 
 def project_2d(z: np.ndarray, method: str = "pca", seed: int = 0) -> tuple[np.ndarray, tuple[str, str]]:
@@ -66,10 +72,16 @@ def knn_accuracy(f_train: np.ndarray, y_train: np.ndarray, f_test: np.ndarray, y
 
 def probe(model: VAE, x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, k: int = 1,
           seed: int = 0) -> ProbeResult:
-    """The kNN probe on posterior means against the same probe on PCA of the raw data, same dimension."""
+    """The kNN probe on posterior means against the same probe on PCA of the raw data, same dimension.
+
+    A conditional model encodes each input with its own label, so the probe measures how much of the class
+    its latent code still carries.
+    """
     from sklearn.decomposition import PCA
 
-    z_train, z_test = posterior_means(model, x_train).numpy(), posterior_means(model, x_test).numpy()
+    cond = model.config.conditional
+    z_train = posterior_means(model, x_train, y=y_train if cond else None).numpy()
+    z_test = posterior_means(model, x_test, y=y_test if cond else None).numpy()
     ytr, yte = y_train.numpy(), y_test.numpy()
     raw_train, raw_test = x_train.flatten(1).numpy(), x_test.flatten(1).numpy()
     pca = PCA(model.latent_dim, random_state=seed).fit(raw_train)

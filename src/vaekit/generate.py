@@ -29,11 +29,12 @@ class LatentGMM:
     chol: np.ndarray  # (K, L, L) Cholesky factors of the covariances
 
 
-def fit_latent_gmm(model: VAE, x: Tensor, n_components: int = 10, seed: int = 0) -> LatentGMM:
-    """Fit a full-covariance Gaussian mixture to mu(x) over the data x (e.g. the training set)."""
+def fit_latent_gmm(model: VAE, x: Tensor, n_components: int = 10, seed: int = 0,
+                   y: Tensor | None = None) -> LatentGMM:
+    """Fit a full-covariance Gaussian mixture to mu(x) (mu(x, y) given labels y) over the data x."""
     from sklearn.mixture import GaussianMixture
 
-    mu = posterior_means(model, x).double().numpy()
+    mu = posterior_means(model, x, y=y).double().numpy()
     if len(mu) < n_components:
         raise DataError(f"cannot fit {n_components} mixture components to {len(mu)} examples")
     gmm = GaussianMixture(n_components, covariance_type="full", random_state=seed, reg_covar=1e-4).fit(mu)
@@ -47,11 +48,7 @@ def sample(model: VAE, n: int, temperature: float = 1.0, seed: int = 0, gmm: Lat
 
     A conditional model decodes them all with the class ``label`` (one of ``model.config.labels``).
     """
-    y = None
-    if label is not None or model.config.conditional:
-        if label is None:
-            raise DataError(f"this model is conditional: choose a label ({', '.join(model.config.labels)})")
-        y = torch.full((n,), model.label_index(label), dtype=torch.long, device=model._zero.device)
+    y = labels_for(model, label, n)
     if gmm is None:
         return model.sample(n, temperature, torch.Generator().manual_seed(seed), y).cpu()
     rng = np.random.default_rng(seed)
@@ -61,12 +58,22 @@ def sample(model: VAE, n: int, temperature: float = 1.0, seed: int = 0, gmm: Lat
     return decode_mean(model, torch.as_tensor(z, dtype=torch.float32), y)
 
 
-def sample_per_label(model: VAE, per_label: int, temperature: float = 1.0, seed: int = 0) -> Tensor:
+def labels_for(model: VAE, label: str | None, n: int) -> Tensor | None:
+    """n copies of the class index of ``label`` for a conditional model (which needs one); None otherwise."""
+    if label is None and not model.config.conditional:
+        return None
+    if label is None:
+        raise DataError(f"this model is conditional: choose a label ({', '.join(model.config.labels)})")
+    return torch.full((n,), model.label_index(label), dtype=torch.long, device=model._zero.device)
+
+
+def sample_per_label(model: VAE, per_label: int, temperature: float = 1.0, seed: int = 0,
+                     gmm: LatentGMM | None = None) -> Tensor:
     """``per_label`` samples of each class of a conditional model, class by class: (C * per_label, *shape)."""
     labels = model.config.labels or ()
     if not model.config.conditional:
         raise DataError("sampling per label needs a conditional model (trained with --conditional)")
-    return torch.cat([sample(model, per_label, temperature, seed, label=name) for name in labels])
+    return torch.cat([sample(model, per_label, temperature, seed, gmm, label=name) for name in labels])
 
 
 @torch.no_grad()
@@ -97,37 +104,60 @@ def path(za: Tensor, zb: Tensor, steps: int, method: str = "lerp") -> Tensor:
 
 
 @torch.no_grad()
-def interpolate(model: VAE, xa: Tensor, xb: Tensor, steps: int = 10, method: str = "lerp") -> Tensor:
-    """Decoded path between the posterior means of two inputs (each of shape ``data_shape``)."""
-    za, zb = posterior_means(model, torch.stack([xa, xb]))
-    return decode_mean(model, path(za, zb, steps, method))
+def interpolate(model: VAE, xa: Tensor, xb: Tensor, steps: int = 10, method: str = "lerp",
+                label: str | None = None, y_ends: Tensor | None = None) -> Tensor:
+    """Decoded path between the posterior means of two inputs (each of shape ``data_shape``).
+
+    A conditional model decodes the path with the class ``label``; it encodes the two inputs with their own
+    labels ``y_ends`` (2,) where they are known, else with ``label`` too.
+    """
+    y = labels_for(model, label, steps)
+    y_ends = y_ends if y_ends is not None or y is None else y[:2]
+    za, zb = posterior_means(model, torch.stack([xa, xb]), y=y_ends)
+    return decode_mean(model, path(za, zb, steps, method), y)
 
 
 @torch.no_grad()
-def kl_per_dimension(model: VAE, x: Tensor, batch_size: int = 1000) -> Tensor:
-    """Average over x of KL(q(z_j|x) || N(0, 1)) for each latent dimension j; shape (L,)."""
+def kl_per_dimension(model: VAE, x: Tensor, batch_size: int = 1000, y: Tensor | None = None) -> Tensor:
+    """Average over x of KL(q(z_j|x) || N(0, 1)) (q(z_j|x, y) given labels y) for each dimension j; shape (L,)."""
     device = next(model.parameters()).device
     total = torch.zeros(model.latent_dim, dtype=torch.float64)
     for s in range(0, len(x), batch_size):
-        qz_x = model.encode(x[s : s + batch_size].to(device))
+        qz_x = model.encode(x[s : s + batch_size].to(device), None if y is None else y[s : s + batch_size].to(device))
         total += kl_divergence(qz_x.base_dist, model.prior().base_dist).sum(0).double().cpu()  # (L,)
     return total / len(x)
 
 
+@dataclass(frozen=True)
+class Conditioning:
+    """What a conditional model's traversal encodes and decodes with: the labels of x (N,), that of the base
+    input (1,) and the class ``label`` the grid is decoded with (the base's own when None)."""
+
+    y: Tensor | None = None
+    base_y: Tensor | None = None
+    label: str | None = None
+
+
 @torch.no_grad()
 def traverse(model: VAE, x: Tensor, base: Tensor | None = None, n_dims: int = 8, steps: int = 9,
-             span: float = 3.0) -> tuple[Tensor, list[int]]:
+             span: float = 3.0, cond: Conditioning = Conditioning()) -> tuple[Tensor, list[int]]:
     """Sweep the ``n_dims`` most informative dimensions (highest average KL over x) from -span to +span.
 
     The other dimensions stay at the base code (mu of ``base``, or 0). Returns the decoded grid
     (n_dims * steps, *data_shape), row by row, and the dimensions in the order of the rows.
     """
-    kl = kl_per_dimension(model, x)
+    kl = kl_per_dimension(model, x, y=cond.y)
     dims = torch.argsort(kl, descending=True)[: min(n_dims, model.latent_dim)].tolist()
-    z0 = posterior_means(model, base[None])[0] if base is not None else torch.zeros(model.latent_dim)
+    n = len(dims) * steps
+    if cond.label is None and cond.base_y is not None:  # decode with the base input's own class
+        y = cond.base_y.to(model._zero.device).expand(n)
+    else:
+        y = labels_for(model, cond.label, n)
+    base_y = cond.base_y if cond.base_y is not None or y is None else y[:1]
+    z0 = posterior_means(model, base[None], y=base_y)[0] if base is not None else torch.zeros(model.latent_dim)
     values = torch.linspace(-span, span, steps)
-    codes = z0.repeat(len(dims) * steps, 1)  # (R*S, L)
+    codes = z0.repeat(n, 1)  # (R*S, L)
     for row, d in enumerate(dims):
         codes[row * steps : (row + 1) * steps, d] = values
-    return decode_mean(model, codes), dims
+    return decode_mean(model, codes, y), dims
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from vaekit import anomaly, checkpoint, data, embedding, plots
-from vaekit.cli.common import data_config
+from vaekit.cli.common import class_labels, data_config
 from vaekit.errors import VaekitError
 
 
@@ -35,7 +35,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     cfg = data_config(config, args.data_dir, args.dataset)
     splits = data.load(cfg)
     part = data.evaluation_split(splits, args.split, cfg)
-    z = embedding.posterior_means(model, part.x)
+    z = embedding.posterior_means(model, part.x, y=class_labels(model, part))
     print(f"wrote {embedding.save(args.output, z, part.y)} ({len(z)} x {z.shape[1]} posterior means, {args.split})")
     if args.plot:
         points, axes = embedding.project_2d(z.numpy(), args.projection)
@@ -79,14 +79,15 @@ def add_anomaly(sub: argparse._SubParsersAction) -> None:
 def cmd_anomaly(args: argparse.Namespace) -> int:
     model, config = checkpoint.load_run(args.dir)
     cfg = data_config(config, args.data_dir, args.dataset)
-    score = lambda x: anomaly.score(model, x, args.score, args.samples, args.iw_samples)  # noqa: E731
+    score = lambda x, y: anomaly.score(model, x, args.score, args.samples, args.iw_samples, y=y)  # noqa: E731
     splits = None
     if args.input is None or args.contamination is not None or args.quantile is not None:
         splits = data.load(cfg)
     if args.contamination is not None or args.quantile is not None:
-        _fit_threshold(args, splits, cfg, score)
+        _fit_threshold(args, model, splits, cfg, score)
     x, labels = _scored_data(args, splits, cfg)
-    scores = score(x)
+    y = _conditions(model, labels, args)
+    scores = score(x, y)
     threshold = anomaly.load_threshold(args.dir)
     if threshold is not None and threshold.score != args.score:
         raise VaekitError(f"the stored threshold is for --score {threshold.score}, not {args.score}; refit it "
@@ -96,7 +97,7 @@ def cmd_anomaly(args: argparse.Namespace) -> int:
     print(f"wrote {args.output} ({len(scores)} scores" + (f", {int(flags.sum())} flagged above "
           f"{threshold.value:.4g} [{threshold.rule}])" if flags is not None else ")"))
     if args.heatmap:
-        _heatmap(args, model, x, scores)
+        _heatmap(args, model, x, y, scores)
     truth = _anomaly_labels(labels, args.normal_label)
     if truth is not None:
         auc = anomaly.auc_scores(truth, scores.numpy())
@@ -107,21 +108,33 @@ def cmd_anomaly(args: argparse.Namespace) -> int:
     return 0
 
 
-def _heatmap(args, model, x, scores) -> None:
+def _conditions(model, labels, args):
+    """The class labels a conditional model scores the inputs with (theirs); None for an unconditional model."""
+    if not model.config.conditional:
+        return None
+    if labels is None:
+        raise VaekitError(f"this model is conditional and scores each input with its label, but "
+                          f"{args.input or 'the ' + args.split + ' split'} has no labels")
+    return labels
+
+
+def _heatmap(args, model, x, y, scores) -> None:
     if not plots.is_image_shape(model.data_shape):
         raise VaekitError(f"--heatmap draws images, but this model's data has shape {model.data_shape}")
     worst = torch.argsort(scores, descending=True)[: args.worst]
-    xw = x[worst]
-    recon = model.reconstruct(xw.to(next(model.parameters()).device)).cpu()
+    xw, yw = x[worst], None if y is None else y[worst]
+    device = next(model.parameters()).device
+    recon = model.reconstruct(xw.to(device), None if yw is None else yw.to(device)).cpu()
     title = f"the {len(worst)} highest {args.score} scores (above each input) and where they come from"
-    heat = anomaly.pixel_map(model, xw, args.score)
+    heat = anomaly.pixel_map(model, xw, args.score, yw)
     label = "squared error" if args.score == "recon" else "NLL per pixel"
     print(f"wrote {plots.anomaly_heatmaps(xw, recon, heat, scores[worst], args.heatmap, title, label)}")
 
 
-def _fit_threshold(args, splits, cfg, score) -> None:
+def _fit_threshold(args, model, splits, cfg, score) -> None:
     fit_on = "val" if splits.val is not None else "train"
-    s = score(data.evaluation_split(splits, fit_on, cfg).x)
+    part = data.evaluation_split(splits, fit_on, cfg)
+    s = score(part.x, class_labels(model, part))
     value = anomaly.threshold_from(s, args.contamination, args.quantile)
     rule = (f"contamination {args.contamination:g}" if args.contamination is not None
             else f"quantile {args.quantile:g}") + f" of the {fit_on} split's {args.score} scores"

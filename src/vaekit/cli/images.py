@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from vaekit import checkpoint, data, generate, plots
-from vaekit.cli.common import data_config, input_example, require_images
+from vaekit.cli.common import class_labels, data_config, input_example, require_images
 from vaekit.errors import VaekitError
 
 
@@ -36,6 +36,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir")
     p.add_argument("-o", "--output", type=Path, default=Path("interpolation.png"))
     p.add_argument("--gif", type=Path, help="also write an animated GIF there and back")
+    p.add_argument("--label", help="conditional models: the class to decode the path with (dataset inputs are "
+                   "encoded with their own labels, image files with this one)")
     p.set_defaults(func=cmd_interpolate)
     p = sub.add_parser("traverse", help="sweep the most informative latent dimensions; one row each (PNG)")
     p.add_argument("dir", type=Path)
@@ -43,6 +45,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=9)
     p.add_argument("--span", type=float, default=3.0, help="sweep each dimension from -span to +span")
     p.add_argument("--base", type=int, help="keep the other dimensions at this test example's code (default 0)")
+    p.add_argument("--label", help="conditional models: the class to decode with (default: the --base example's)")
     p.add_argument("--data-dir")
     p.add_argument("-o", "--output", type=Path, default=Path("traversal.png"))
     p.set_defaults(func=cmd_traverse)
@@ -64,9 +67,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.sampler == "gmm":
         cfg = data_config(config, args.data_dir)
         train = data.evaluation_split(data.load(cfg), "train", cfg)
-        gmm = generate.fit_latent_gmm(model, train.x, args.components, args.seed)
+        gmm = generate.fit_latent_gmm(model, train.x, args.components, args.seed, class_labels(model, train))
     if model.config.conditional and args.label is None:
-        x = generate.sample_per_label(model, args.nrow, args.temperature, args.seed)
+        x = generate.sample_per_label(model, args.nrow, args.temperature, args.seed, gmm)
         print(f"one row per label: {', '.join(model.config.labels)}")
     else:
         x = generate.sample(model, args.n, args.temperature, args.seed, gmm, args.label)
@@ -83,7 +86,11 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
         cfg = data_config(config, args.data_dir)
         split = data.evaluation_split(data.load(cfg), args.split, cfg)
     xa, xb = (input_example(s, split, model.data_shape) for s in (args.a, args.b))
-    frames = generate.interpolate(model, xa, xb, args.steps, args.method)
+    require_label(model, args.label, "interpolate")
+    y_ends = None
+    if model.config.conditional:  # each end with its own class where the dataset says it
+        y_ends = torch.tensor([_label_of(s, split, model, args.label) for s in (args.a, args.b)])
+    frames = generate.interpolate(model, xa, xb, args.steps, args.method, args.label, y_ends)
     print(f"wrote {plots.save_grid(frames, args.output, nrow=len(frames))}")
     if args.gif:
         print(f"wrote {plots.save_gif(frames, args.gif)}")
@@ -97,10 +104,30 @@ def cmd_traverse(args: argparse.Namespace) -> int:
     splits = data.load(cfg)
     test = data.evaluation_split(splits, "test", cfg)
     base = None if args.base is None else input_example(str(args.base), test, model.data_shape)
-    grid, dims = generate.traverse(model, test.x, base, args.dims, args.steps, args.span)
+    cond = generate.Conditioning()
+    if model.config.conditional:
+        if args.base is None:
+            require_label(model, args.label, "traverse", "or --base")
+        y = class_labels(model, test)
+        cond = generate.Conditioning(y, None if args.base is None else y[args.base : args.base + 1], args.label)
+    grid, dims = generate.traverse(model, test.x, base, args.dims, args.steps, args.span, cond)
     print(f"wrote {plots.save_grid(grid, args.output, nrow=args.steps)} (rows: latent dimensions {dims}, by "
           f"average KL on the test split; columns: -{args.span:g} to +{args.span:g})")
     return 0
+
+
+def require_label(model, label: str | None, command: str, alternative: str = "") -> None:
+    """A conditional model's ``command`` needs --label: say so in the CLI's words."""
+    if model.config.conditional and label is None:
+        raise VaekitError(f"this model is conditional: {command} needs --label {alternative}".rstrip() +
+                          f" (labels: {', '.join(model.config.labels)})")
+
+
+def _label_of(spec: str, split: data.Split | None, model, label: str | None) -> int:
+    """The class index an interpolation end is encoded with: its dataset label, else --label's."""
+    if split is not None and spec.lstrip("-").isdigit():
+        return int(class_labels(model, split)[int(spec)])
+    return model.label_index(label)
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
