@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 import vaekit
 from vaekit import CheckpointError, ConfigError, TrainingError, checkpoint, fused, graphs, objectives, training
 from vaekit.fileio import KILL_ENV
-from vaekit.training import make_optimizer, train_step
+from vaekit.steps import make_optimizer, train_step
 
 from conftest import digits_config, tiny_model
 

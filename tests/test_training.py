@@ -11,7 +11,7 @@ import torch
 import vaekit
 from vaekit import TrainingError, training
 from vaekit.objectives import elbo
-from vaekit.training import batch_bounds, make_optimizer, train_step
+from vaekit.steps import batch_bounds, make_optimizer, train_step
 
 from conftest import digits_config, tiny_model
 

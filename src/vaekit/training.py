@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -45,9 +44,9 @@ from vaekit.config import Config
 from vaekit.errors import TrainingError
 from vaekit.fileio import crash_point
 from vaekit.model import VAE
+from vaekit.steps import TERMS, batch_bounds, epoch_means, make_optimizer, train_step
 
 log = logging.getLogger(__name__)
-TERMS = ("loss", "recon", "kl")
 
 
 class Callback:
@@ -84,75 +83,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise TrainingError("--device cuda was asked for, but PyTorch sees no CUDA GPU")
     return torch.device(name)
-
-
-def make_optimizer(model: VAE, lr: float, capturable: bool = False) -> torch.optim.Optimizer:
-    """Adam; the fused kernel where this PyTorch has one for the device (25% faster per step on CPU).
-
-    ``capturable`` keeps Adam's step count on the device, as a CUDA graph needs.
-    """
-    try:
-        return torch.optim.Adam(model.parameters(), lr=lr, fused=True, capturable=capturable)
-    except (RuntimeError, TypeError, ValueError) as e:
-        log.info("fused Adam unavailable (%s); using the default implementation", e)
-        return torch.optim.Adam(model.parameters(), lr=lr)
-
-
-def batch_bounds(n: int, batch_size: int, drop_last: bool) -> list[tuple[int, int]]:
-    """(start, stop) of each batch in an epoch over n examples."""
-    stop = n - n % batch_size if drop_last else n
-    return [(s, min(s + batch_size, n)) for s in range(0, stop, batch_size)]
-
-
-def train_step(model: VAE, opt: torch.optim.Optimizer, x: Tensor, beta: float | Tensor,
-               forward: objectives.Forward | None = None, weight: float = 1.0, bf16: bool = False,
-               y: Tensor | None = None, objective: objectives.Objective = objectives.ELBO,
-               skip_nonfinite: bool = False, fused_elbo: fused.FusedELBO | None = None) -> Tensor:
-    """One Adam step on ``weight`` times the objective (by default the beta-weighted negative ELBO); returns the
-    weighted (loss, recon, kl) without syncing. The weight lets the slices of a global batch count by their size
-    across processes. With ``bf16`` the networks run under bfloat16 autocast; distributions and the loss stay in
-    fp32. ``y`` are the labels of a conditional model. With ``skip_nonfinite`` (fused Adam only) a step whose
-    loss or gradient is not finite leaves weights and Adam's state untouched and returns NaN terms, decided on
-    the device. ``fused_elbo`` computes the same gradients without autograd (``vaekit.fused``; fp32, one process).
-    """
-    if fused_elbo is not None:
-        terms = fused_elbo(x, beta, y)
-    else:
-        terms = _autograd_gradients(model, opt, x, beta, forward, weight, bf16, y, objective)
-    stacked = torch.stack(terms).detach()  # (3,)
-    if skip_nonfinite:
-        ok = _cancel_if_nonfinite(opt, terms.loss)
-        opt.step()
-        del opt.found_inf
-        stacked = torch.where(ok, stacked, torch.full_like(stacked, math.nan))
-    else:
-        opt.step()
-    return stacked * weight if weight != 1.0 else stacked
-
-
-def _autograd_gradients(model: VAE, opt: torch.optim.Optimizer, x: Tensor, beta: float | Tensor,
-                        forward: objectives.Forward | None, weight: float, bf16: bool, y: Tensor | None,
-                        objective: objectives.Objective) -> objectives.ELBOTerms:
-    """The objective's terms, with the gradients of ``weight`` times its loss in the parameters' ``.grad``."""
-    # no cast cache: each weight is used once per step, and a cache would not survive graph replays
-    with torch.autocast(x.device.type, torch.bfloat16, enabled=bf16, cache_enabled=False):
-        terms = objective(model, x, beta, forward, y)
-    opt.zero_grad(set_to_none=True)
-    (terms.loss * weight if weight != 1.0 else terms.loss).backward()
-    return terms
-
-
-def _cancel_if_nonfinite(opt: torch.optim.Optimizer, loss: Tensor) -> Tensor:
-    """Set ``opt.found_inf`` to 1.0 when the loss or a gradient is not finite; returns the device flag "finite".
-
-    Fused Adam reads ``found_inf`` on the device and then neither moves the weights nor the moments, and takes
-    back its step count (GradScaler's mechanism), so the check costs a few kernels and no host sync.
-    """
-    grads = [p.grad for group in opt.param_groups for p in group["params"] if p.grad is not None]
-    largest = torch._foreach_norm(grads, math.inf) if grads else []  # max |g|: inf or NaN if any element is
-    ok = torch.isfinite(torch.stack([loss.detach().float(), *(g.float() for g in largest)])).all()
-    opt.found_inf = (~ok).float()
-    return ok
 
 
 class EarlyStopping:
@@ -262,34 +192,6 @@ def _run_epoch_static(run: Run, epoch: int, perm: Tensor) -> Tensor:
         for cb in run.callbacks:
             cb.on_step(epoch, step)
     return static.step_terms.clone()
-
-
-def epoch_means(step_terms: Tensor, bounds: list[tuple[int, int]], epoch: int,
-                skip: bool = False) -> dict[str, float]:
-    """Example-weighted means of the per-step terms; raises TrainingError at the first non-finite one.
-
-    With ``skip``, non-finite steps (those whose update was cancelled) are left out of the means instead and
-    counted as ``skipped_steps``.
-    """
-    terms = step_terms.cpu()
-    bad_rows = (~torch.isfinite(terms)).any(dim=1)
-    if bad_rows.any() and not skip:
-        step = int(bad_rows.nonzero()[0])
-        bad = ~torch.isfinite(terms[step])
-        which = [t for t, b in zip(TERMS, bad.tolist(), strict=False) if b and t != "loss"] or ["loss"]
-        raise TrainingError(f"non-finite {' and '.join(which)} at epoch {epoch}, step {step + 1}: "
-                            f"values {dict(zip(TERMS, terms[step].tolist(), strict=False))}")
-    keep = ~bad_rows
-    if not keep.any():
-        raise TrainingError(f"every one of the {len(terms)} steps of epoch {epoch} had a non-finite loss or "
-                            "gradient and was skipped")
-    sizes = torch.tensor([b - a for a, b in bounds], dtype=torch.float64)[keep]
-    means = (terms[keep].double() * sizes[:, None]).sum(0) / sizes.sum()
-    loss, recon, kl = means.tolist()
-    out = {"loss": loss, "neg_elbo": recon + kl, "recon": recon, "kl": kl}
-    if skip:
-        out["skipped_steps"] = int(bad_rows.sum())
-    return out
 
 
 def train(config: Config, out_dir: str | Path | None = None, callbacks: Sequence[Callback] = (),
