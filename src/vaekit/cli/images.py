@@ -80,13 +80,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_interpolate(args: argparse.Namespace) -> int:
     model, config = checkpoint.load_run(args.dir)
     require_images(model, "interpolate")
+    require_label(model, args.label, "interpolate")
     needs_data = not all(Path(s).suffix for s in (args.a, args.b))
     split = None
     if needs_data:
         cfg = data_config(config, args.data_dir)
         split = data.evaluation_split(data.load(cfg), args.split, cfg)
     xa, xb = (input_example(s, split, model.data_shape) for s in (args.a, args.b))
-    require_label(model, args.label, "interpolate")
     y_ends = None
     if model.config.conditional:  # each end with its own class where the dataset says it
         y_ends = torch.tensor([_label_of(s, split, model, args.label) for s in (args.a, args.b)])
@@ -100,14 +100,14 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
 def cmd_traverse(args: argparse.Namespace) -> int:
     model, config = checkpoint.load_run(args.dir)
     require_images(model, "traverse")
+    if args.base is None:
+        require_label(model, args.label, "traverse", "or --base")
     cfg = data_config(config, args.data_dir)
     splits = data.load(cfg)
     test = data.evaluation_split(splits, "test", cfg)
     base = None if args.base is None else input_example(str(args.base), test, model.data_shape)
     cond = generate.Conditioning()
     if model.config.conditional:
-        if args.base is None:
-            require_label(model, args.label, "traverse", "or --base")
         y = class_labels(model, test)
         cond = generate.Conditioning(y, None if args.base is None else y[args.base : args.base + 1], args.label)
     grid, dims = generate.traverse(model, test.x, base, args.dims, args.steps, args.span, cond)
