@@ -57,16 +57,17 @@ def main() -> None:
           f"{time.perf_counter() - t0:.0f} s")
     print("| run | model | judge accuracy on generated digits | per label 0..9 |")
     print("|---|---|---|---|")
+    first = None
     for run in args.runs:
         model, config = vaekit.load_run(run)
+        first = model if first is None else first
         fake = generate.sample_per_label(model, args.per_label, seed=args.seed)  # (10 * per_label, 1, 28, 28)
         labels = torch.tensor([int(n) for n in model.config.labels]).repeat_interleave(args.per_label)
         per_label = [accuracy(judge, fake[labels == c], labels[labels == c]) for c in range(10)]
         print(f"| {run} | {config.model.arch} {list(config.model.hidden)}, z = {model.latent_dim}, "
               f"{config.train.epochs} epochs | **{accuracy(judge, fake, labels):.4f}** ({len(fake):,} samples, "
               f"z ~ N(0, I)) | {' '.join(f'{a:.2f}' for a in per_label)} |")
-    model = vaekit.load(args.runs[0])
-    print(f"wrote {plots.save_grid(generate.sample_per_label(model, 10, seed=args.seed), args.grid, nrow=10)}")
+    print(f"wrote {plots.save_grid(generate.sample_per_label(first, 10, seed=args.seed), args.grid, nrow=10)}")
 
 
 if __name__ == "__main__":

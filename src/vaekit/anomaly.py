@@ -58,19 +58,25 @@ def _batch_score(model: VAE, x: Tensor, method: str, eps: Tensor, y: Tensor | No
     return recon + kl_divergence(qz_x, model.prior())
 
 
-@torch.no_grad()
 def pixel_map(model: VAE, x: Tensor, method: str = "elbo", y: Tensor | None = None) -> Tensor:
     """Where a score comes from, per pixel (summed over channels; (N, H, W) for images).
 
     For ``recon`` the squared error (x_i - E[x_i|z = mu])^2, whose sum is the recon score; for the
     likelihood scores -log p(x_i | z = mu), the reconstruction part of the ELBO at the posterior mean.
     """
+    return explain(model, x, method, y)[0]
+
+
+@torch.no_grad()
+def explain(model: VAE, x: Tensor, method: str = "elbo", y: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """``pixel_map`` and the reconstruction E[x|z = mu(x)] it compares x with, from one encode and decode."""
     model.eval()
     device = next(model.parameters()).device
     x, y = x.to(device), None if y is None else y.to(device)
     px_z = model.decode(model.encode(x, y).mean, y)
-    per = (x - px_z.mean).pow(2) if method == "recon" else -px_z.base_dist.log_prob(x)  # (N, *shape)
-    return (per.sum(1) if per.dim() == 4 else per).cpu()
+    recon = px_z.mean
+    per = (x - recon).pow(2) if method == "recon" else -px_z.base_dist.log_prob(x)  # (N, *shape)
+    return (per.sum(1) if per.dim() == 4 else per).cpu(), recon.cpu()
 
 
 @dataclass(frozen=True)

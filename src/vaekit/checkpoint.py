@@ -26,7 +26,7 @@ import os
 import re
 import secrets
 import shutil
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -138,7 +138,8 @@ def _write_set(target: Path, ckpt_id: str, config: Config, weights: dict[str, to
                preprocess: Standardizer | None) -> dict[str, str]:
     """The files of one checkpoint, each stamped with its id and flushed to disk; returns their SHA-256."""
     stamp = {"format": FORMAT, "checkpoint": ckpt_id}
-    meta = {k: v for k, v in asdict(state).items() if k != "tensors"}
+    # not asdict(state): it would deep-copy every tensor (weights, Adam's moments) only to drop them
+    meta = {f.name: getattr(state, f.name) for f in fields(state) if f.name != "tensors"}
     blobs = {
         STATE_TENSORS_FILE: to_bytes(_cpu(state.tensors), metadata=stamp),
         STATE_FILE: _json_bytes({"format": STATE_FORMAT, "version": VERSION, "checkpoint": ckpt_id, **meta}),

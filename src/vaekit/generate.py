@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor
-from torch.distributions import kl_divergence
 
+from vaekit import objectives
 from vaekit.embedding import posterior_means
 from vaekit.errors import DataError
 from vaekit.model import VAE
@@ -124,7 +124,7 @@ def kl_per_dimension(model: VAE, x: Tensor, batch_size: int = 1000, y: Tensor | 
     total = torch.zeros(model.latent_dim, dtype=torch.float64)
     for s in range(0, len(x), batch_size):
         qz_x = model.encode(x[s : s + batch_size].to(device), None if y is None else y[s : s + batch_size].to(device))
-        total += kl_divergence(qz_x.base_dist, model.prior().base_dist).sum(0).double().cpu()  # (L,)
+        total += objectives.kl_per_dimension(qz_x, model.prior()).sum(0).double().cpu()  # (L,)
     return total / len(x)
 
 

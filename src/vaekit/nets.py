@@ -50,11 +50,6 @@ class MLP(nn.Sequential):
         return super().forward(h)
 
 
-def mlp(d_in: int, hidden: tuple[int, ...], d_out: int, act: str) -> MLP:
-    """An MLP (kept as a function for callers that build one directly)."""
-    return MLP(d_in, hidden, d_out, act)
-
-
 def downsampled(size: tuple[int, int], n: int) -> list[tuple[int, int]]:
     """Spatial sizes after 0..n stride-2 convolutions (kernel 3, padding 1): each halves, rounding up."""
     sizes = [size]
@@ -121,5 +116,3 @@ class ConvDecoder(nn.Module):
         h = self.head_act(self.head(z, c)).reshape(-1, *self.start)  # (N, C_last, h, w)
         return self.convs(h).reshape(*lead, -1)  # (..., n_out * H * W)
 
-
-ARCHS = ("mlp", "conv")

@@ -303,7 +303,7 @@ def _start(config: Config, splits: data.Splits, device: torch.device, ctx: distr
     forward = distributed.wrap(model, ctx, device)
     if ctx.world_size > 1:  # but independent posterior noise in each
         torch.manual_seed(config.train.seed + ctx.rank)
-    x = splits.train.x.to(device)
+    x, y = _labelled(splits.train, config, device)
     bounds = batch_bounds(len(x), config.train.batch_size, config.train.drop_last)
     if bounds and bounds[-1][1] - bounds[-1][0] < ctx.world_size:  # a last batch too small to split
         bounds.pop()
@@ -318,7 +318,6 @@ def _start(config: Config, splits: data.Splits, device: torch.device, ctx: distr
     if config.train.nonfinite == "skip" and not opt.defaults.get("fused"):
         raise TrainingError(f"train.nonfinite = 'skip' cancels updates inside PyTorch's fused Adam, which this "
                             f"PyTorch lacks on {device}; use train.nonfinite = 'stop'")
-    y = _labelled(splits.train, config, device)[1]
     run = Run(config, model, forward, opt, x, y, x_val, y_val, bounds, gen, ctx, callbacks)
     if blocker is None:
         _use_static_step(run)
@@ -433,13 +432,13 @@ def _epoch_record(epoch: int, train: dict[str, float], run: Run, t0: float) -> d
     record.update({f"train_{k}": v for k, v in train.items()})
     model, config = run.model, run.config
     model.eval()
-    devices = [run.x.device] if run.x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(config.data.eval_seed)  # the same posterior draws every epoch
-        if run.x_val is not None:
+    if run.x_val is not None:
+        devices = [run.x.device] if run.x.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(config.data.eval_seed)  # the same posterior draws every epoch
             record.update({f"val_{k}": v for k, v in objectives.dataset_elbo(
                 model, run.x_val, config.train.eval_batch_size, run.y_val).items()})
-        record.update(_latent_usage(run))
+    record.update(_latent_usage(run))  # posterior means and analytic KL: draws no random numbers
     return record
 
 

@@ -123,10 +123,8 @@ def _heatmap(args, model, x, y, scores) -> None:
         raise VaekitError(f"--heatmap draws images, but this model's data has shape {model.data_shape}")
     worst = torch.argsort(scores, descending=True)[: args.worst]
     xw, yw = x[worst], None if y is None else y[worst]
-    device = next(model.parameters()).device
-    recon = model.reconstruct(xw.to(device), None if yw is None else yw.to(device)).cpu()
     title = f"the {len(worst)} highest {args.score} scores (above each input) and where they come from"
-    heat = anomaly.pixel_map(model, xw, args.score, yw)
+    heat, recon = anomaly.explain(model, xw, args.score, yw)
     label = "squared error" if args.score == "recon" else "NLL per pixel"
     print(f"wrote {plots.anomaly_heatmaps(xw, recon, heat, scores[worst], args.heatmap, title, label)}")
 

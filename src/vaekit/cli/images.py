@@ -109,7 +109,7 @@ def cmd_traverse(args: argparse.Namespace) -> int:
     cond = generate.Conditioning()
     if model.config.conditional:
         y = class_labels(model, test)
-        cond = generate.Conditioning(y, None if args.base is None else y[args.base : args.base + 1], args.label)
+        cond = generate.Conditioning(y, None if args.base is None else y[[args.base]], args.label)
     grid, dims = generate.traverse(model, test.x, base, args.dims, args.steps, args.span, cond)
     print(f"wrote {plots.save_grid(grid, args.output, nrow=args.steps)} (rows: latent dimensions {dims}, by "
           f"average KL on the test split; columns: -{args.span:g} to +{args.span:g})")

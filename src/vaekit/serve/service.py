@@ -22,9 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torch.distributions import kl_divergence
 
-from vaekit import anomaly, checkpoint, data, generate, likelihoods
+from vaekit import anomaly, checkpoint, data, embedding, generate, likelihoods
 from vaekit.config import Config
 from vaekit.errors import CheckpointError, ConfigError, DataError, VaekitError
 from vaekit.model import VAE
@@ -163,9 +162,8 @@ class ModelService:
             out: dict[str, Any] = {"scores": scores, "method": method, "threshold": thr,
                                    "flags": None if thr is None else (scores > thr.value)}
             if details:
-                out["pixel_error"] = anomaly.pixel_map(self.model, xt, method, y)
-                xd, yd = xt.to(self._device), _on(y, self._device)
-                out["reconstruction"] = self._to_data_units(self.model.reconstruct(xd, yd))
+                out["pixel_error"], recon = anomaly.explain(self.model, xt, method, y)
+                out["reconstruction"] = self._to_data_units(recon)
         return out
 
     # ---- input checks --------------------------------------------------------------------------------------
@@ -204,11 +202,8 @@ class ModelService:
         return (x.flatten(1) * self.preprocess.std + self.preprocess.mean).reshape(x.shape)
 
     def _posterior_means(self, ex: Examples) -> Tensor:
-        y = ex.y if self.model.config.conditional else None
         with self._inference():
-            return torch.cat([self.model.encode(ex.x[s : s + 500].to(self._device),
-                                                _on(None if y is None else y[s : s + 500], self._device)).mean.cpu()
-                              for s in range(0, len(ex.x), 500)])
+            return embedding.posterior_means(self.model, ex.x, 500, ex.y if self.model.config.conditional else None)
 
     def example_inputs(self, n: int) -> tuple[Tensor, tuple[str, ...] | None]:
         """The first ``n`` examples in data units and their label names."""
@@ -257,11 +252,7 @@ def latent_ranking(model: VAE, examples: Examples | None, mu: Tensor | None) -> 
     """Latent dimensions, most informative first (highest average KL over the examples), and their KL."""
     if examples is None or mu is None:
         return list(range(model.latent_dim)), None
-    y = examples.y if model.config.conditional else None
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        qz_x = model.encode(examples.x.to(device), _on(y, device))
-        kl = kl_divergence(qz_x.base_dist, model.prior().base_dist).mean(0).double().cpu()  # (L,)
+    kl = generate.kl_per_dimension(model, examples.x, y=examples.y if model.config.conditional else None)  # (L,)
     return torch.argsort(kl, descending=True).tolist(), kl.tolist()
 
 
