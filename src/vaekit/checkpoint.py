@@ -76,6 +76,8 @@ def save(model: VAE, config: Config, directory: str | Path, preprocess: Standard
     if preprocess is not None:
         tensors = preprocess.tensors()
         atomic_write_with(directory / PREPROCESS_FILE, lambda p: save_file(tensors, str(p)))
+    else:  # a standardization left by an earlier model would be applied to this one's inputs (as _publish knows)
+        (directory / PREPROCESS_FILE).unlink(missing_ok=True)
     tensors = _cpu(model.state_dict())
     atomic_write_with(directory / WEIGHTS_FILE, lambda p: save_file(tensors, str(p), metadata={"format": FORMAT}))
     atomic_write_bytes(directory / CONFIG_FILE, _config_doc(config, None))

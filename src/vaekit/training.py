@@ -339,7 +339,9 @@ def _start(config: Config, splits: data.Splits, device: torch.device, ctx: distr
 def _resolve(config: Config, splits: data.Splits) -> Config:
     """The config with what the data decides: the data shape, and the class names of a conditional model."""
     resolved: dict[str, Any] = {"model.data_shape": list(splits.train.shape)}
-    if images.is_image_path(config.data.dataset):  # later commands convert the folder the same way
+    # later commands convert the folder the same way; a registered name wins over a folder of that name, as
+    # in data.load
+    if config.data.dataset not in data.DATASETS and images.is_image_path(config.data.dataset):
         resolved.update({"data.channels": splits.train.shape[0], "data.image_size": list(splits.train.shape[1:])})
     if config.model.conditional:
         if splits.train.y is None or splits.classes is None:
