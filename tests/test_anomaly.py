@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import logging
+
 import numpy as np
 import pytest
 import torch
 
 import vaekit
-from vaekit import anomaly
+from vaekit import anomaly, checkpoint
 from vaekit.cli import main
 
-from conftest import tiny_model
+from conftest import digits_config, tiny_model
 
 
 @pytest.mark.parametrize("method", ["elbo", "nll", "recon"])
@@ -42,6 +45,46 @@ def test_threshold_rules():
         anomaly.threshold_from(s, 0.1, 0.5)
     with pytest.raises(vaekit.ConfigError):
         anomaly.threshold_from(s, contamination=1.5)
+
+
+def test_a_threshold_round_trips_stamped_with_its_model(tmp_path):
+    run = tmp_path / "run"
+    vaekit.train(digits_config(**{"train.epochs": 1}), run)
+    t = anomaly.Threshold(12.5, "elbo", 10, "contamination 0.1 of the val split")  # positional, as before
+    anomaly.save_threshold(run, t)
+    loaded = anomaly.load_threshold(run)
+    assert loaded == anomaly.Threshold(12.5, "elbo", 10, "contamination 0.1 of the val split",
+                                       checkpoint.model_digest(run))
+    assert anomaly.load_threshold(checkpoint.resolve(run)) == loaded
+    assert json.loads((run / "anomaly.json").read_text())["model_sha256"] == loaded.model_sha256
+
+
+def test_a_threshold_is_not_applied_to_the_model_that_replaced_its_own(tmp_path, caplog):
+    """Retraining over the directory leaves anomaly.json behind; its stamp no longer matches: None, warned."""
+    run = tmp_path / "run"
+    vaekit.train(digits_config(**{"train.epochs": 1}), run)
+    anomaly.save_threshold(run, anomaly.Threshold(12.5, "elbo", 10, "contamination 0.1 of the val split"))
+    vaekit.train(digits_config(**{"train.epochs": 1, "train.seed": 1}), run)
+    assert (run / "anomaly.json").exists()
+    with caplog.at_level(logging.WARNING, logger="vaekit.anomaly"):
+        assert anomaly.load_threshold(run) is None
+    assert "anomaly.json" in caplog.text and "fitted for another model" in caplog.text
+    model = vaekit.load(run)  # a plain save of other weights over it is refused likewise
+    checkpoint.save(model, checkpoint.load_config(run), run)
+    assert anomaly.load_threshold(run) is None
+
+
+def test_a_threshold_without_a_stamp_is_ignored_with_a_warning(tmp_path, caplog):
+    """A file written before thresholds were stamped cannot be checked against the model, so it is not used."""
+    model = tiny_model()
+    checkpoint.save(model, vaekit.Config(model=model.config), tmp_path)
+    doc = {"value": 1.0, "score": "elbo", "n_samples": 10, "rule": "quantile 0.9"}
+    (tmp_path / "anomaly.json").write_text(json.dumps(doc))
+    with caplog.at_level(logging.WARNING, logger="vaekit.anomaly"):
+        assert anomaly.load_threshold(tmp_path) is None
+    assert "records no model" in caplog.text
+    (tmp_path / "anomaly.json").write_text(json.dumps({**doc, "model_sha256": checkpoint.model_digest(tmp_path)}))
+    assert anomaly.load_threshold(tmp_path).value == 1.0  # the old format plus the stamp is read
 
 
 def test_anomaly_command_on_a_table_with_planted_outliers(tmp_path, capsys):

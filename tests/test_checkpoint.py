@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import pathlib
@@ -319,6 +320,43 @@ def test_run_directories_load_through_the_pointer(run_copy):
     assert cfg.model.data_shape == (1, 8, 8)
     assert (run_copy / "model.safetensors").read_bytes() == current_file(run_copy, "model.safetensors").read_bytes()
     assert checkpoint.load_state(run_copy).epoch == 1
+
+
+def test_a_load_racing_a_new_checkpoint_never_pairs_files_of_two(run_copy, monkeypatch):
+    """latest.json switching to a newer checkpoint between the config and the weights reads of one load_run:
+    the load reads both through the pointer it resolved first, so it refuses rather than mixing the two."""
+    model, cfg = checkpoint.load_run(run_copy)
+    before = checkpoint.load_state(run_copy)
+    newer_cfg = cfg.override({"train.epochs": 2})
+    newer = {k: v + 1.0 if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    state = checkpoint.TrainingState(2, before.step * 2, [*before.history, {**before.history[0], "epoch": 2}],
+                                     before.tensors)
+    real_load_config = checkpoint.load_config
+
+    def load_config_then_switch(source):
+        config = real_load_config(source)
+        monkeypatch.setattr(checkpoint, "load_config", real_load_config)  # one writer, once
+        checkpoint.save_run(run_copy, newer_cfg, newer, state)  # a training run saving its next epoch
+        return config
+
+    monkeypatch.setattr(checkpoint, "load_config", load_config_then_switch)
+    with pytest.raises(vaekit.CheckpointError, match=r"model\.safetensors is gone: checkpoint .* was replaced by "
+                                                      r".* while it was being read .* load it again"):
+        checkpoint.load_run(run_copy)
+    loaded, loaded_cfg = checkpoint.load_run(run_copy)  # loading again gets the newer one, whole
+    assert loaded_cfg == newer_cfg
+    for k, v in loaded.state_dict().items():
+        torch.testing.assert_close(v, newer[k])
+
+
+def test_readers_take_a_resolved_set_and_read_only_its_files(run_copy):
+    """A CheckpointSet pins the checkpoint: every reader given it reads that one, whatever latest.json says."""
+    ckpt = checkpoint.resolve(run_copy)
+    assert checkpoint.resolve(ckpt) is ckpt and checkpoint.current(run_copy) == (ckpt.snapshot, ckpt.pointer)
+    state = checkpoint.load_state(ckpt)
+    assert state.source is ckpt and checkpoint.load_config(ckpt) == checkpoint.load_config(run_copy)
+    assert checkpoint.load_preprocess(ckpt) is None
+    assert checkpoint.model_digest(ckpt) == hashlib.sha256((run_copy / "model.safetensors").read_bytes()).hexdigest()
 
 
 @pytest.mark.parametrize("name", ["model.safetensors", "config.json", "training_state.json",

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 import vaekit
-from vaekit import data, likelihoods, mnist
+from vaekit import data, mnist
 from vaekit.config import DataConfig
+from vaekit.model import likelihoods
 
 DIGITS_N = 1797
 DIGITS_TEST = DIGITS_N // 5  # 359

@@ -44,6 +44,23 @@ def test_project_2d_keeps_a_2d_latent_and_projects_others():
     assert points.shape == (50, 2) and axes[0].startswith("PC 1")
 
 
+@pytest.mark.parametrize("dim", [1, 2, 5])
+def test_pca_map_points_are_the_codes_on_orthonormal_axes(dim):
+    z = np.random.default_rng(0).normal(size=(60, dim)) * np.arange(1, dim + 1)
+    m = embedding.pca_map(z)
+    assert m.points.shape == (60, 2) and m.axes.shape == (2, dim) and m.mean.shape == (dim,)
+    np.testing.assert_allclose(m.points, (z - m.mean) @ m.axes.T, atol=1e-12)
+    rows = 1 if dim == 1 else 2  # L = 1: the second axis is zero, the map a line
+    np.testing.assert_allclose(m.axes[:rows] @ m.axes[:rows].T, np.eye(rows), atol=1e-12)
+    if dim == 5:  # the first axis is the direction of the largest variance, the last feature here
+        assert abs(m.axes[0, 4]) > 0.9 and m.axis_labels[0].startswith("PC 1")
+        points, labels = embedding.project_2d(z)
+        np.testing.assert_array_equal(points, m.points)
+        assert labels == m.axis_labels
+    else:
+        np.testing.assert_array_equal(m.mean, 0)
+
+
 def test_knn_accuracy_on_separable_and_random_labels():
     rng = np.random.default_rng(0)
     f = np.concatenate([rng.normal(-5, 1, (100, 3)), rng.normal(5, 1, (100, 3))])

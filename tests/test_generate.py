@@ -55,7 +55,7 @@ def test_conditional_interpolation_encodes_each_end_with_its_label_and_decodes_w
     torch.testing.assert_close(frames[0], model.decode(mu[:1], b).mean.detach()[0])
     torch.testing.assert_close(frames[-1], model.decode(mu[1:], b).mean.detach()[0])
     assert not torch.allclose(frames[0], model.reconstruct(xa[None], ends[:1])[0])  # the class does matter
-    with pytest.raises(vaekit.DataError, match="conditional: choose a label"):
+    with pytest.raises(vaekit.DataError, match="conditional: give a label"):
         generate.interpolate(model, xa, xb, steps=3)
 
 

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import vaekit
-from vaekit import TrainingError, graphs, training
+from vaekit import TrainingError
+from vaekit.training import graphs, paths
 
 from conftest import digits_config
 
@@ -68,7 +69,7 @@ def test_static_step_binarizes_dynamically_on_the_device():
 
 
 def test_non_finite_loss_on_the_static_path_names_the_step(static_on_cpu, monkeypatch):
-    real = training.train_step
+    real = paths.train_step
     calls = {"n": 0}
 
     def poisoned(*args):
@@ -76,7 +77,7 @@ def test_non_finite_loss_on_the_static_path_names_the_step(static_on_cpu, monkey
         terms = real(*args)
         return terms * float("nan") if calls["n"] == 5 else terms
 
-    monkeypatch.setattr(training, "train_step", poisoned)
+    monkeypatch.setattr(paths, "train_step", poisoned)
     with pytest.raises(TrainingError, match="epoch 1, step 5"):
         vaekit.train(digits_config())
 

@@ -260,7 +260,9 @@ def test_train_on_a_colour_folder_and_reload(colour_folder, tmp_path, arch):
         "model.channels": [8, 8], "model.likelihood": "bernoulli", "train.epochs": 2, "train.batch_size": 16,
         "train.device": "cpu"})
     out = tmp_path / "run"
-    result = vaekit.train(config, out)
+    from vaekit.previews import PreviewWriter
+
+    result = vaekit.train(config, out, callbacks=[PreviewWriter(out)])
     assert result.config.model.data_shape == (3, 30, 45)
     assert (out / "reconstructions.png").exists() and (out / "samples.png").exists()
     model = vaekit.load(out)

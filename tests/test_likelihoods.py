@@ -9,12 +9,12 @@ import torch
 from torch.distributions import ContinuousBernoulli
 
 import vaekit
-from vaekit import likelihoods, objectives
+from vaekit import objectives
 from vaekit.cli import main
 from vaekit.config import ModelConfig
 from vaekit.evaluation import evaluate_model
-from vaekit.likelihoods import DiscretizedLogistic, StableContinuousBernoulli
-from vaekit.model import VAE
+from vaekit.model import VAE, likelihoods
+from vaekit.model.likelihoods import DiscretizedLogistic, StableContinuousBernoulli
 
 from conftest import digits_config
 

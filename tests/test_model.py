@@ -8,7 +8,8 @@ from torch.distributions import Distribution
 
 from vaekit import ConfigError, DataError
 from vaekit.config import ModelConfig
-from vaekit.model import LOGVAR_MAX, LOGVAR_MIN, VAE
+from vaekit.model import VAE
+from vaekit.model.posteriors import LOGVAR_MAX, LOGVAR_MIN
 
 from conftest import tiny_model
 

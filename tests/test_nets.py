@@ -7,7 +7,7 @@ import torch
 
 from vaekit import VAE, ConfigError
 from vaekit.config import ModelConfig
-from vaekit.nets import ConvDecoder, ConvEncoder, downsampled
+from vaekit.model.nets import ConvDecoder, ConvEncoder, downsampled
 
 
 def test_downsampled_sizes_halve_rounding_up():
@@ -29,7 +29,8 @@ def test_conv_vae_likelihood_broadcasts_over_posterior_samples():
     m = VAE(ModelConfig(arch="conv", data_shape=(3, 30, 45), channels=(8, 16), hidden=(32,), latent_dim=4,
                         likelihood="gaussian-learned"))
     x = torch.rand(5, 3, 30, 45)
-    _qz_x, z, px_z = m(x, k=7)
+    out = m(x, k=7)
+    z, px_z = out.z, out.px_z
     assert z.shape == (7, 5, 4) and px_z.batch_shape == (7, 5) and px_z.event_shape == (3, 30, 45)
     assert px_z.log_prob(x).shape == (7, 5)
     assert m.reconstruct(x).shape == x.shape

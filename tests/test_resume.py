@@ -20,9 +20,10 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 import vaekit
-from vaekit import CheckpointError, ConfigError, TrainingError, checkpoint, fused, graphs, objectives, training
+from vaekit import CheckpointError, ConfigError, TrainingError, checkpoint, objectives
 from vaekit.fileio import KILL_ENV
-from vaekit.steps import make_optimizer, train_step
+from vaekit.training import fused, graphs, loop
+from vaekit.training.steps import StepOptions, make_optimizer, train_step
 
 from conftest import digits_config, tiny_model
 
@@ -54,13 +55,13 @@ def static_on_cpu(monkeypatch):
 def the_run(monkeypatch) -> dict:
     """{"run": the training.Run of the next vaekit.train call}, for callbacks that look at the model."""
     holder: dict = {}
-    real_start = training._start
+    real_start = loop.start
 
     def start(*args):
         holder["run"] = real_start(*args)
         return holder["run"]
 
-    monkeypatch.setattr(training, "_start", start)
+    monkeypatch.setattr(loop, "start", start)
     return holder
 
 
@@ -282,12 +283,12 @@ def test_a_skipped_step_leaves_weights_and_adam_untouched():
     model = tiny_model(shape=(1, 8, 8), latent=4, hidden=(32,))
     opt = make_optimizer(model, 1e-2)
     x = torch.rand(16, 1, 8, 8)
-    train_step(model, opt, x, 1.0, skip_nonfinite=True)  # a good step: Adam has state now
+    train_step(model, opt, x, 1.0, options=StepOptions(skip_nonfinite=True))  # a good step: Adam has state now
     before = {k: v.clone() for k, v in model.state_dict().items()}
     adam = {i: {k: v.clone() for k, v in s.items()} for i, s in opt.state_dict()["state"].items()}
     bad = x.clone()
     bad[0, 0, 0, 0] = float("nan")
-    terms = train_step(model, opt, bad, 1.0, skip_nonfinite=True)
+    terms = train_step(model, opt, bad, 1.0, options=StepOptions(skip_nonfinite=True))
     assert torch.isnan(terms).all()
     assert_same_weights(model.state_dict(), before)
     for i, s in opt.state_dict()["state"].items():

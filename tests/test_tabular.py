@@ -100,6 +100,16 @@ def test_training_on_a_table_saves_its_standardization(tmp_path):
     torch.testing.assert_close(pre.std, splits.preprocess.std)
 
 
+def test_standardizer_inverse_undoes_it():
+    x = torch.randn(40, 6, dtype=torch.float64) * torch.arange(1, 7) + 100
+    s = tabular.Standardizer.fit(x)
+    torch.testing.assert_close(s.inverse(s(x)), x)
+    shaped = s(x).reshape(40, 2, 3)  # (N, *shape) with D values per example
+    torch.testing.assert_close(s.inverse(shaped), x.reshape(40, 2, 3))
+    with pytest.raises(DataError, match="of 6 features on 5 values per example"):
+        s.inverse(torch.zeros(3, 5, dtype=torch.float64))
+
+
 def test_bernoulli_on_a_table_says_what_to_do(tmp_path):
     np.save(tmp_path / "t.npy", np.random.default_rng(0).normal(size=(50, 3)))
     cfg = vaekit.Config().override({"data.dataset": str(tmp_path / "t.npy"), "train.epochs": 1})

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 import vaekit
-from vaekit import TrainingError, training
+from vaekit import TrainingError, VaekitError, devices
 from vaekit.objectives import elbo
-from vaekit.steps import batch_bounds, make_optimizer, train_step
+from vaekit.training import loop
+from vaekit.training.steps import batch_bounds, make_optimizer, train_step
 
 from conftest import digits_config, tiny_model
 
@@ -36,8 +37,10 @@ def test_batch_bounds_cover_every_example_once():
 
 
 def test_training_on_digits_improves_and_writes_metrics(tmp_path):
+    from vaekit.previews import PreviewWriter
+
     cfg = digits_config(**{"train.epochs": 4})
-    result = vaekit.train(cfg, tmp_path)
+    result = vaekit.train(cfg, tmp_path, callbacks=[PreviewWriter(tmp_path)])  # the CLI installs it
     hist = result.history
     assert [r["epoch"] for r in hist] == [1, 2, 3, 4]
     assert hist[-1]["train_neg_elbo"] < hist[0]["train_neg_elbo"]
@@ -74,7 +77,7 @@ def test_gaussian_likelihood_trains():
 
 def test_non_finite_loss_stops_with_epoch_and_step_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     cfg = digits_config(**{"train.epochs": 3, "train.checkpoint_every": 1})
-    real_step = training.train_step
+    real_step = loop.train_step
     calls = {"n": 0}
     steps_per_epoch = len(batch_bounds(1438 - 144, 64, False))
 
@@ -87,7 +90,7 @@ def test_non_finite_loss_stops_with_epoch_and_step_and_keeps_last_checkpoint(tmp
             terms[0] = float("nan")
         return terms
 
-    monkeypatch.setattr(training, "train_step", poisoned)
+    monkeypatch.setattr(loop, "train_step", poisoned)
     with pytest.raises(TrainingError, match=r"non-finite kl at epoch 2, step 3"):
         vaekit.train(cfg, tmp_path)
     saved = vaekit.load(tmp_path)  # the epoch-1 checkpoint is intact and loadable
@@ -108,8 +111,8 @@ def test_bernoulli_on_data_outside_unit_interval_is_refused(monkeypatch):
 def test_cuda_without_gpu_is_a_clear_error():
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    with pytest.raises(TrainingError, match="no CUDA GPU"):
-        training.resolve_device("cuda")
+    with pytest.raises(VaekitError, match="no CUDA GPU"):
+        devices.resolve_device("cuda")
 
 
 def test_bf16_autocast_trains_with_fp32_loss_close_to_fp32():
@@ -120,8 +123,8 @@ def test_bf16_autocast_trains_with_fp32_loss_close_to_fp32():
     assert abs(a - b) < 0.05 * a  # bf16 rounding, not a different model
     x = torch.rand(4, 1, 8, 8)
     with torch.autocast("cpu", torch.bfloat16):
-        qz_x, _z, px_z = bf16.model(x)
-        assert qz_x.mean.dtype == torch.float32 and px_z.log_prob(x).dtype == torch.float32
+        out = bf16.model(x)
+        assert out.latents[0].qz_x.mean.dtype == torch.float32 and out.px_z.log_prob(x).dtype == torch.float32
 
 
 def test_epoch_records_report_beta_kl_per_dimension_and_active_units():
@@ -163,7 +166,9 @@ def test_conditional_needs_labels():
 def test_conditional_conv_model_trains_saves_and_evaluates(tmp_path):
     cfg = digits_config(**{"model.conditional": True, "model.arch": "conv", "model.channels": [4, 8],
                            "train.epochs": 2})
-    result = vaekit.train(cfg, tmp_path)
+    from vaekit.previews import PreviewWriter
+
+    result = vaekit.train(cfg, tmp_path, callbacks=[PreviewWriter(tmp_path)])
     assert result.config.model.labels == tuple(str(d) for d in range(10))
     loaded = vaekit.load(tmp_path)
     x, y = torch.rand(3, 1, 8, 8), torch.tensor([0, 5, 9])

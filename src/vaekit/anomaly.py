@@ -1,23 +1,31 @@
 """Anomaly scores from a trained VAE, thresholds, and the threshold file stored with the model.
 
 Higher scores are more anomalous. Each score is deterministic: the posterior draws come from a fixed seed.
+
+A threshold is fitted for one model, so ``anomaly.json`` records the SHA-256 of the ``model.safetensors`` it
+was fitted for (``checkpoint.model_digest``). Whatever writes a new model into the directory (``vaekit train
+--overwrite``, a resumed or extended run, ``checkpoint.save``) leaves the file where it is: ``load_threshold``
+compares the stamp with the current weights and ignores, with a logged warning, a threshold fitted for others.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+import logging
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch.distributions import kl_divergence
 
-from vaekit import evaluation
+from vaekit import checkpoint, evaluation
+from vaekit.batches import batched
 from vaekit.errors import CheckpointError, ConfigError
 from vaekit.fileio import atomic_write_bytes
 from vaekit.model import VAE
+
+log = logging.getLogger(__name__)
 
 SCORES = ("elbo", "nll", "recon")
 THRESHOLD_FILE = "anomaly.json"
@@ -30,50 +38,43 @@ def score(model: VAE, x: Tensor, method: str = "elbo", n_samples: int = 10, iw_s
 
     ``elbo``: the negative ELBO with its expected reconstruction term averaged over ``n_samples`` posterior
     draws; ``nll``: the importance-sampled negative log-likelihood with ``iw_samples`` samples; ``recon``:
-    the squared reconstruction error ||x - E[x|z = mu(x)]||^2 (in the units of x; for tables, standardized
-    units). The standard-normal draws behind z = mu + sigma * eps come from
-    ``seed`` and are shared by all inputs, so a score depends only on its input: not on the batch, the
-    order, or the caller's random state.
+    the squared reconstruction error ||x - E[x|z = E_q[z]]||^2 (in the units of x; for tables, standardized
+    units). The standard-normal noise behind the posterior draws comes from ``seed`` and is shared by all
+    inputs, so a score depends only on its input: not on the batch, the order, or the caller's random state.
     """
     if method not in SCORES:
         raise ConfigError(f"unknown anomaly score {method!r}; valid scores: {', '.join(SCORES)}")
     model.eval()
-    device = next(model.parameters()).device
-    x, y = x.to(device), None if y is None else y.to(device)
+    x, y = x.to(model.device), None if y is None else y.to(model.device)
     k = iw_samples if method == "nll" else n_samples
-    eps = torch.randn(k, model.latent_dim, generator=torch.Generator().manual_seed(seed)).to(device)  # (k, L)
+    eps = torch.randn(k, model.latent_dim, generator=torch.Generator().manual_seed(seed)).to(model.device)  # (k, L)
     if method == "nll":
         return evaluation.importance_sampled_nll(model, x, iw_samples, eps=eps, y=y).cpu()
-    return torch.cat([_batch_score(model, x[s : s + batch_size], method, eps,
-                                   None if y is None else y[s : s + batch_size])
-                      for s in range(0, len(x), batch_size)]).cpu()
+    return batched(lambda xb, yb: _batch_score(model, xb, method, eps, yb), x, y, batch_size).cpu()
 
 
 def _batch_score(model: VAE, x: Tensor, method: str, eps: Tensor, y: Tensor | None) -> Tensor:
-    qz_x = model.encode(x, y)
     if method == "recon":
-        return (x - model.decode(qz_x.mean, y).mean).pow(2).flatten(1).sum(1)
-    z = qz_x.mean + qz_x.stddev * eps[:, None, :]  # (S, B, L)
-    recon = -model.decode(z, y).log_prob(x).mean(0)  # (B,)
-    return recon + kl_divergence(qz_x, model.prior())
+        return (x - model.reconstruct(x, y)).pow(2).flatten(1).sum(1)
+    out = model(x, y, eps=eps)  # z: (S, B, L)
+    return -out.px_z.log_prob(x).mean(0) + out.kl  # (B,)
 
 
 def pixel_map(model: VAE, x: Tensor, method: str = "elbo", y: Tensor | None = None) -> Tensor:
     """Where a score comes from, per pixel (summed over channels; (N, H, W) for images).
 
-    For ``recon`` the squared error (x_i - E[x_i|z = mu])^2, whose sum is the recon score; for the
-    likelihood scores -log p(x_i | z = mu), the reconstruction part of the ELBO at the posterior mean.
+    For ``recon`` the squared error (x_i - E[x_i|z = E_q[z]])^2, whose sum is the recon score; for the
+    likelihood scores -log p(x_i | z = E_q[z]), the reconstruction part of the ELBO at the posterior mean.
     """
     return explain(model, x, method, y)[0]
 
 
 @torch.no_grad()
 def explain(model: VAE, x: Tensor, method: str = "elbo", y: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """``pixel_map`` and the reconstruction E[x|z = mu(x)] it compares x with, from one encode and decode."""
+    """``pixel_map`` and the reconstruction E[x|z = E_q[z]] it compares x with, from one encode and decode."""
     model.eval()
-    device = next(model.parameters()).device
-    x, y = x.to(device), None if y is None else y.to(device)
-    px_z = model.decode(model.encode(x, y).mean, y)
+    x, y = x.to(model.device), None if y is None else y.to(model.device)
+    px_z = model.decode(model.infer(x, y)[-1].mean, y)
     recon = px_z.mean
     per = (x - recon).pow(2) if method == "recon" else -px_z.base_dist.log_prob(x)  # (N, *shape)
     return (per.sum(1) if per.dim() == 4 else per).cpu(), recon.cpu()
@@ -87,6 +88,7 @@ class Threshold:
     score: str
     n_samples: int
     rule: str  # e.g. "contamination 0.05 of the validation split"
+    model_sha256: str | None = None  # the model.safetensors it was fitted for (save_threshold fills it in)
 
 
 def threshold_from(scores: Tensor, contamination: float | None = None, quantile: float | None = None) -> float:
@@ -100,19 +102,47 @@ def threshold_from(scores: Tensor, contamination: float | None = None, quantile:
 
 
 def save_threshold(directory: str | Path, t: Threshold) -> Path:
+    """Write ``t`` to ``directory/anomaly.json``, stamped with the model it was fitted for.
+
+    That is ``t.model_sha256`` when set, else the directory's current model: the caller fitted it just now.
+    """
+    if t.model_sha256 is None:
+        t = replace(t, model_sha256=checkpoint.model_digest(directory))
     path = Path(directory) / THRESHOLD_FILE
     atomic_write_bytes(path, (json.dumps(asdict(t), indent=2) + "\n").encode())
     return path
 
 
-def load_threshold(directory: str | Path) -> Threshold | None:
-    path = Path(directory) / THRESHOLD_FILE
+def load_threshold(source: str | Path | checkpoint.CheckpointSet) -> Threshold | None:
+    """The threshold stored in a run directory, or None when there is none or it was fitted for another model.
+
+    Given a ``checkpoint.CheckpointSet``, it is checked against that set's model: the one a caller loaded.
+    """
+    directory = source.directory if isinstance(source, checkpoint.CheckpointSet) else Path(source)
+    path = directory / THRESHOLD_FILE
     if not path.is_file():
         return None
+    t = _read_threshold(path)
+    digest = checkpoint.model_digest(source)
+    # Without a stamp (a vaekit from before stamps) nothing says which model it belongs to, and applying the
+    # threshold of a replaced model flags the wrong inputs silently: ignored, like a mismatch; refitting is cheap.
+    if t.model_sha256 != digest:
+        why = ("records no model (written by an older vaekit), so it cannot be checked against"
+               if t.model_sha256 is None else "was fitted for another model than")
+        log.warning("ignoring %s: it %s the current %s (SHA-256 %s...); refit it with `vaekit anomaly %s "
+                    "--contamination ...`", path, why, checkpoint.WEIGHTS_FILE, digest[:12], directory)
+        return None
+    return t
+
+
+def _read_threshold(path: Path) -> Threshold:
     try:
         d = json.loads(path.read_bytes())
-        return Threshold(float(d["value"]), str(d["score"]), int(d["n_samples"]), str(d["rule"]))
-    except (ValueError, KeyError, TypeError) as e:
+        stamp = d.get("model_sha256")
+        if stamp is not None and not isinstance(stamp, str):
+            raise TypeError(f"model_sha256 must be a string, got {stamp!r}")
+        return Threshold(float(d["value"]), str(d["score"]), int(d["n_samples"]), str(d["rule"]), stamp)
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise CheckpointError(f"{path} is not a vaekit threshold file: {e}") from e
 
 

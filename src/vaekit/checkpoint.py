@@ -15,6 +15,10 @@ Two layouts are read, and loading reads JSON and safetensors only, so a checkpoi
   are also published at the top of the directory (hard links, else copies; each stamped with the checkpoint
   id), so tools that read ``DIR/model.safetensors`` by name keep working; vaekit itself reads through
   ``latest.json`` whenever it is there.
+
+A load resolves ``latest.json`` once (``resolve``, a ``CheckpointSet``) and reads every file it needs against
+that one pointer, so a load racing a writer gets the config, weights, standardization and training state of
+one checkpoint, or a CheckpointError saying the checkpoint was replaced while it was read; never a mixture.
 """
 
 from __future__ import annotations
@@ -107,6 +111,11 @@ class TrainingState:
     best_val: float | None = None
     bad_epochs: int = 0  # early stopping: epochs since the best
     skipped_steps: int = 0  # steps skipped for a non-finite loss or gradient (train.nonfinite = "skip")
+    # the checkpoint this state was read from (not saved): what is restored with it is read from the same one
+    source: CheckpointSet | None = field(default=None, repr=False, compare=False)
+
+
+_NOT_JSON = ("tensors", "source")  # the TrainingState fields that training_state.json does not hold
 
 
 def save_run(directory: str | Path, config: Config, weights: dict[str, torch.Tensor], state: TrainingState,
@@ -141,7 +150,7 @@ def _write_set(target: Path, ckpt_id: str, config: Config, weights: dict[str, to
     """The files of one checkpoint, each stamped with its id and flushed to disk; returns their SHA-256."""
     stamp = {"format": FORMAT, "checkpoint": ckpt_id}
     # not asdict(state): it would deep-copy every tensor (weights, Adam's moments) only to drop them
-    meta = {f.name: getattr(state, f.name) for f in fields(state) if f.name != "tensors"}
+    meta = {f.name: getattr(state, f.name) for f in fields(state) if f.name not in _NOT_JSON}
     blobs = {
         STATE_TENSORS_FILE: to_bytes(_cpu(state.tensors), metadata=stamp),
         STATE_FILE: _json_bytes({"format": STATE_FORMAT, "version": VERSION, "checkpoint": ckpt_id, **meta}),
@@ -178,14 +187,38 @@ def exists(directory: str | Path) -> bool:
     return (Path(directory) / CONFIG_FILE).exists() or (Path(directory) / LATEST_FILE).exists()
 
 
-def current(directory: str | Path) -> tuple[Path, dict[str, Any] | None]:
-    """The directory that holds the current checkpoint's files, and the pointer (None for the plain layout)."""
-    directory = Path(directory)
+@dataclass(frozen=True)
+class CheckpointSet:
+    """The files of one checkpoint, as ``latest.json`` named them when it was read (see ``resolve``)."""
+
+    directory: Path  # the checkpoint (or run) directory
+    snapshot: Path  # where its files are: ``checkpoints/<id>/`` of a training run, else ``directory`` itself
+    pointer: dict[str, Any] | None = field(default=None, compare=False)  # latest.json; None for the plain layout
+
+    @property
+    def checkpoint_id(self) -> str | None:
+        """The id every file of the set is stamped with; None for the plain layout."""
+        return None if self.pointer is None else self.pointer["checkpoint"]
+
+
+Source = str | Path | CheckpointSet  # what the readers take: a directory, or a set already resolved from one
+
+
+def resolve(source: Source) -> CheckpointSet:
+    """The current checkpoint of a directory, fixed: read every file of one load through it.
+
+    Each reader given a directory resolves it anew, so a writer switching ``latest.json`` between two reads
+    could pair the config of one checkpoint with the weights of the next; reads through one set cannot.
+    A set is returned as it is.
+    """
+    if isinstance(source, CheckpointSet):
+        return source
+    directory = Path(source)
     if not directory.is_dir():
         raise CheckpointError(f"checkpoint directory {directory} does not exist")
     path = directory / LATEST_FILE
     if not path.exists():
-        return directory, None
+        return CheckpointSet(directory, directory)
     doc = _read_json(path)
     if not isinstance(doc, dict) or doc.get("format") != LATEST_FORMAT:
         raise CheckpointError(f"{path} is not a vaekit checkpoint pointer (missing format {LATEST_FORMAT!r})")
@@ -200,37 +233,69 @@ def current(directory: str | Path) -> tuple[Path, dict[str, Any] | None]:
     snapshot = directory / SNAPSHOT_DIR / ckpt_id
     if not snapshot.is_dir():
         raise CheckpointError(f"{path} names checkpoint {ckpt_id}, but {snapshot} is missing")
-    return snapshot, doc
+    return CheckpointSet(directory, snapshot, doc)
+
+
+def current(directory: str | Path) -> tuple[Path, dict[str, Any] | None]:
+    """The directory that holds the current checkpoint's files, and the pointer (None for the plain layout)."""
+    ckpt = resolve(directory)
+    return ckpt.snapshot, ckpt.pointer
+
+
+def model_digest(source: Source) -> str:
+    """The SHA-256 of the current ``model.safetensors``: what a file fitted for one model (``anomaly.json``)
+    records, so that it is not applied to weights that replaced them."""
+    ckpt = resolve(source)
+    if ckpt.pointer is not None:  # the digest every load checks the file against: no need to read it here
+        return ckpt.pointer["sha256"][WEIGHTS_FILE]
+    path, blob, _ = _read_verified(ckpt, WEIGHTS_FILE)
+    if blob is None:
+        raise CheckpointError(f"{path} is missing: {ckpt.directory} holds no model")
+    return hashlib.sha256(blob).hexdigest()
 
 
 _SET_FILES = (CONFIG_FILE, WEIGHTS_FILE, PREPROCESS_FILE, STATE_TENSORS_FILE, STATE_FILE)
 
 
-def _read_verified(directory: str | Path, name: str) -> tuple[Path, bytes | None, str | None]:
-    """(path, bytes or None when absent, checkpoint id expected in the file) of one file of the current set."""
-    snapshot, pointer = current(directory)
-    path = snapshot / name
+def _read_verified(ckpt: CheckpointSet, name: str) -> tuple[Path, bytes | None, str | None]:
+    """(path, bytes or None when absent, checkpoint id expected in the file) of one file of the set."""
+    path, pointer = ckpt.snapshot / name, ckpt.pointer
     if pointer is not None and name not in pointer["sha256"]:
         if path.exists():
-            raise CheckpointError(f"{path} is not listed in {Path(directory) / LATEST_FILE}: it was added by hand")
-        return path, None, pointer["checkpoint"]
+            raise CheckpointError(f"{path} is not listed in {ckpt.directory / LATEST_FILE}: it was added by hand")
+        return path, None, ckpt.checkpoint_id
     try:
         blob = path.read_bytes()
     except FileNotFoundError:
-        return path, None, None if pointer is None else pointer["checkpoint"]
+        if pointer is not None:  # listed, so it was written: gone since, most likely replaced by a newer set
+            _check_not_replaced(ckpt, path)
+        return path, None, ckpt.checkpoint_id
     except OSError as e:
         raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from e
     if pointer is not None and hashlib.sha256(blob).hexdigest() != pointer["sha256"][name]:
         raise CheckpointError(f"{path} does not match the SHA-256 recorded in {LATEST_FILE} when the checkpoint "
                               "was written: it was truncated, altered or replaced since")
-    return path, blob, None if pointer is None else pointer["checkpoint"]
+    return path, blob, ckpt.checkpoint_id
 
 
-def load_config(directory: str | Path) -> Config:
-    """The run's Config from ``config.json``; unknown or ill-typed keys are refused by name."""
-    path, blob, ckpt_id = _read_verified(directory, CONFIG_FILE)
+def _check_not_replaced(ckpt: CheckpointSet, path: Path) -> None:
+    """A CheckpointError when ``path`` of the set is gone because a newer checkpoint replaced the set meanwhile."""
+    try:
+        now = resolve(ckpt.directory).checkpoint_id
+    except CheckpointError:  # e.g. the pointer is mid-replacement or damaged: report the missing file itself
+        return
+    if now != ckpt.checkpoint_id:
+        raise CheckpointError(f"{path} is gone: checkpoint {ckpt.checkpoint_id} was replaced by {now} while it "
+                              f"was being read (a training run is writing to {ckpt.directory}); load it again")
+
+
+def load_config(source: Source) -> Config:
+    """The run's Config from ``config.json`` of a directory (or resolved set); unknown or ill-typed keys are
+    refused by name."""
+    ckpt = resolve(source)
+    path, blob, ckpt_id = _read_verified(ckpt, CONFIG_FILE)
     if blob is None:
-        raise CheckpointError(f"{path} is missing: {directory} is not a vaekit checkpoint")
+        raise CheckpointError(f"{path} is missing: {ckpt.directory} is not a vaekit checkpoint")
     try:
         doc: Any = json.loads(blob)
     except ValueError as e:
@@ -246,11 +311,13 @@ def load_config(directory: str | Path) -> Config:
         raise CheckpointError(f"{path}: {e}") from e
 
 
-def load_run(directory: str | Path, device: str | torch.device = "cpu") -> tuple[VAE, Config]:
-    """The model (in eval mode, on ``device``) and the Config saved in ``directory``."""
-    config = load_config(directory)
+def load_run(source: Source, device: str | torch.device = "cpu") -> tuple[VAE, Config]:
+    """The model (in eval mode, on ``device``) and the Config saved in a directory (or resolved set), both
+    from one checkpoint."""
+    ckpt = resolve(source)
+    config = load_config(ckpt)
     model = VAE(config.model)
-    model.load_state_dict(load_weights(directory, model))
+    model.load_state_dict(load_weights(ckpt, model))
     return model.to(device).eval(), config
 
 
@@ -259,10 +326,13 @@ def load(directory: str | Path, device: str | torch.device = "cpu") -> VAE:
     return load_run(directory, device)[0]
 
 
-def load_preprocess(directory: str | Path) -> Standardizer | None:
+def load_preprocess(source: Source) -> Standardizer | None:
     """The standardization saved with a model trained on a table, or None for other data."""
-    path, blob, ckpt_id = _read_verified(directory, PREPROCESS_FILE)
+    ckpt = resolve(source)
+    path, blob, ckpt_id = _read_verified(ckpt, PREPROCESS_FILE)
     if blob is None:
+        if ckpt.pointer is not None and PREPROCESS_FILE in ckpt.pointer["sha256"]:  # else the inputs go unscaled
+            raise CheckpointError(f"{path} is missing, but {ckpt.directory / LATEST_FILE} lists it")
         return None
     t = _parse_tensors(path, blob, ckpt_id)
     if set(t) != {"mean", "std"} or t["mean"].shape != t["std"].shape or t["mean"].dim() != 1:
@@ -270,9 +340,9 @@ def load_preprocess(directory: str | Path) -> Standardizer | None:
     return Standardizer(t["mean"], t["std"])
 
 
-def load_weights(directory: str | Path, model: VAE) -> dict[str, torch.Tensor]:
+def load_weights(source: Source, model: VAE) -> dict[str, torch.Tensor]:
     """The saved weights, checked against ``model``'s tensor names and shapes."""
-    path, blob, ckpt_id = _read_verified(directory, WEIGHTS_FILE)
+    path, blob, ckpt_id = _read_verified(resolve(source), WEIGHTS_FILE)
     if blob is None:
         pickles = sorted(p.name for p in path.parent.iterdir() if p.suffix in PICKLE_SUFFIXES)
         hint = f" ({', '.join(pickles)} present, but vaekit never loads pickle files)" if pickles else ""
@@ -292,20 +362,24 @@ def check_tensors(path: Path, tensors: dict[str, torch.Tensor], expected: dict[s
     return tensors
 
 
-def load_state(directory: str | Path) -> TrainingState:
-    """The training state of the run's current checkpoint; a CheckpointError when there is none or it is bad."""
-    if not (Path(directory) / LATEST_FILE).exists():
-        current(directory)  # a missing directory says so
-        raise CheckpointError(f"{directory} holds no training state to resume from (no {LATEST_FILE}): it was not "
-                              "written by `vaekit train`, or by a vaekit from before resume existed")
-    path, blob, ckpt_id = _read_verified(directory, STATE_FILE)
+def load_state(source: Source) -> TrainingState:
+    """The training state of the run's current checkpoint; a CheckpointError when there is none or it is bad.
+
+    Its ``source`` is the set it was read from, so the weights restored with it can be read from that one.
+    """
+    ckpt = resolve(source)  # a missing directory says so
+    if ckpt.pointer is None:
+        raise CheckpointError(f"{ckpt.directory} holds no training state to resume from (no {LATEST_FILE}): it was "
+                              "not written by `vaekit train`, or by a vaekit from before resume existed")
+    path, blob, ckpt_id = _read_verified(ckpt, STATE_FILE)
     if blob is None:
         raise CheckpointError(f"{path} is missing")
     state = _parse_state(path, blob, ckpt_id)
-    t_path, t_blob, _ = _read_verified(directory, STATE_TENSORS_FILE)
+    t_path, t_blob, _ = _read_verified(ckpt, STATE_TENSORS_FILE)
     if t_blob is None:
         raise CheckpointError(f"{t_path} is missing")
     state.tensors = _parse_tensors(t_path, t_blob, ckpt_id)
+    state.source = ckpt
     return state
 
 
@@ -326,7 +400,7 @@ def _parse_state(path: Path, blob: bytes, ckpt_id: str | None) -> TrainingState:
         raise CheckpointError(f"{path} is not a vaekit training state of version {VERSION}")
     _check_stamp(path, doc.pop("checkpoint", None), ckpt_id)
     doc = {k: v for k, v in doc.items() if k not in ("format", "version")}
-    names = [f.name for f in fields(TrainingState) if f.name != "tensors"]
+    names = [f.name for f in fields(TrainingState) if f.name not in _NOT_JSON]
     unknown = sorted(doc.keys() - set(names))
     if unknown:
         raise CheckpointError(f"{path}: unknown key {unknown[0]!r}; valid keys: {names}")

@@ -41,7 +41,9 @@ class ModelConfig:
     channels: tuple[int, ...] = (32, 64)  # conv: output channels of each stride-2 layer of the encoder
     activation: str = "relu"
     latent_dim: int = 20
-    likelihood: str = "bernoulli"
+    likelihood: str = "bernoulli"  # p(x|z): a name registered in vaekit.model.likelihoods
+    posterior: str = "diagonal-gaussian"  # q(z|x): a name registered in vaekit.model.posteriors
+    prior: str = "standard-normal"  # p(z): a name registered in vaekit.model.priors
     obs_std: float = 0.1  # standard deviation of the fixed-variance Gaussian likelihood
     data_shape: tuple[int, ...] | None = None  # set from the data at training time
     conditional: bool = False  # q(z|x, y) and p(x|z, y) for a class label y

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from vaekit.batches import batched
 from vaekit.errors import DataError
 from vaekit.fileio import atomic_path
 from vaekit.model import VAE
@@ -21,28 +22,46 @@ PROJECTIONS = ("pca", "tsne")
 
 @torch.no_grad()
 def posterior_means(model: VAE, x: Tensor, batch_size: int = 1000, y: Tensor | None = None) -> Tensor:
-    """mu(x) for every row of x, in batches; shape (N, L), on the CPU. A conditional model's mu(x, y) needs the
-    labels y (N,)."""
+    """E_q[z|x] for every row of x, in batches; shape (N, L), on the CPU. A conditional model's E_q[z|x, y]
+    needs the labels y (N,)."""
     model.eval()
-    device = next(model.parameters()).device
+    return batched(lambda xb, yb: model.infer(xb, yb)[-1].mean.cpu(), x, y, batch_size, model.device)
 
-    def labels(s: int) -> Tensor | None:
-        return None if y is None else y[s : s + batch_size].to(device)
 
-    return torch.cat([model.encode(x[s : s + batch_size].to(device), labels(s)).mean.cpu()
-                      for s in range(0, len(x), batch_size)])
+@dataclass(frozen=True)
+class Map2D:
+    """Points of z in 2-D and the affine map behind them: (u, v) is the code ``mean + u * axes[0] + v * axes[1]``."""
+
+    points: np.ndarray  # (N, 2), = (z - mean) @ axes.T
+    mean: np.ndarray  # (L,)
+    axes: np.ndarray  # (2, L), orthonormal rows (for L = 1 the second row is zero)
+    axis_labels: tuple[str, str]
+
+
+def pca_map(z: np.ndarray) -> Map2D:
+    """z (N, L) in 2-D: z itself for L <= 2, else its first two principal axes (PCA via the SVD of z - mean).
+
+    The signs of the principal axes are the SVD's: a map may come out mirrored against scikit-learn's PCA.
+    """
+    dim = z.shape[1]
+    if dim <= 2:
+        axes = np.eye(2, dim, dtype=z.dtype)  # L = 1: the second axis is all zeros, so the map is a line
+        return Map2D(z @ axes.T, np.zeros(dim, z.dtype), axes, ("z[0]", "z[1]" if dim == 2 else "(none)"))
+    mean = z.mean(0)
+    # full_matrices only for a single point, where the thin SVD has one axis; elsewhere it would cost (N, N)
+    _, s, vt = np.linalg.svd(z - mean, full_matrices=len(z) < 2)
+    share = np.zeros(2)
+    share[: min(2, len(s))] = s[:2] ** 2 / max(float((s**2).sum()), 1e-300)
+    return Map2D((z - mean) @ vt[:2].T, mean, vt[:2], (f"PC 1 ({share[0]:.0%} of variance)", f"PC 2 ({share[1]:.0%})"))
 
 
 def project_2d(z: np.ndarray, method: str = "pca", seed: int = 0) -> tuple[np.ndarray, tuple[str, str]]:
-    """2-D coordinates for a map of z, and axis labels: z itself when 2-D, else PCA or t-SNE."""
+    """2-D coordinates for a map of z, and axis labels: z itself when 2-D, else PCA (``pca_map``) or t-SNE."""
     if z.shape[1] == 2:
         return z, ("z[0]", "z[1]")
     if method == "pca":
-        from sklearn.decomposition import PCA
-
-        pca = PCA(2, random_state=seed).fit(z)
-        share = pca.explained_variance_ratio_
-        return pca.transform(z), (f"PC 1 ({share[0]:.0%} of variance)", f"PC 2 ({share[1]:.0%})")
+        m = pca_map(z)
+        return m.points, m.axis_labels
     if method == "tsne":
         from sklearn.manifold import TSNE
 

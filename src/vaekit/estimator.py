@@ -105,7 +105,7 @@ class VAEEstimator(TransformerMixin, BaseEstimator):
 
     def _unstandardize(self, x: torch.Tensor) -> np.ndarray:
         s = self.standardizer_
-        return (x * s.std + s.mean).numpy() if s is not None else x.numpy()
+        return s.inverse(x).numpy() if s is not None else x.numpy()
 
     def sample(self, n_samples: int = 1, random_state: int | None = None) -> np.ndarray:
         """E[x|z] for z ~ N(0, I), in the original feature units."""

@@ -14,13 +14,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vaekit import checkpoint, data, likelihoods, nets, objectives
-from vaekit.errors import DataError
-from vaekit.model import VAE
-from vaekit.training import resolve_device
-
-# Burda et al. 2015: a latent unit is active when Cov_x(E_q[u]) exceeds 0.01.
-ACTIVE_UNIT_THRESHOLD = 1e-2
+from vaekit import checkpoint, data, objectives
+from vaekit.batches import batched
+from vaekit.devices import resolve_device
+from vaekit.model import VAE, likelihoods, nets
 
 
 @torch.no_grad()
@@ -38,9 +35,7 @@ def importance_sampled_nll(model: VAE, x: Tensor, k: int, batch_size: int = 100,
     if max_elements is None:  # a GPU runs best on large chunks; 256 MB of float32 is small next to its memory
         max_elements = 2**26 if x.device.type == "cuda" else 2**22
     chunk = max(1, max_elements // (batch_size * decoder_width(model)))
-    return torch.cat([-objectives.iwae_bound(model, x[s : s + batch_size], k, chunk, eps,
-                                             None if y is None else y[s : s + batch_size])
-                      for s in range(0, len(x), batch_size)])
+    return batched(lambda xb, yb: -objectives.iwae_bound(model, xb, k, chunk, eps, yb), x, y, batch_size)
 
 
 def decoder_width(model: VAE) -> int:
@@ -57,9 +52,7 @@ def decoder_width(model: VAE) -> int:
 @torch.no_grad()
 def active_units(model: VAE, x: Tensor, batch_size: int = 1000, y: Tensor | None = None) -> int:
     """Number of latent dimensions whose posterior mean varies across the data (Burda et al. 2015)."""
-    mu = torch.cat([model.encode(x[s : s + batch_size], None if y is None else y[s : s + batch_size]).mean
-                    for s in range(0, len(x), batch_size)])
-    return int((mu.double().var(dim=0, unbiased=False) > ACTIVE_UNIT_THRESHOLD).sum())
+    return objectives.count_active(batched(lambda xb, yb: model.infer(xb, yb)[-1].mean, x, y, batch_size))
 
 
 @torch.no_grad()
@@ -115,12 +108,7 @@ def evaluate(directory: str | Path, split: str = "test", iw_samples: int = 1000,
     if data_overrides:
         config = config.override({f"data.{k}": v for k, v in data_overrides.items()})
     part = data.evaluation_split(data.load(config.data), split, config.data)
-    device = next(model.parameters()).device
-    x, y = part.x.to(device), None
-    if model.config.conditional:
-        if part.y is None:
-            raise DataError(f"this conditional model needs labels, and the {split} split of {config.data.dataset} "
-                            "has none")
-        y = part.y.to(device)
+    y = model.labels_of(part.y, f"the {split} split of {config.data.dataset}")
+    x, y = part.x.to(model.device), None if y is None else y.to(model.device)
     seed = config.data.eval_seed if seed is None else seed
     return evaluate_model(model, x, iw_samples, seed, config.train.eval_batch_size, part.binarization, split, y)

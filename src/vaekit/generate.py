@@ -5,13 +5,14 @@ Every function decodes to E[x|z], the mean of p(x|z), which is what one looks at
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from vaekit import objectives
+from vaekit.batches import batched
 from vaekit.embedding import posterior_means
 from vaekit.errors import DataError
 from vaekit.model import VAE
@@ -48,7 +49,7 @@ def sample(model: VAE, n: int, temperature: float = 1.0, seed: int = 0, gmm: Lat
 
     A conditional model decodes them all with the class ``label`` (one of ``model.config.labels``).
     """
-    y = labels_for(model, label, n)
+    y = model.labels_named(label, n)
     if gmm is None:
         return model.sample(n, temperature, torch.Generator().manual_seed(seed), y).cpu()
     rng = np.random.default_rng(seed)
@@ -56,15 +57,6 @@ def sample(model: VAE, n: int, temperature: float = 1.0, seed: int = 0, gmm: Lat
     eps = rng.standard_normal((n, gmm.means.shape[1]))
     z = gmm.means[k] + temperature * np.einsum("nij,nj->ni", gmm.chol[k], eps)
     return decode_mean(model, torch.as_tensor(z, dtype=torch.float32), y)
-
-
-def labels_for(model: VAE, label: str | None, n: int) -> Tensor | None:
-    """n copies of the class index of ``label`` for a conditional model (which needs one); None otherwise."""
-    if label is None and not model.config.conditional:
-        return None
-    if label is None:
-        raise DataError(f"this model is conditional: choose a label ({', '.join(model.config.labels)})")
-    return torch.full((n,), model.label_index(label), dtype=torch.long, device=model._zero.device)
 
 
 def sample_per_label(model: VAE, per_label: int, temperature: float = 1.0, seed: int = 0,
@@ -79,8 +71,7 @@ def sample_per_label(model: VAE, per_label: int, temperature: float = 1.0, seed:
 @torch.no_grad()
 def decode_mean(model: VAE, z: Tensor, y: Tensor | None = None) -> Tensor:
     """E[x|z] (or E[x|z, y]) for latent codes z (N, L), on the CPU."""
-    device = next(model.parameters()).device
-    return model.decode(z.to(device), None if y is None else y.to(device)).mean.cpu()
+    return model.decode(z.to(model.device), None if y is None else y.to(model.device)).mean.cpu()
 
 
 def path(za: Tensor, zb: Tensor, steps: int, method: str = "lerp") -> Tensor:
@@ -111,7 +102,7 @@ def interpolate(model: VAE, xa: Tensor, xb: Tensor, steps: int = 10, method: str
     A conditional model decodes the path with the class ``label``; it encodes the two inputs with their own
     labels ``y_ends`` (2,) where they are known, else with ``label`` too.
     """
-    y = labels_for(model, label, steps)
+    y = model.labels_named(label, steps)
     y_ends = y_ends if y_ends is not None or y is None else y[:2]
     za, zb = posterior_means(model, torch.stack([xa, xb]), y=y_ends)
     return decode_mean(model, path(za, zb, steps, method), y)
@@ -119,12 +110,14 @@ def interpolate(model: VAE, xa: Tensor, xb: Tensor, steps: int = 10, method: str
 
 @torch.no_grad()
 def kl_per_dimension(model: VAE, x: Tensor, batch_size: int = 1000, y: Tensor | None = None) -> Tensor:
-    """Average over x of KL(q(z_j|x) || N(0, 1)) (q(z_j|x, y) given labels y) for each dimension j; shape (L,)."""
-    device = next(model.parameters()).device
-    total = torch.zeros(model.latent_dim, dtype=torch.float64)
-    for s in range(0, len(x), batch_size):
-        qz_x = model.encode(x[s : s + batch_size].to(device), None if y is None else y[s : s + batch_size].to(device))
-        total += objectives.kl_per_dimension(qz_x, model.prior()).sum(0).double().cpu()  # (L,)
+    """Average over x of KL(q(z_j|x) || p(z_j)) (q(z_j|x, y) given labels y) for each dimension j; shape (L,).
+
+    NotAvailable when the model's posterior and prior do not factorise over the dimensions.
+    """
+    def batch_sum(xb: Tensor, yb: Tensor | None) -> Tensor:
+        return model.infer(xb, yb)[-1].kl_per_dimension().sum(0).double().cpu()  # (L,)
+
+    total = batched(batch_sum, x, y, batch_size, model.device, combine=lambda parts: functools.reduce(torch.add, parts))
     return total / len(x)
 
 
@@ -150,9 +143,9 @@ def traverse(model: VAE, x: Tensor, base: Tensor | None = None, n_dims: int = 8,
     dims = torch.argsort(kl, descending=True)[: min(n_dims, model.latent_dim)].tolist()
     n = len(dims) * steps
     if cond.label is None and cond.base_y is not None:  # decode with the base input's own class
-        y = cond.base_y.to(model._zero.device).expand(n)
+        y = cond.base_y.to(model.device).expand(n)
     else:
-        y = labels_for(model, cond.label, n)
+        y = model.labels_named(cond.label, n)
     base_y = cond.base_y if cond.base_y is not None or y is None else y[:1]
     z0 = posterior_means(model, base[None], y=base_y)[0] if base is not None else torch.zeros(model.latent_dim)
     values = torch.linspace(-span, span, steps)

@@ -1,10 +1,12 @@
 """Training and evaluation objectives: the ELBO (beta, free bits) and the importance-weighted bound (IWAE).
 
+Each reads one ``Pass`` of the model, whatever its prior, posterior family or number of stochastic layers.
 All values are in nats per example: summed over data dimensions, averaged over the batch.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,12 +14,14 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
-from torch.distributions import Distribution, kl_divergence
 
-from vaekit.model import VAE
+from vaekit.batches import batched
+from vaekit.model import VAE, NotAvailable, Pass
 
-# model(x, y) -> (q(z|x), z, p(x|z)); a DistributedDataParallel wrapper has the same call signature
-Forward = Callable[..., tuple[Distribution, Tensor, Distribution]]
+# Burda et al. 2015: a latent unit is active when Cov_x(E_q[u]) exceeds 0.01.
+ACTIVE_UNIT_THRESHOLD = 1e-2
+# model(x, y, k) -> Pass; a DistributedDataParallel wrapper has the same call signature
+Forward = Callable[..., Pass]
 
 
 class ELBOTerms(NamedTuple):
@@ -25,25 +29,18 @@ class ELBOTerms(NamedTuple):
 
     loss: Tensor  # what training minimises: recon + beta * kl, or -L_k for the IWAE objective
     recon: Tensor  # -E_q[log p(x|z)], one-sample (or k-sample) estimate
-    kl: Tensor  # KL(q(z|x) || p(z)), analytic for the Gaussian posterior
+    kl: Tensor  # KL(q(z|x) || p(z)): analytic where the parts have it, else a Monte-Carlo estimate
 
 
 def elbo_per_example(model: VAE, x: Tensor, forward: Forward | None = None,
                      y: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Per-example reconstruction term -log p(x|z), z ~ q(z|x), and analytic KL; each (B,).
+    """Per-example reconstruction term -log p(x|z), z ~ q(z|x), and KL; each (B,).
 
     ``forward`` replaces ``model``, e.g. by a DistributedDataParallel wrapper; ``y`` are the labels of a
     conditional model.
     """
-    qz_x, _z, px_z = (forward or model)(x, y)
-    recon = -px_z.log_prob(x)  # (B,)
-    kl = kl_divergence(qz_x, model.prior())  # (B,)
-    return recon, kl
-
-
-def kl_per_dimension(qz_x: Distribution, pz: Distribution) -> Tensor:
-    """KL(q(z_j|x) || p(z_j)) for each latent dimension j; shape (B, L)."""
-    return kl_divergence(qz_x.base_dist, pz.base_dist)
+    out = (forward or model)(x, y)
+    return -out.px_z.log_prob(x), out.kl
 
 
 def elbo(model: VAE, x: Tensor, beta: float | Tensor = 1.0, forward: Forward | None = None,
@@ -52,14 +49,26 @@ def elbo(model: VAE, x: Tensor, beta: float | Tensor = 1.0, forward: Forward | N
 
     With ``free_bits`` = lambda > 0, the loss counts each latent dimension's batch-mean KL as at least
     lambda nats, sum_j max(lambda, E_x KL_j) (Kingma et al. 2016, eq. 15), so no dimension is pushed all the
-    way to the prior early in training; the reported ``kl`` stays the true KL.
+    way to the prior early in training; the reported ``kl`` stays the true KL. Free bits need a posterior
+    and prior that factorise over the dimensions.
     """
-    qz_x, _z, px_z = (forward or model)(x, y)
-    recon = -px_z.log_prob(x).mean()
-    kl_j = kl_per_dimension(qz_x, model.prior()).mean(0)  # (L,)
-    kl = kl_j.sum()
+    out = (forward or model)(x, y)
+    recon = -out.px_z.log_prob(x).mean()
+    kl_j = batch_kl_per_dimension(out, required=free_bits > 0)  # (L,) or None
+    kl = out.kl.mean() if kl_j is None else kl_j.sum()
     kl_loss = kl_j.clamp(min=free_bits).sum() if free_bits > 0 else kl
     return ELBOTerms(recon + beta * kl_loss, recon, kl)
+
+
+def batch_kl_per_dimension(out: Pass, required: bool = False) -> Tensor | None:
+    """The batch-mean KL of each latent dimension (L,), or None (NotAvailable when ``required``) where the
+    parts do not factorise."""
+    try:
+        return out.kl_per_dimension().mean(0)
+    except NotAvailable:
+        if required:
+            raise
+        return None
 
 
 def iwae(model: VAE, x: Tensor, k: int, beta: float | Tensor = 1.0, forward: Forward | None = None,
@@ -68,12 +77,11 @@ def iwae(model: VAE, x: Tensor, k: int, beta: float | Tensor = 1.0, forward: For
 
     ``beta`` scales log p(z) - log q(z|x) inside each weight, which is how a KL warm-up acts on this bound.
     """
-    qz_x, z, px_z = (forward or model)(x, y, k)  # z: (k, B, L)
-    log_px_z = px_z.log_prob(x)  # (k, B)
-    log_w = log_px_z + beta * (model.prior().log_prob(z) - qz_x.log_prob(z))  # (k, B)
+    out = (forward or model)(x, y, k)  # z: (k, B, L)
+    log_px_z = out.px_z.log_prob(x)  # (k, B)
+    log_w = out.log_weights(x, beta, log_px_z)  # (k, B)
     bound = torch.logsumexp(log_w, dim=0) - math.log(k)  # (B,)
-    kl = kl_divergence(qz_x, model.prior()).mean()
-    return ELBOTerms(-bound.mean(), -log_px_z.mean(), kl)
+    return ELBOTerms(-bound.mean(), -log_px_z.mean(), out.kl.mean())
 
 
 @dataclass(frozen=True)
@@ -106,15 +114,10 @@ def kl_weight(beta: float, step: int, warmup_steps: int) -> float:
 def log_weights(model: VAE, x: Tensor, k: int, eps: Tensor | None = None, y: Tensor | None = None) -> Tensor:
     """log w_i = log p(x, z_i) - log q(z_i|x) for k reparameterised z_i ~ q(z|x); shape (k, B).
 
-    With ``eps`` (k, L), z_i = mu + sigma * eps_i uses the same standard-normal draws for every input
-    (common random numbers), so an input's value does not depend on the batch it is in.
+    With ``eps`` (k, L), the z_i come from the same standard-normal draws for every input (common random
+    numbers), so an input's value does not depend on the batch it is in.
     """
-    qz_x = model.encode(x, y)
-    z = qz_x.rsample((k,)) if eps is None else qz_x.mean + qz_x.stddev * eps[:, None, :]  # (k, B, L)
-    log_q = qz_x.log_prob(z)  # (k, B)
-    log_pz = model.prior().log_prob(z)  # (k, B)
-    log_px_z = model.decode(z, y).log_prob(x)  # x broadcasts over the k samples  # (k, B)
-    return log_px_z + log_pz - log_q
+    return model(x, y, k, eps).log_weights(x)
 
 
 def iwae_bound(model: VAE, x: Tensor, k: int, chunk: int | None = None, eps: Tensor | None = None,
@@ -139,10 +142,13 @@ def iwae_bound(model: VAE, x: Tensor, k: int, chunk: int | None = None, eps: Ten
 @torch.no_grad()
 def dataset_elbo(model: VAE, x: Tensor, batch_size: int = 1000, y: Tensor | None = None) -> dict[str, float]:
     """Negative ELBO and its parts averaged over all of ``x`` (every example counted, none dropped)."""
-    sums = torch.zeros(2, device=x.device, dtype=torch.float64)
-    for start in range(0, len(x), batch_size):
-        yb = None if y is None else y[start : start + batch_size]
-        recon, kl = elbo_per_example(model, x[start : start + batch_size], None, yb)
-        sums += torch.stack([recon.sum(), kl.sum()]).double()
+    sums = batched(lambda xb, yb: torch.stack([t.sum() for t in elbo_per_example(model, xb, None, yb)]).double(),
+                   x, y, batch_size, combine=lambda parts: functools.reduce(torch.add, parts))  # in order
     recon_mean, kl_mean = (sums / len(x)).tolist()
     return {"neg_elbo": recon_mean + kl_mean, "recon": recon_mean, "kl": kl_mean}
+
+
+def count_active(mu: Tensor) -> int:
+    """Active latent units (Burda et al. 2015): those whose posterior mean mu (N, L) varies over the inputs by
+    more than ``ACTIVE_UNIT_THRESHOLD``."""
+    return int((mu.double().var(dim=0, unbiased=False) > ACTIVE_UNIT_THRESHOLD).sum())

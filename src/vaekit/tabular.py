@@ -208,5 +208,13 @@ class Standardizer:
                             f"{tuple(self.mean.shape)}")
         return (x - self.mean) / self.std
 
+    def inverse(self, x: Tensor) -> Tensor:
+        """Standardized values back in data units, x * std + mean; x is (N, D) or (N, *shape) with D values each."""
+        n = math.prod(x.shape[1:])
+        if n != self.mean.numel():
+            raise DataError(f"cannot undo the standardization of {self.mean.numel()} features on {n} values per "
+                            f"example (shape {tuple(x.shape[1:])})")
+        return (x.flatten(1) * self.std + self.mean).reshape(x.shape)
+
     def tensors(self) -> dict[str, Tensor]:
         return {"mean": self.mean.contiguous(), "std": self.std.contiguous()}

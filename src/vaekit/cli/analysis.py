@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from vaekit import anomaly, checkpoint, data, embedding, plots
-from vaekit.cli.common import class_labels, data_config
+from vaekit.cli.common import data_config
 from vaekit.errors import VaekitError
 
 
@@ -35,7 +35,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     cfg = data_config(config, args.data_dir, args.dataset)
     splits = data.load(cfg)
     part = data.evaluation_split(splits, args.split, cfg)
-    z = embedding.posterior_means(model, part.x, y=class_labels(model, part))
+    z = embedding.posterior_means(model, part.x, y=model.labels_of(part.y, f"the {args.split} split"))
     print(f"wrote {embedding.save(args.output, z, part.y)} ({len(z)} x {z.shape[1]} posterior means, {args.split})")
     if args.plot:
         points, axes = embedding.project_2d(z.numpy(), args.projection)
@@ -86,7 +86,7 @@ def cmd_anomaly(args: argparse.Namespace) -> int:
     if args.contamination is not None or args.quantile is not None:
         _fit_threshold(args, model, splits, cfg, score)
     x, labels = _scored_data(args, splits, cfg)
-    y = _conditions(model, labels, args)
+    y = model.labels_of(labels, str(args.input) if args.input else f"the {args.split} split")
     scores = score(x, y)
     threshold = anomaly.load_threshold(args.dir)
     if threshold is not None and threshold.score != args.score:
@@ -108,16 +108,6 @@ def cmd_anomaly(args: argparse.Namespace) -> int:
     return 0
 
 
-def _conditions(model, labels, args):
-    """The class labels a conditional model scores the inputs with (theirs); None for an unconditional model."""
-    if not model.config.conditional:
-        return None
-    if labels is None:
-        raise VaekitError(f"this model is conditional and scores each input with its label, but "
-                          f"{args.input or 'the ' + args.split + ' split'} has no labels")
-    return labels
-
-
 def _heatmap(args, model, x, y, scores) -> None:
     if not plots.is_image_shape(model.data_shape):
         raise VaekitError(f"--heatmap draws images, but this model's data has shape {model.data_shape}")
@@ -132,7 +122,7 @@ def _heatmap(args, model, x, y, scores) -> None:
 def _fit_threshold(args, model, splits, cfg, score) -> None:
     fit_on = "val" if splits.val is not None else "train"
     part = data.evaluation_split(splits, fit_on, cfg)
-    s = score(part.x, class_labels(model, part))
+    s = score(part.x, model.labels_of(part.y, f"the {fit_on} split"))
     value = anomaly.threshold_from(s, args.contamination, args.quantile)
     rule = (f"contamination {args.contamination:g}" if args.contamination is not None
             else f"quantile {args.quantile:g}") + f" of the {fit_on} split's {args.score} scores"

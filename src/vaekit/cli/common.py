@@ -29,13 +29,3 @@ def input_example(spec: str, split: data.Split, shape: tuple[int, ...]):
             raise VaekitError(f"index {i} is outside the {split.name} split of {len(split)} examples")
         return split.x[i]
     return plots.read_image(Path(spec), shape)
-
-
-def class_labels(model, split: data.Split):
-    """The labels (N,) a conditional model encodes ``split`` with; None for an unconditional model."""
-    if not model.config.conditional:
-        return None
-    if split.y is None:
-        raise VaekitError(f"this model is conditional and encodes each input with its label, but the "
-                          f"{split.name} split has no labels")
-    return split.y

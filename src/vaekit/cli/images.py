@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from vaekit import checkpoint, data, generate, plots
-from vaekit.cli.common import class_labels, data_config, input_example, require_images
+from vaekit.cli.common import data_config, input_example, require_images
 from vaekit.errors import VaekitError
 
 
@@ -67,7 +67,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.sampler == "gmm":
         cfg = data_config(config, args.data_dir)
         train = data.evaluation_split(data.load(cfg), "train", cfg)
-        gmm = generate.fit_latent_gmm(model, train.x, args.components, args.seed, class_labels(model, train))
+        y = model.labels_of(train.y, "the train split")
+        gmm = generate.fit_latent_gmm(model, train.x, args.components, args.seed, y)
     if model.config.conditional and args.label is None:
         x = generate.sample_per_label(model, args.nrow, args.temperature, args.seed, gmm)
         print(f"one row per label: {', '.join(model.config.labels)}")
@@ -108,7 +109,7 @@ def cmd_traverse(args: argparse.Namespace) -> int:
     base = None if args.base is None else input_example(str(args.base), test, model.data_shape)
     cond = generate.Conditioning()
     if model.config.conditional:
-        y = class_labels(model, test)
+        y = model.labels_of(test.y, "the test split")
         cond = generate.Conditioning(y, None if args.base is None else y[[args.base]], args.label)
     grid, dims = generate.traverse(model, test.x, base, args.dims, args.steps, args.span, cond)
     print(f"wrote {plots.save_grid(grid, args.output, nrow=args.steps)} (rows: latent dimensions {dims}, by "
@@ -126,7 +127,7 @@ def require_label(model, label: str | None, command: str, alternative: str = "")
 def _label_of(spec: str, split: data.Split | None, model, label: str | None) -> int:
     """The class index an interpolation end is encoded with: its dataset label, else --label's."""
     if split is not None and spec.lstrip("-").isdigit():
-        return int(class_labels(model, split)[int(spec)])
+        return int(model.labels_of(split.y, f"the {split.name} split")[int(spec)])
     return model.label_index(label)
 
 
@@ -136,7 +137,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     cfg = config.data if args.data_dir is None else config.override({"data.data_dir": args.data_dir}).data
     split = data.evaluation_split(data.load(cfg), args.split, cfg)
     x = split.x[: args.n]
-    y = split.y[: args.n] if model.config.conditional and split.y is not None else None  # the true classes
+    y = model.labels_of(split.y, f"the {args.split} split")  # the true classes
+    y = None if y is None else y[: args.n]
     nrow = min(len(x), 8)
     rows = [torch.cat([x[i : i + nrow], model.reconstruct(x[i : i + nrow], None if y is None else y[i : i + nrow])])
             for i in range(0, len(x), nrow)]

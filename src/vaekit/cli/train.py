@@ -12,6 +12,7 @@ from tqdm import tqdm
 from vaekit import checkpoint, evaluation, training
 from vaekit.config import PRESETS, Config, flatten, load_config_file, parse_assignment, preset
 from vaekit.errors import VaekitError
+from vaekit.previews import PreviewWriter
 
 # flag dest -> dotted config key; a flag left unset keeps the preset's or the config file's value
 TRAIN_FLAGS = {
@@ -186,11 +187,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     progress = ProgressBar(args.quiet)
     if args.resume is not None:
         out = _resume_dir(args)
-        result = training.resume(out, given_assignments(args), callbacks=[progress])
+        result = training.resume(out, given_assignments(args), callbacks=[progress, PreviewWriter(out)])
     else:
         config = build_config(args)
         out = _run_dir(args, config)
-        result = training.train(config, out, callbacks=[progress])
+        result = training.train(config, out, callbacks=[progress, PreviewWriter(out)])
     if result.rank != 0:
         return 0
     final = result.history[-1]

@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vaekit import anomaly, checkpoint, data, embedding, generate, likelihoods
+from vaekit import anomaly, checkpoint, data, embedding, generate
 from vaekit.config import Config
-from vaekit.errors import CheckpointError, ConfigError, DataError, VaekitError
-from vaekit.model import VAE
+from vaekit.errors import CheckpointError, DataError, VaekitError
+from vaekit.model import VAE, NotAvailable, likelihoods
 from vaekit.plots import is_image_shape
 from vaekit.serve import codec
 from vaekit.tabular import Standardizer
@@ -49,17 +49,7 @@ class Examples:
     source: str  # where they came from, e.g. "digits test split"
 
 
-@dataclass(frozen=True)
-class LatentMap:
-    """Posterior means of the examples in 2-D: the latent itself when 2-D, else its first two principal axes.
-
-    A point (u, v) of the map is the latent code ``mean + u * axes[0] + v * axes[1]``.
-    """
-
-    points: np.ndarray  # (N, 2)
-    mean: np.ndarray  # (L,)
-    axes: np.ndarray  # (2, L)
-    axis_labels: tuple[str, str]
+LatentMap = embedding.Map2D  # posterior means of the examples in 2-D (see embedding.pca_map)
 
 
 class ModelService:
@@ -77,16 +67,17 @@ class ModelService:
         self._lock = threading.Lock()  # one request at a time on the model: PyTorch already uses all cores
         self._device = next(model.parameters()).device
         self._mu = None if examples is None else self._posterior_means(examples)
-        self.ranking, self.kl = latent_ranking(model, examples, self._mu)
+        self.ranking, self.kl, self.ranked_by = latent_ranking(model, examples, self._mu)
         self.map = None if self._mu is None else latent_map(self._mu.double().numpy())
 
     @classmethod
     def from_directory(cls, directory: str | Path, n_examples: int = DEFAULT_EXAMPLES, data_dir: str | None = None,
                        device: str = "cpu") -> ModelService:
         """Load the run in ``directory`` (checkpoint, threshold, standardization) and up to ``n_examples`` tests."""
-        model, config = checkpoint.load_run(directory, device)
+        ckpt = checkpoint.resolve(directory)  # model, standardization and threshold check: of one checkpoint
+        model, config = checkpoint.load_run(ckpt, device)
         examples = load_examples(config, n_examples, data_dir) if n_examples > 0 else None
-        return cls(model, config, anomaly.load_threshold(directory), checkpoint.load_preprocess(directory), examples)
+        return cls(model, config, anomaly.load_threshold(ckpt), checkpoint.load_preprocess(ckpt), examples)
 
     @property
     def data_shape(self) -> tuple[int, ...]:
@@ -104,7 +95,7 @@ class ModelService:
     # ---- requests ------------------------------------------------------------------------------------------
 
     def sample(self, n: int, temperature: float = 1.0, seed: int = 0, label: str | None = None) -> Tensor:
-        """n decoded draws with z ~ N(0, T^2 I), seeded; (n, *shape) in data units."""
+        """n decoded draws with z from the prior at temperature T, seeded; (n, *shape) in data units."""
         y = self.labels(label, n)
         with self._inference():
             x = self.model.sample(n, temperature, torch.Generator(self._device).manual_seed(seed), _on(y, self._device))
@@ -122,8 +113,8 @@ class ModelService:
         xt = self.inputs(x)
         y = self.labels(label, len(xt))
         with self._inference():
-            qz_x = self.model.encode(xt.to(self._device), _on(y, self._device))
-            return qz_x.mean.cpu(), (2 * qz_x.stddev.log()).cpu()
+            latent = self.model.infer(xt.to(self._device), _on(y, self._device))[-1]
+            return latent.mean.cpu(), latent.qz_x.variance.log().cpu()
 
     def reconstruct(self, x: Sequence[Any], label: str | None = None) -> Tensor:
         """E[x|z = mu(x)] for each input; (N, *shape) in data units."""
@@ -185,25 +176,17 @@ class ModelService:
 
     def labels(self, label: str | None, n: int) -> Tensor | None:
         """The label indices (n,) a conditional model needs, or None for an unconditional one (which refuses one)."""
-        if not self.model.config.conditional:
-            if label is not None:
-                raise ConfigError(f"this model is not conditional: it takes no label (got {label!r})")
-            return None
-        if label is None:
-            raise ConfigError(f"this model is conditional: give a label, one of {', '.join(self.model.config.labels)}")
-        return torch.full((n,), self.model.label_index(label), dtype=torch.long)
+        return self.model.labels_named(label, n)
 
     # ---- units ---------------------------------------------------------------------------------------------
 
     def _to_data_units(self, x: Tensor) -> Tensor:
         x = x.cpu()
-        if self.preprocess is None:
-            return x
-        return (x.flatten(1) * self.preprocess.std + self.preprocess.mean).reshape(x.shape)
+        return x if self.preprocess is None else self.preprocess.inverse(x)
 
     def _posterior_means(self, ex: Examples) -> Tensor:
         with self._inference():
-            return embedding.posterior_means(self.model, ex.x, 500, ex.y if self.model.config.conditional else None)
+            return embedding.posterior_means(self.model, ex.x, 500, self.model.labels_of(ex.y, ex.source))
 
     def example_inputs(self, n: int) -> tuple[Tensor, tuple[str, ...] | None]:
         """The first ``n`` examples in data units and their label names."""
@@ -224,9 +207,7 @@ class ModelService:
             "image": self.is_image, "support": None if support is None else list(support),
             "standardized": self.preprocess is not None,
             "threshold": None if self.threshold is None else dataclasses.asdict(self.threshold),
-            "latent_ranking": {"dims": self.ranking, "kl": self.kl,
-                               "ranked_by": (f"average KL(q(z_j|x) || N(0, 1)) over {len(self.examples.x)} examples"
-                                             if self.kl is not None else "index (no data to rank by)")},
+            "latent_ranking": {"dims": self.ranking, "kl": self.kl, "ranked_by": self.ranked_by},
             "examples": 0 if self.examples is None else len(self.examples.x),
             "examples_source": None if self.examples is None else self.examples.source,
         }
@@ -248,25 +229,23 @@ def load_examples(config: Config, n: int, data_dir: str | None = None) -> Exampl
     return Examples(test.x[:n].contiguous(), y, names, f"{cfg.dataset} test split ({test.binarization})")
 
 
-def latent_ranking(model: VAE, examples: Examples | None, mu: Tensor | None) -> tuple[list[int], list[float] | None]:
-    """Latent dimensions, most informative first (highest average KL over the examples), and their KL."""
+def latent_ranking(model: VAE, examples: Examples | None,
+                   mu: Tensor | None) -> tuple[list[int], list[float] | None, str]:
+    """Latent dimensions, most informative first (highest average KL over the examples), their KL, and how
+    they were ranked (by index where there are no examples or the model has no per-dimension KL)."""
     if examples is None or mu is None:
-        return list(range(model.latent_dim)), None
-    kl = generate.kl_per_dimension(model, examples.x, y=examples.y if model.config.conditional else None)  # (L,)
-    return torch.argsort(kl, descending=True).tolist(), kl.tolist()
+        return list(range(model.latent_dim)), None, "index (no data to rank by)"
+    try:
+        kl = generate.kl_per_dimension(model, examples.x, y=model.labels_of(examples.y, examples.source))  # (L,)
+    except NotAvailable as e:
+        return list(range(model.latent_dim)), None, f"index ({e})"
+    how = f"average KL(q(z_j|x) || p(z_j)) over {len(examples.x)} examples"
+    return torch.argsort(kl, descending=True).tolist(), kl.tolist(), how
 
 
 def latent_map(mu: np.ndarray) -> LatentMap:
-    """The 2-D map of posterior means mu (N, L): z itself for L <= 2, else PCA (via the SVD)."""
-    dim = mu.shape[1]
-    if dim <= 2:
-        axes = np.eye(2, dim)  # L = 1: the second axis is all zeros, so the map is a line
-        return LatentMap(mu @ axes.T, np.zeros(dim), axes, ("z[0]", "z[1]" if dim == 2 else "(none)"))
-    mean = mu.mean(0)
-    _, s, vt = np.linalg.svd(mu - mean, full_matrices=False)
-    share = s**2 / max(float((s**2).sum()), 1e-300)
-    return LatentMap((mu - mean) @ vt[:2].T, mean, vt[:2],
-                     (f"PC 1 ({share[0]:.0%} of variance)", f"PC 2 ({share[1]:.0%})"))
+    """The 2-D map of posterior means mu (N, L): z itself for L <= 2, else PCA (``embedding.pca_map``)."""
+    return embedding.pca_map(mu)
 
 
 def _on(y: Tensor | None, device: torch.device) -> Tensor | None:

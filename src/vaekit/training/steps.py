@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from vaekit import fused, objectives
+from vaekit import objectives
 from vaekit.errors import TrainingError
 from vaekit.model import VAE
+from vaekit.training.fused import FusedELBO
 
 log = logging.getLogger(__name__)
 TERMS = ("loss", "recon", "kl")
@@ -39,23 +41,36 @@ def batch_bounds(n: int, batch_size: int, drop_last: bool) -> list[tuple[int, in
     return [(s, min(s + batch_size, n)) for s in range(0, stop, batch_size)]
 
 
-def train_step(model: VAE, opt: torch.optim.Optimizer, x: Tensor, beta: float | Tensor,
-               forward: objectives.Forward | None = None, weight: float = 1.0, bf16: bool = False,
-               y: Tensor | None = None, objective: objectives.Objective = objectives.ELBO,
-               skip_nonfinite: bool = False, fused_elbo: fused.FusedELBO | None = None) -> Tensor:
-    """One Adam step on ``weight`` times the objective (by default the beta-weighted negative ELBO); returns the
-    weighted (loss, recon, kl) without syncing. The weight lets the slices of a global batch count by their size
-    across processes. With ``bf16`` the networks run under bfloat16 autocast; distributions and the loss stay in
-    fp32. ``y`` are the labels of a conditional model. With ``skip_nonfinite`` (fused Adam only) a step whose
-    loss or gradient is not finite leaves weights and Adam's state untouched and returns NaN terms, decided on
-    the device. ``fused_elbo`` computes the same gradients without autograd (``vaekit.fused``; fp32, one process).
+@dataclass(frozen=True)
+class StepOptions:
+    """How every step of a run is taken; chosen once, when the run starts (``training.paths``).
+
+    ``forward`` replaces the model in the objective (a DistributedDataParallel wrapper); with ``bf16`` the
+    networks run under bfloat16 autocast while distributions and the loss stay in fp32; with
+    ``skip_nonfinite`` (fused Adam only) a step whose loss or gradient is not finite leaves weights and Adam's
+    state untouched and returns NaN terms, decided on the device; ``fused`` computes the ELBO's gradients
+    without autograd (``training.fused``; fp32, one process).
     """
-    if fused_elbo is not None:
-        terms = fused_elbo(x, beta, y)
+
+    objective: objectives.Objective = objectives.ELBO
+    forward: objectives.Forward | None = None
+    bf16: bool = False
+    skip_nonfinite: bool = False
+    fused: FusedELBO | None = None
+
+
+def train_step(model: VAE, opt: torch.optim.Optimizer, x: Tensor, beta: float | Tensor, y: Tensor | None = None,
+               weight: float = 1.0, options: StepOptions = StepOptions()) -> Tensor:
+    """One Adam step on ``weight`` times the objective (by default the beta-weighted negative ELBO) for the batch
+    x (with labels y of a conditional model); returns the weighted (loss, recon, kl) without syncing. The weight
+    lets the slices of a global batch count by their size across processes.
+    """
+    if options.fused is not None:
+        terms = options.fused(x, beta, y)
     else:
-        terms = _autograd_gradients(model, opt, x, beta, forward, weight, bf16, y, objective)
+        terms = _autograd_gradients(model, opt, x, beta, y, weight, options)
     stacked = torch.stack(terms).detach()  # (3,)
-    if skip_nonfinite:
+    if options.skip_nonfinite:
         ok = _cancel_if_nonfinite(opt, terms.loss)
         opt.step()
         del opt.found_inf
@@ -66,12 +81,11 @@ def train_step(model: VAE, opt: torch.optim.Optimizer, x: Tensor, beta: float | 
 
 
 def _autograd_gradients(model: VAE, opt: torch.optim.Optimizer, x: Tensor, beta: float | Tensor,
-                        forward: objectives.Forward | None, weight: float, bf16: bool, y: Tensor | None,
-                        objective: objectives.Objective) -> objectives.ELBOTerms:
+                        y: Tensor | None, weight: float, options: StepOptions) -> objectives.ELBOTerms:
     """The objective's terms, with the gradients of ``weight`` times its loss in the parameters' ``.grad``."""
     # no cast cache: each weight is used once per step, and a cache would not survive graph replays
-    with torch.autocast(x.device.type, torch.bfloat16, enabled=bf16, cache_enabled=False):
-        terms = objective(model, x, beta, forward, y)
+    with torch.autocast(x.device.type, torch.bfloat16, enabled=options.bf16, cache_enabled=False):
+        terms = options.objective(model, x, beta, options.forward, y)
     opt.zero_grad(set_to_none=True)
     (terms.loss * weight if weight != 1.0 else terms.loss).backward()
     return terms

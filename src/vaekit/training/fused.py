@@ -24,11 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vaekit import likelihoods
-from vaekit.config import Config
-from vaekit.model import LOGVAR_MAX, LOGVAR_MIN, VAE
+from vaekit.config import TrainConfig
+from vaekit.model import VAE, likelihoods
+from vaekit.model.posteriors import LOGVAR_MAX, LOGVAR_MIN
 from vaekit.objectives import ELBOTerms
 
+# the parts whose gradients this step writes out: (arch, stochastic layers, posterior, prior)
+PARTS = ("mlp", 1, "diagonal-gaussian", "standard-normal")
 # the likelihoods whose negative log-likelihood gradient likelihoods.py writes out
 LIKELIHOODS = tuple(name for name, lik in likelihoods.LIKELIHOODS.items() if lik.nll_and_grad is not None)
 
@@ -41,26 +43,29 @@ def _elu_grad(h: Tensor, g: Tensor) -> Tensor:
     return g.mul_(torch.where(h > 0, 1.0, h + 1))  # alpha = 1: d/da (exp(a) - 1) = exp(a) = h + 1
 
 
-# name -> (the activation, in place where torch has it; g times its derivative, written from the output h
-# alone, in g's memory); the same functions as the modules in nets.ACTIVATIONS, with their defaults
-ACTIVATIONS: dict[str, tuple[Callable[[Tensor], Tensor], Callable[[Tensor, Tensor], Tensor]]] = {
-    "relu": (torch.relu_, lambda h, g: g.mul_(h > 0)),
-    "leaky_relu": (F.leaky_relu_, _leaky_relu_grad),
-    "tanh": (torch.tanh_, lambda h, g: g.mul_(1 - h * h)),
-    "elu": (F.elu_, _elu_grad),
-    "softplus": (F.softplus, lambda h, g: g.mul_(-torch.expm1(-h))),  # sigmoid(a) = 1 - exp(-softplus(a))
+# activation module of the network (as vaekit.model.nets builds them, with their defaults) -> (the same
+# function, in place where torch has it; g times its derivative, written from the output h alone, in g's memory)
+ACTIVATIONS: dict[type[nn.Module], tuple[Callable[[Tensor], Tensor], Callable[[Tensor, Tensor], Tensor]]] = {
+    nn.ReLU: (torch.relu_, lambda h, g: g.mul_(h > 0)),
+    nn.LeakyReLU: (F.leaky_relu_, _leaky_relu_grad),
+    nn.Tanh: (torch.tanh_, lambda h, g: g.mul_(1 - h * h)),
+    nn.ELU: (F.elu_, _elu_grad),
+    nn.Softplus: (F.softplus, lambda h, g: g.mul_(-torch.expm1(-h))),  # sigmoid(a) = 1 - exp(-softplus(a))
 }
 
 
-def blocker(config: Config, device: torch.device, world_size: int) -> str | None:
-    """Why the hand-differentiated step cannot train this run, or None when it can."""
-    mc, tc = config.model, config.train
+def blocker(model: VAE, tc: TrainConfig, device: torch.device, world_size: int) -> str | None:
+    """Why the hand-differentiated step cannot train this model and run, or None when it can."""
+    arch, layers, posterior, prior, likelihood = model.parts
+    leaves = [m for net in (model.encoder, model.decoder) for m in net.modules() if not any(m.children())]
+    unknown = sorted({type(m).__name__ for m in leaves if not isinstance(m, nn.Linear) and type(m) not in ACTIVATIONS})
     reasons = [
         (not tc.fused_step, "disabled by train.fused_step = false"),
         (device.type != "cpu", f"device is {device.type}: the fused step is the CPU path"),
-        (mc.arch != "mlp", f"model.arch is {mc.arch}, not mlp"),
-        (mc.likelihood not in LIKELIHOODS, f"likelihood {mc.likelihood} is not one of {LIKELIHOODS}"),
-        (mc.activation not in ACTIVATIONS, f"activation {mc.activation} is not one of {tuple(ACTIVATIONS)}"),
+        ((arch, layers, posterior, prior) != PARTS,
+         f"the model is (arch, layers, posterior, prior) = {(arch, layers, posterior, prior)}, not {PARTS}"),
+        (likelihood not in LIKELIHOODS, f"likelihood {likelihood} is not one of {LIKELIHOODS}"),
+        (bool(unknown), f"activation {', '.join(unknown)} is not one of {[a.__name__ for a in ACTIVATIONS]}"),
         (tc.objective != "elbo", f"objective is {tc.objective}, not elbo"),
         (tc.precision != "fp32", f"precision is {tc.precision}, not fp32"),
         (world_size > 1, "DistributedDataParallel needs autograd's gradient hooks"),
@@ -71,9 +76,10 @@ def blocker(config: Config, device: torch.device, world_size: int) -> str | None
 class _Dense:
     """The linear layers of one of the model's MLPs, with what its backward pass needs from the forward."""
 
-    def __init__(self, net: nn.Sequential, act: str) -> None:
+    def __init__(self, net: nn.Sequential) -> None:
         self.layers = [m for m in net if isinstance(m, nn.Linear)]
-        self.act, self.act_grad = ACTIVATIONS[act]
+        acts = {type(m) for m in net if not isinstance(m, nn.Linear)}
+        self.act, self.act_grad = ACTIVATIONS[acts.pop()] if acts else (None, None)
         self.inputs: list[Tensor] = []  # each layer's input, kept for the weight gradients
 
     def forward(self, h: Tensor) -> Tensor:
@@ -101,29 +107,30 @@ class _Dense:
 class FusedELBO:
     """Sets the parameters' ``.grad`` to those of the beta-weighted negative ELBO and returns its terms.
 
-    Same quantities as ``objectives.elbo`` (free bits included) for the models ``blocker`` lets through.
+    Same quantities as ``objectives.elbo`` (free bits included) for the models ``blocker`` lets through; the
+    posterior and its KL come from the model's own parts.
     """
 
     def __init__(self, model: VAE, free_bits: float = 0.0) -> None:
-        mc = model.config
         self.model, self.free_bits = model, free_bits
-        self.encoder, self.decoder = _Dense(model.encoder, mc.activation), _Dense(model.decoder, mc.activation)
-        self.nll_and_grad, self.obs_std = likelihoods.get(mc.likelihood).nll_and_grad, mc.obs_std
+        self.encoder, self.decoder = _Dense(model.encoder), _Dense(model.decoder)
+        self.layer = model.layers[0]
+        self.nll_and_grad = likelihoods.get(model.config.likelihood).nll_and_grad
+        self.obs_std = model.config.obs_std
 
     @torch.no_grad()
     def __call__(self, x: Tensor, beta: float, y: Tensor | None = None) -> ELBOTerms:
         model, n = self.model, len(x)
-        c = model._condition(y, n)
+        c = model.condition(y, n)
         x = x.flatten(1)  # (B, D)
-        out = self.encoder.forward(x if c is None else torch.cat([x, c], dim=1))  # (B, 2L)
-        mu, logvar = out.chunk(2, dim=1)
-        logvar_c = logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
-        sigma = torch.exp(0.5 * logvar_c)
+        out = self.encoder.forward(x if c is None else torch.cat([x, c], dim=1))  # (B, 2L): mu, log sigma^2
+        latent = self.layer.infer(out, model.prior(), None, None)
+        mu, sigma = latent.qz_x.mean, latent.qz_x.stddev  # (B, L) each
         eps = torch.randn_like(mu)  # what Normal.rsample draws, from the same generator
         z = torch.addcmul(mu, sigma, eps)
         params = self.decoder.forward(z if c is None else torch.cat([z, c], dim=1))  # (B, D) logits or means
         recon_sum, g = self.nll_and_grad(params, x, self.obs_std)  # sum over the batch, d/d params
-        kl_j = 0.5 * (mu * mu + sigma * sigma - 1 - logvar_c).mean(0)  # (L,) batch-mean KL per dimension
+        kl_j = latent.kl_per_dimension().mean(0)  # (L,) batch-mean KL per dimension
         recon, kl = recon_sum / n, kl_j.sum()
         active = kl_j >= self.free_bits if self.free_bits > 0 else None  # clamped dimensions get no KL gradient
         loss = recon + beta * (kl_j.clamp(min=self.free_bits).sum() if active is not None else kl)
@@ -135,6 +142,7 @@ class FusedELBO:
         torch.add(dz, mu * kl_scale, out=d_mu)
         torch.mul(dz * eps, 0.5 * sigma, out=d_logvar)
         d_logvar.add_((sigma * sigma - 1) * (0.5 * kl_scale))
+        logvar = out[:, mu.shape[1]:]
         d_logvar.mul_((logvar >= LOGVAR_MIN) & (logvar <= LOGVAR_MAX))  # clamp's gradient
         self.encoder.backward(d_out, input_grad=False)
         return ELBOTerms(loss, recon, kl)

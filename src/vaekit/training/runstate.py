@@ -17,13 +17,14 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from vaekit import checkpoint, distributed
+from vaekit import checkpoint
 from vaekit.config import Config, flatten
 from vaekit.errors import CheckpointError, ConfigError
 from vaekit.fileio import atomic_write_bytes
+from vaekit.training import distributed
 
 if TYPE_CHECKING:
-    from vaekit.training import Run
+    from vaekit.training.run import Run
 
 log = logging.getLogger(__name__)
 # What may differ from the saved config on resume: none of these changes what the run computes.
@@ -57,9 +58,10 @@ def check_resume_config(saved: Config, given: Config, directory: str | Path) -> 
 
 def resume_point(directory: Path, config: Config) -> tuple[Config, checkpoint.TrainingState, int]:
     """The config to continue with, the saved training state, and the epochs the saved config asked for."""
-    saved = checkpoint.load_config(directory)
+    ckpt = checkpoint.resolve(directory)  # the config and the state (and, in restore, the weights) of one checkpoint
+    saved = checkpoint.load_config(ckpt)
     config = check_resume_config(saved, config, directory)
-    state = checkpoint.load_state(directory)
+    state = checkpoint.load_state(ckpt)
     if config.train.epochs < state.epoch:
         raise ConfigError(f"train.epochs = {config.train.epochs} is below the {state.epoch} epochs {directory} "
                           "has already trained")
@@ -105,10 +107,11 @@ def _all_gather(t: Tensor, ctx: distributed.Context, device: torch.device) -> li
 
 def restore(run: Run, state: checkpoint.TrainingState, directory: Path, saved_epochs: int) -> None:
     """Put ``run`` back where the checkpoint left it: weights, Adam, RNGs, progress, early stopping, metrics."""
-    path = checkpoint.current(directory)[0] / checkpoint.STATE_TENSORS_FILE  # named in error messages
+    ckpt = state.source or checkpoint.resolve(directory)  # the weights of the checkpoint the state came from
+    path = ckpt.snapshot / checkpoint.STATE_TENSORS_FILE  # named in error messages
     t = state.tensors
     run.finished = state.finished and run.config.train.epochs <= saved_epochs
-    weights = checkpoint.load_weights(directory, run.model)
+    weights = checkpoint.load_weights(ckpt, run.model)
     last = _prefixed(t, "last.")
     if last and not run.finished:  # the model file holds the best weights; training goes on from the last
         weights = checkpoint.check_tensors(path, last, run.model.state_dict(), "the model (last.*)")

@@ -1,0 +1,111 @@
+"""Digests of the weights that a few short training runs end with: the check that a refactoring changed no result.
+
+Each case trains from a fixed seed on digits (and, with ``--mnist``, on MNIST) through one step path: the fused
+CPU step (``seed`` preset), autograd (``iwae`` preset with the IWAE objective, the conv preset), and the
+CUDA-graph step run eagerly on the CPU. Run it at two commits and compare the printed SHA-256 digests; equal
+digests mean bitwise equal weights.
+
+    VAEKIT_DATA=../shared/data python benchmarks/parity.py [--mnist] [--json out.json] [--save-weights DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from contextlib import contextmanager
+
+import torch
+
+import vaekit
+
+DIGITS = {"data.dataset": "digits", "train.device": "cpu", "train.checkpoint_every": 0}
+CASES: dict[str, tuple[str, dict, bool]] = {  # name -> (preset, overrides, run the static step eagerly)
+    "seed-fused": ("seed", {"train.epochs": 3}, False),
+    "seed-fused-cond-freebits-warmup": ("seed", {"train.epochs": 2, "model.conditional": True,
+                                                 "train.free_bits": 0.1, "train.kl_warmup_epochs": 1.5,
+                                                 "model.likelihood": "gaussian"}, False),
+    "iwae-autograd": ("iwae", {"train.epochs": 2, "train.objective": "iwae", "train.iw_k": 5}, False),
+    "iwae-elbo-autograd-learned": ("iwae", {"train.epochs": 2, "model.likelihood": "gaussian-learned",
+                                            "data.binarize": "none"}, False),
+    "conv-autograd": ("conv", {"train.epochs": 1}, False),
+    "seed-static-eager": ("seed", {"train.epochs": 2, "train.drop_last": True}, True),
+    "iwae-static-eager-cond": ("iwae", {"train.epochs": 2, "train.drop_last": True, "model.conditional": True,
+                                        "train.objective": "iwae", "train.iw_k": 3, "train.kl_warmup_steps": 30},
+                               True),
+}
+MNIST_CASES = {"seed-fused": ("seed", {"train.epochs": 2}, False),
+               "iwae-autograd": ("iwae", {"train.epochs": 1, "train.objective": "iwae", "train.iw_k": 5}, False),
+               "seed-static-eager": ("seed", {"train.epochs": 1, "train.drop_last": True}, True)}
+
+
+def digest(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the names, shapes and bytes of every tensor, in name order."""
+    h = hashlib.sha256()
+    for k in sorted(state):
+        t = state[k].detach().cpu().contiguous()
+        h.update(f"{k}:{tuple(t.shape)}:{t.dtype};".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+@contextmanager
+def static_step_on_cpu(enabled: bool):
+    """Pretend the CUDA-graph path is available on the CPU: the static step then runs eagerly."""
+    if not enabled:
+        yield
+        return
+    from vaekit.training import graphs
+
+    real = graphs.fast_path_blocker
+    graphs.fast_path_blocker = lambda device, world, enabled: None
+    try:
+        yield
+    finally:
+        graphs.fast_path_blocker = real
+
+
+def run(cases: dict, dataset: dict) -> dict[str, dict]:
+    out = {}
+    for name, (preset, overrides, static) in cases.items():
+        cfg = vaekit.preset(preset).override({**dataset, **overrides})
+        t0 = time.perf_counter()
+        with static_step_on_cpu(static):
+            result = vaekit.train(cfg)
+        out[name] = {"sha256": digest(result.model.state_dict()), "seconds": round(time.perf_counter() - t0, 2),
+                     "final_train_neg_elbo": result.history[-1]["train_neg_elbo"]}
+        out[name]["weights"] = {k: v.detach().cpu().clone() for k, v in result.model.state_dict().items()}
+        print(f"{name:36s} {out[name]['sha256']}  ({out[name]['seconds']} s)", flush=True)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--mnist", action="store_true", help="also the MNIST cases (needs VAEKIT_DATA)")
+    p.add_argument("--json", help="write the digests here")
+    p.add_argument("--save-weights", help="write each digits case's weights to DIR/<case>.safetensors")
+    args = p.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
+    results = {"digits": run(CASES, DIGITS)}
+    if args.mnist:
+        results["mnist"] = run(MNIST_CASES, {"data.dataset": "mnist", "train.device": "cpu",
+                                             "train.checkpoint_every": 0})
+    if args.save_weights:
+        from pathlib import Path
+
+        from safetensors.torch import save_file
+
+        Path(args.save_weights).mkdir(parents=True, exist_ok=True)
+        for name, r in results["digits"].items():
+            save_file(r["weights"], str(Path(args.save_weights) / f"{name}.safetensors"))
+    if args.json:
+        doc = {ds: {n: {k: v for k, v in r.items() if k != "weights"} for n, r in rs.items()}
+               for ds, rs in results.items()}
+        doc["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+        with open(args.json, "w") as f:
+            json.dump(doc, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

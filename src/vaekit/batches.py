@@ -1,0 +1,27 @@
+"""One loop over the batches of a data set, for every use that scores, encodes or decodes data in pieces."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import torch
+from torch import Tensor
+
+T = TypeVar("T")
+
+
+def batched(fn: Callable[[Tensor, Tensor | None], T], x: Tensor, y: Tensor | None = None, batch_size: int = 1000,
+            device: torch.device | None = None, combine: Callable[[Sequence[T]], T] = torch.cat) -> T:
+    """``combine`` of ``fn(x_b, y_b)`` over consecutive batches of x and its labels y (moved to ``device``).
+
+    By default the results are concatenated along their first dimension; every example is counted once.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+
+    def on(t: Tensor | None) -> Tensor | None:
+        return t if t is None or device is None else t.to(device)
+
+    return combine([fn(on(x[s : s + batch_size]), on(None if y is None else y[s : s + batch_size]))
+                    for s in range(0, len(x), batch_size)])

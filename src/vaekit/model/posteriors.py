@@ -1,0 +1,82 @@
+"""Posterior families q(z|x): one class each, chosen by ``model.posterior`` through the registry ``POSTERIORS``.
+
+A family turns the encoder's output h into q(z|x) (a ``torch.distributions`` object with event shape (L,)),
+draws reparameterised samples from it, optionally from noise shared by all inputs (common random numbers, so
+that a score does not depend on the batch an input is in), and says what the embedding of x is.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution, Independent, Normal
+
+from vaekit.errors import ConfigError
+
+# log sigma^2 is clamped so that exp() neither overflows nor underflows to a zero scale in fp32/bf16.
+LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
+
+
+class Posterior(nn.Module):
+    """A family of posteriors over ``latent_dim`` dimensions, parameterised by ``n_inputs`` encoder outputs."""
+
+    def __init__(self, latent_dim: int) -> None:
+        super().__init__()
+        self.latent_dim = latent_dim
+
+    @property
+    def n_inputs(self) -> int:
+        """Encoder outputs per input that parameterise q(z|x)."""
+        raise NotImplementedError
+
+    def forward(self, h: Tensor) -> Distribution:
+        """q(z|x) from the encoder output h (B, n_inputs); batch shape (B,), event shape (L,)."""
+        raise NotImplementedError
+
+    def rsample(self, qz_x: Distribution, k: int | None = None, eps: Tensor | None = None) -> Tensor:
+        """A reparameterised draw z (B, L), or k of them (k, B, L).
+
+        ``eps`` (k, L) are standard-normal draws shared by every input: the family maps them to z.
+        """
+        if eps is None:
+            return qz_x.rsample(() if k is None else (k,))
+        return self.from_noise(qz_x, eps[:, None, :])
+
+    def from_noise(self, qz_x: Distribution, eps: Tensor) -> Tensor:
+        """z from standard-normal noise eps (k, 1, L), differentiable in q's parameters."""
+        raise NotImplementedError(f"the {type(self).__name__} posterior cannot map shared noise to z")
+
+    def mean(self, qz_x: Distribution) -> Tensor:
+        """E_q[z] (B, L): the embedding of x."""
+        return qz_x.mean
+
+
+class DiagonalGaussian(Posterior):
+    """q(z|x) = N(mu, diag(exp(logvar))) with (mu, logvar) the two halves of h (Kingma & Welling 2014)."""
+
+    @property
+    def n_inputs(self) -> int:
+        return 2 * self.latent_dim
+
+    def forward(self, h: Tensor) -> Distribution:
+        mu, logvar = h.chunk(2, dim=-1)  # (B, L) each
+        logvar = logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
+        return Independent(Normal(mu, torch.exp(0.5 * logvar), validate_args=False), 1, validate_args=False)
+
+    def from_noise(self, qz_x: Distribution, eps: Tensor) -> Tensor:
+        return qz_x.mean + qz_x.stddev * eps  # mu + sigma * eps  # (k, B, L)
+
+
+POSTERIORS: dict[str, type[Posterior]] = {"diagonal-gaussian": DiagonalGaussian}
+
+
+def register(name: str, cls: type[Posterior]) -> None:
+    """Make ``cls`` available as ``model.posterior = name``."""
+    POSTERIORS[name] = cls
+
+
+def build(name: str, latent_dim: int) -> Posterior:
+    """The posterior family registered under ``name``, over ``latent_dim`` dimensions."""
+    if name not in POSTERIORS:
+        raise ConfigError(f"unknown posterior {name!r}; valid posteriors: {', '.join(POSTERIORS)}")
+    return POSTERIORS[name](latent_dim)

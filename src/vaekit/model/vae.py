@@ -1,0 +1,182 @@
+"""The variational autoencoder (Kingma & Welling 2014), assembled from parts: networks, a stack of stochastic
+layers (each with its posterior family; one layer today), a prior p(z) and a likelihood p(x|z).
+
+The model knows the math only: no loss, no optimizer, no device choice, no files.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution
+
+from vaekit.config import ModelConfig
+from vaekit.errors import ConfigError, DataError
+from vaekit.model import likelihoods, nets, posteriors, priors
+from vaekit.model.latent import Latent, Pass
+
+
+class LatentLayer(nn.Module):
+    """One stochastic layer: the posterior family q(z|h) over its ``latent_dim`` dimensions."""
+
+    def __init__(self, posterior: posteriors.Posterior) -> None:
+        super().__init__()
+        self.posterior = posterior
+
+    @property
+    def latent_dim(self) -> int:
+        return self.posterior.latent_dim
+
+    def infer(self, h: Tensor, pz: Distribution, k: int | None, eps: Tensor | None) -> Latent:
+        """This layer's part of a pass, from the encoder's output h (B, n_inputs) and the layer's prior."""
+        qz_x = self.posterior(h)
+        return Latent(qz_x, pz, lambda: self.posterior.rsample(qz_x, k, eps), lambda: self.posterior.mean(qz_x))
+
+
+class VAE(nn.Module):
+    """A VAE whose ``encode`` returns q(z|x), ``decode`` p(x|z) and ``prior()`` p(z), all distributions;
+    ``forward`` returns one ``Pass`` that objectives and uses read."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        if config.data_shape is None:
+            raise ConfigError("model.data_shape is not set: it comes from the data the model is trained on")
+        if config.conditional and not config.labels:
+            raise ConfigError("a conditional model needs model.labels, the class names (set from the data)")
+        self.config = config
+        self.data_shape = tuple(config.data_shape)
+        self.n_params = likelihoods.get(config.likelihood).n_params
+        self.n_classes = len(config.labels) if config.conditional else 0
+        self.prior = priors.build(config.prior, config.latent_dim)
+        self.layers = nn.ModuleList([LatentLayer(posteriors.build(config.posterior, config.latent_dim))])
+        self.encoder, self.decoder = _networks(config, self.data_shape, self.layers[0].posterior.n_inputs,
+                                               self.n_params, self.n_classes)
+        self.register_buffer("_anchor", torch.zeros(()), persistent=False)  # the model's device and dtype
+
+    @property
+    def latent_dim(self) -> int:
+        """Dimensions of the code z that ``decode`` takes and ``sample`` draws."""
+        return self.config.latent_dim
+
+    @property
+    def device(self) -> torch.device:
+        return self._anchor.device
+
+    @property
+    def parts(self) -> tuple[str, int, str, str, str]:
+        """What the model is made of: (arch, stochastic layers, posterior, prior, likelihood), e.g. for the
+        fast paths that handle only some models."""
+        c = self.config
+        return c.arch, len(self.layers), c.posterior, c.prior, c.likelihood
+
+    def encode(self, x: Tensor, y: Tensor | None = None) -> Distribution:
+        """q(z|x) for x of shape (B, *data_shape); q(z|x, y) given labels y (B,)."""
+        return self.layers[0].posterior(self._features(x, y))
+
+    def decode(self, z: Tensor, y: Tensor | None = None) -> Distribution:
+        """p(x|z) (or p(x|z, y)) with event shape ``data_shape`` for z of shape (..., B, L); batch shape (..., B)."""
+        c = self.condition(y, z.shape[-2] if z.dim() > 1 else 1)
+        params = self.decoder(z, c).to(self._anchor.dtype)  # (..., P*D); likelihood in the model's dtype
+        params = params.unflatten(-1, (self.n_params, *self.data_shape))  # (..., P, *shape)
+        return likelihoods.px_z(self.config.likelihood, params, len(self.data_shape), self.config.obs_std)
+
+    def infer(self, x: Tensor, y: Tensor | None = None, k: int | None = None,
+              eps: Tensor | None = None) -> tuple[Latent, ...]:
+        """The stochastic layers' part of a pass, without decoding; z is drawn only when read.
+
+        ``k`` draws k samples per input ((k, B, L)); ``eps`` (k, L) makes them from standard-normal noise
+        shared by all inputs (common random numbers), so an input's values do not depend on its batch.
+        """
+        k = len(eps) if eps is not None else k
+        return (self.layers[0].infer(self._features(x, y), self.prior(), k, eps),)
+
+    def forward(self, x: Tensor, y: Tensor | None = None, k: int | None = None, eps: Tensor | None = None) -> Pass:
+        """One reparameterised pass: every layer's z ~ q(z|x) with log q, log p and the KL, and p(x|z)."""
+        latents = self.infer(x, y, k, eps)
+        return Pass(latents, self.decode(latents[-1].z, y))
+
+    @torch.no_grad()
+    def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None,
+               y: Tensor | None = None) -> Tensor:
+        """n draws of E[x|z], z from the prior at ``temperature`` (given labels y (n,)); (n, *data_shape)."""
+        if n < 1 or temperature < 0:
+            raise ValueError(f"need n >= 1 and temperature >= 0, got n={n}, temperature={temperature}")
+        return self.decode(self.prior.sample(n, temperature, generator), y).mean
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """E[x|z] at the posterior mean z = E_q[z]; same shape as x."""
+        return self.decode(self.infer(x, y)[-1].mean, y).mean
+
+    # ---- labels of a conditional model: checked and encoded here, for every caller -------------------------
+
+    def label_index(self, name: str) -> int:
+        """The class index of the label called ``name`` (as given by the data, e.g. "7" or "cat")."""
+        labels = self.config.labels or ()
+        if not self.config.conditional:
+            raise ConfigError(f"this model is not conditional: it takes no label (got {name!r})")
+        if name not in labels:
+            raise ConfigError(f"unknown label {name!r}; this model's labels are {', '.join(labels)}")
+        return labels.index(name)
+
+    def labels_named(self, label: str | None, n: int) -> Tensor | None:
+        """n copies of the class index of ``label`` for a conditional model (which needs one); None otherwise."""
+        if label is None and not self.config.conditional:
+            return None
+        if label is None:
+            raise DataError(f"this model is conditional: give a label, one of {', '.join(self.config.labels)}")
+        return torch.full((n,), self.label_index(label), dtype=torch.long, device=self.device)
+
+    def labels_of(self, y: Tensor | None, what: str) -> Tensor | None:
+        """The labels y of ``what`` (e.g. "the test split") that a conditional model encodes it with; None for
+        an unconditional model."""
+        if not self.config.conditional:
+            return None
+        if y is None:
+            raise DataError(f"this model is conditional and encodes each input with its label, but {what} has "
+                            "no labels")
+        return y
+
+    def condition(self, y: Tensor | None, batch: int) -> Tensor | None:
+        """One-hot labels (B, n_classes) for a conditional model; None for an unconditional one."""
+        if not self.config.conditional:
+            if y is not None:
+                raise ConfigError("this model is not conditional: it takes no labels")
+            return None
+        if y is None:
+            raise ConfigError(f"this model is conditional: pass the labels ({', '.join(self.config.labels)})")
+        if y.shape != (batch,) or y.dtype not in (torch.int64, torch.int32):
+            raise DataError(f"labels must be integers of shape ({batch},), got {y.dtype} {tuple(y.shape)}")
+        # reading the range back syncs the host, which a CUDA graph being captured forbids; the training data's
+        # labels were checked when the graph's inputs were built
+        capturing = y.is_cuda and torch.cuda.is_current_stream_capturing()
+        if len(y) and not capturing and (int(y.min()) < 0 or int(y.max()) >= self.n_classes):
+            raise DataError(f"labels must lie in 0..{self.n_classes - 1} ({', '.join(self.config.labels)}), "
+                            f"got {int(y.min())}..{int(y.max())}")
+        return nn.functional.one_hot(y.long(), self.n_classes).to(self._anchor.dtype)
+
+    def _features(self, x: Tensor, y: Tensor | None) -> Tensor:
+        """The encoder's output h (B, n_inputs) for x (B, *data_shape), in the model's dtype under autocast."""
+        if tuple(x.shape[1:]) != self.data_shape:
+            raise DataError(
+                f"input has shape {tuple(x.shape)}, expected (batch, {', '.join(map(str, self.data_shape))})"
+            )
+        h = x.flatten(1) if self.config.arch == "mlp" else x
+        return self.encoder(h, self.condition(y, len(x))).to(self._anchor.dtype)
+
+
+def _networks(config: ModelConfig, shape: tuple[int, ...], d_h: int, n_params: int,
+              d_c: int) -> tuple[nn.Module, nn.Module]:
+    """Encoder x -> h (B, d_h) and decoder z -> likelihood parameters, of the configured architecture."""
+    d_x, d_z, act = math.prod(shape), config.latent_dim, config.activation
+    if config.arch == "mlp":
+        return (nets.MLP(d_x + d_c, config.hidden, d_h, act),
+                nets.MLP(d_z + d_c, tuple(reversed(config.hidden)), n_params * d_x, act))
+    if len(shape) != 3:
+        raise ConfigError(f"model.arch = conv needs images of shape (channels, height, width), got data of "
+                          f"shape {shape}; use model.arch = mlp for tables")
+    channels, hidden = config.channels, config.hidden
+    return (nets.ConvEncoder(shape, channels, hidden, d_h, act, d_c),
+            nets.ConvDecoder(d_z + d_c, shape, channels, hidden, n_params * shape[0], act))

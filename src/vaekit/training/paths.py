@@ -1,0 +1,55 @@
+"""The choice of step path for a run, made once when it starts, with the reason logged.
+
+In order of preference: the whole step captured as one CUDA graph (any model, on a GPU, one process); the
+hand-written CPU step (``training.fused``) for the models on its allow-list; autograd otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from torch import Tensor
+
+from vaekit import objectives
+from vaekit.training import distributed, fused, graphs
+from vaekit.training.run import Run
+from vaekit.training.steps import StepOptions, train_step
+
+log = logging.getLogger(__name__)
+
+
+def choose(run: Run) -> None:
+    """Set ``run.options`` (and ``run.static`` for the CUDA-graph step) for this run's model and device."""
+    tc, device, world = run.config.train, run.x.device, run.ctx.world_size
+    options = StepOptions(objectives.Objective(tc.objective, tc.iw_k, tc.free_bits),
+                          distributed.wrap(run.model, run.ctx, device), tc.precision == "bf16",
+                          tc.nonfinite == "skip")
+    blocker = graphs.fast_path_blocker(device, world, tc.cuda_graph)
+    if blocker is None:
+        run.options = options
+        use_static_step(run)
+        return
+    if device.type == "cuda":
+        log.info("training step not captured as a CUDA graph: %s", blocker)
+    elif (why_not := fused.blocker(run.model, tc, device, world)) is None:
+        options = StepOptions(options.objective, options.forward, options.bf16, options.skip_nonfinite,
+                              fused.FusedELBO(run.model, tc.free_bits))
+    else:
+        log.info("gradients by autograd, not the fused CPU step: %s", why_not)
+    run.options = options
+
+
+def use_static_step(run: Run) -> None:
+    """Switch ``run`` to the static-buffer step; a graph needs every batch to have the same size."""
+    start, stop = run.bounds[-1]
+    if stop - start < run.config.train.batch_size and len(run.bounds) > 1:
+        run.bounds.pop()
+        log.info("dropping the last partial batch (%d examples) each epoch: the CUDA graph needs a fixed batch; "
+                 "the per-epoch permutation still shows every example", stop - start)
+    batch = run.bounds[0][1] - run.bounds[0][0]
+
+    def step_fn(xb: Tensor, yb: Tensor | None, beta: Tensor) -> Tensor:
+        return train_step(run.model, run.opt, xb, beta, yb, 1.0, run.options)
+
+    dynamic = run.config.data.binarize == "dynamic"
+    run.static = graphs.StaticStep(run.x, batch, len(run.bounds), step_fn, dynamic, capture=True, y=run.y)

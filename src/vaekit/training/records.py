@@ -1,0 +1,50 @@
+"""The record of one epoch, as written to metrics.jsonl: train and validation terms, the KL weight, the KL of
+each latent dimension and the active units (where the model's parts define them)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from vaekit import objectives
+from vaekit.model import NotAvailable
+from vaekit.training.run import Run
+
+
+def epoch_record(epoch: int, train: dict[str, float], run: Run, t0: float) -> dict[str, Any]:
+    """The epoch's record: its training means, the KL weight in force, validation terms and latent usage."""
+    record: dict[str, Any] = {"epoch": epoch, "time_s": round(time.perf_counter() - t0, 4),
+                              "beta": objectives.kl_weight(run.config.train.beta, run.step, run.warmup_steps)}
+    record.update({f"train_{k}": v for k, v in train.items()})
+    model, config = run.model, run.config
+    model.eval()
+    if run.x_val is not None:
+        devices = [run.x.device] if run.x.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(config.data.eval_seed)  # the same posterior draws every epoch
+            record.update({f"val_{k}": v for k, v in objectives.dataset_elbo(
+                model, run.x_val, config.train.eval_batch_size, run.y_val).items()})
+    record.update(latent_usage(run))
+    return record
+
+
+@torch.no_grad()
+def latent_usage(run: Run, n: int = 1000) -> dict[str, Any]:
+    """KL per latent dimension and active units on the validation set (or the first n training examples).
+
+    A KL that is a Monte-Carlo estimate draws under a fixed seed, leaving the run's random state as it was.
+    """
+    x, y = (run.x_val, run.y_val) if run.x_val is not None else (run.x, run.y)
+    latent = run.model.infer(x[:n], None if y is None else y[:n])[-1]
+    out: dict[str, Any] = {}
+    devices = [run.x.device] if run.x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(run.config.data.eval_seed)
+        try:
+            out["kl_per_dim"] = [round(v, 4) for v in latent.kl_per_dimension().mean(0).tolist()]  # (L,)
+        except NotAvailable as e:
+            out["kl_per_dim"], out["kl_per_dim_unavailable"] = None, str(e)
+    out["active_units"] = objectives.count_active(latent.mean)
+    return out

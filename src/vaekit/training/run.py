@@ -1,0 +1,178 @@
+"""What one training run holds while it goes (``Run``), how it starts from a config and the data, and the
+hooks (``Callback``) and result (``TrainResult``) it reports through."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from vaekit import data, images, objectives
+from vaekit.config import Config
+from vaekit.errors import TrainingError
+from vaekit.model import VAE, likelihoods
+from vaekit.training import distributed, graphs
+from vaekit.training.steps import StepOptions, batch_bounds, make_optimizer
+
+log = logging.getLogger(__name__)
+
+
+class Callback:
+    """Hooks for progress reporting; the library itself never prints.
+
+    Setting ``stop_training = True`` (e.g. in ``on_epoch_end``) ends training after the current epoch,
+    which is then checkpointed as the final one. Callbacks run in the main process only.
+    """
+
+    stop_training: bool = False
+
+    def on_train_start(self, config: Config, steps_per_epoch: int) -> None: ...
+    def on_step(self, epoch: int, step: int) -> None: ...
+    def on_epoch_end(self, record: dict[str, Any]) -> None: ...
+    def on_train_end(self, model: VAE, test: data.Split) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    """The trained model, its resolved config (with ``model.data_shape``) and one record per epoch."""
+
+    model: VAE
+    config: Config
+    history: list[dict[str, Any]] = field(default_factory=list)
+    rank: int = 0  # this process's rank under torchrun; only rank 0 writes files
+    best_epoch: int | None = None  # early stopping: the epoch whose weights ``model`` holds
+    stopped: str | None = None  # "early_stopping" or "callback" when training ended before train.epochs
+    skipped_steps: int = 0  # updates cancelled for a non-finite loss or gradient (train.nonfinite = "skip")
+
+
+class EarlyStopping:
+    """Stop once the validation negative ELBO has not improved for ``patience`` epochs; keep the best weights."""
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+        self.best_val: float | None = None
+        self.best_epoch: int | None = None
+        self.bad_epochs = 0
+        self.best: dict[str, Tensor] | None = None  # a copy of the best weights, on the training device
+
+    def update(self, epoch: int, val: float, model: VAE) -> None:
+        """Record epoch ``epoch``'s validation -ELBO; a strictly better one becomes the best, with its weights."""
+        if self.best_val is None or val < self.best_val:
+            self.best_val, self.best_epoch, self.bad_epochs = val, epoch, 0
+            self.best = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            self.bad_epochs += 1
+
+    @property
+    def exhausted(self) -> bool:
+        """True once ``patience`` epochs in a row brought no improvement."""
+        return self.bad_epochs >= self.patience
+
+
+@dataclass
+class Run:
+    """Everything one training run holds while it goes: model, optimiser, data on the device, RNG, progress."""
+
+    config: Config
+    model: VAE
+    opt: torch.optim.Optimizer
+    x: Tensor  # this process's training examples, on the device
+    y: Tensor | None  # their labels, for a conditional model
+    x_val: Tensor | None
+    y_val: Tensor | None
+    bounds: list[tuple[int, int]]  # batch slices of one epoch
+    gen: torch.Generator  # permutations and dynamic binarization
+    ctx: distributed.Context
+    callbacks: Sequence[Callback]
+    options: StepOptions = field(default_factory=StepOptions)  # how each step is taken (training.paths)
+    static: graphs.StaticStep | None = None  # the CUDA-graph step, when it is used
+    step: int = 0  # optimizer steps taken so far
+    warmup_steps: int = 0  # length of the linear KL warm-up, in steps
+    epoch: int = 0  # epochs completed
+    history: list[dict[str, Any]] = field(default_factory=list)
+    stopping: EarlyStopping | None = None  # on rank 0, with train.early_stopping_patience > 0
+    skipped: int = 0  # steps skipped for a non-finite loss or gradient, over the whole run
+    stopped: str | None = None  # why training ended before train.epochs
+    finished: bool = False
+    checkpoints: bool = False  # whether the run writes checkpoints (the same answer in every process)
+    out: Path | None = None  # the run directory, on rank 0
+    preprocess: Any = None  # a table's standardization, saved with every checkpoint
+    last_checkpoint: int | None = None  # the epoch of the newest checkpoint written
+
+    def beta(self) -> float:
+        """The KL weight in force for the next step."""
+        return objectives.kl_weight(self.config.train.beta, self.step + 1, self.warmup_steps)
+
+
+def start(config: Config, splits: data.Splits, device: torch.device, ctx: distributed.Context,
+          callbacks: Sequence[Callback]) -> Run:
+    """A run at epoch 0: the config resolved against the data, the model, optimiser and data on the device."""
+    likelihoods.check_support(config.model.likelihood, splits.train.x, f"the {config.data.dataset} training set")
+    config = resolve(config, splits)
+    torch.manual_seed(config.train.seed)  # the same initial weights in every process
+    model = VAE(config.model).to(device)
+    if ctx.world_size > 1:  # but independent posterior noise in each
+        torch.manual_seed(config.train.seed + ctx.rank)
+    x, y = _on_device(splits.train, model, device)
+    bounds = _batch_bounds(len(x), config, ctx)
+    x_val, y_val = _on_device(splits.val, model, device) if splits.val is not None and ctx.is_main else (None, None)
+    gen = torch.Generator(device).manual_seed(config.train.seed)  # one permutation shared by all processes
+    callbacks = callbacks if ctx.is_main else ()
+    graphed = graphs.fast_path_blocker(device, ctx.world_size, config.train.cuda_graph) is None
+    opt = _optimizer(model, config, device, capturable=graphed)
+    run = Run(config, model, opt, x, y, x_val, y_val, bounds, gen, ctx, callbacks)
+    tc = config.train
+    run.warmup_steps = tc.kl_warmup_steps or round(tc.kl_warmup_epochs * len(run.bounds))
+    if tc.early_stopping_patience and ctx.is_main:
+        run.stopping = EarlyStopping(tc.early_stopping_patience)
+    return run
+
+
+def resolve(config: Config, splits: data.Splits) -> Config:
+    """The config with what the data decides: the data shape, and the class names of a conditional model."""
+    resolved: dict[str, Any] = {"model.data_shape": list(splits.train.shape)}
+    # later commands convert the folder the same way; a registered name wins over a folder of that name, as
+    # in data.load
+    if config.data.dataset not in data.DATASETS and images.is_image_path(config.data.dataset):
+        resolved.update({"data.channels": splits.train.shape[0], "data.image_size": list(splits.train.shape[1:])})
+    if config.model.conditional:
+        if splits.train.y is None or splits.classes is None:
+            raise TrainingError(f"a conditional model needs labelled data, and {config.data.dataset} has no "
+                                "labels (image folders get them from one sub-folder per class)")
+        resolved["model.labels"] = list(splits.classes)
+    if config.train.objective == "iwae" and config.train.free_bits > 0:
+        raise TrainingError("train.free_bits applies to the ELBO objective; the iwae objective takes none")
+    if config.train.early_stopping_patience and splits.val is None:
+        raise TrainingError(f"train.early_stopping_patience = {config.train.early_stopping_patience} watches the "
+                            f"validation -ELBO, and this run has no validation split (data.val_size = "
+                            f"{config.data.val_size}): set data.val_size, e.g. 0.1, or patience 0 (off)")
+    return config.override(resolved)
+
+
+def _on_device(split: data.Split, model: VAE, device: torch.device) -> tuple[Tensor, Tensor | None]:
+    """A split's data on the device, with its labels when the model is conditional."""
+    y = model.labels_of(split.y, f"the {split.name} split")
+    return split.x.to(device), None if y is None else y.to(device)
+
+
+def _batch_bounds(n: int, config: Config, ctx: distributed.Context) -> list[tuple[int, int]]:
+    bounds = batch_bounds(n, config.train.batch_size, config.train.drop_last)
+    if bounds and bounds[-1][1] - bounds[-1][0] < ctx.world_size:  # a last batch too small to split
+        bounds.pop()
+    if not bounds:
+        raise TrainingError(f"batch size {config.train.batch_size} with drop_last leaves no batch of {n} "
+                            f"examples for {ctx.world_size} process(es)")
+    return bounds
+
+
+def _optimizer(model: VAE, config: Config, device: torch.device, capturable: bool) -> torch.optim.Optimizer:
+    opt = make_optimizer(model, config.train.lr, capturable=capturable)
+    if config.train.nonfinite == "skip" and not opt.defaults.get("fused"):
+        raise TrainingError(f"train.nonfinite = 'skip' cancels updates inside PyTorch's fused Adam, which this "
+                            f"PyTorch lacks on {device}; use train.nonfinite = 'stop'")
+    return opt
