@@ -2,10 +2,11 @@
 
 Each case trains from a fixed seed on digits (and, with ``--mnist``, on MNIST) through one step path: the fused
 CPU step (``seed`` preset), autograd (``iwae`` preset with the IWAE objective, the conv preset), and the
-CUDA-graph step run eagerly on the CPU. Run it at two commits and compare the printed SHA-256 digests; equal
-digests mean bitwise equal weights.
+CUDA-graph step run eagerly on the CPU. With ``--reference`` it compares each digest with one recorded at another
+commit (``benchmarks/results/parity_0d7e08f.json``: the commit before the model-of-parts redesign); equal
+digests mean bitwise equal weights. Digests hold for one PyTorch build on one CPU kind: the reference names both.
 
-    VAEKIT_DATA=../shared/data python benchmarks/parity.py [--mnist] [--json out.json] [--save-weights DIR]
+    VAEKIT_DATA=../shared/data python benchmarks/parity.py --mnist --reference benchmarks/results/parity_0d7e08f.json
 """
 
 from __future__ import annotations
@@ -80,17 +81,30 @@ def run(cases: dict, dataset: dict) -> dict[str, dict]:
     return out
 
 
+def compare(results: dict, reference: str) -> None:
+    with open(reference) as f:
+        ref = json.load(f)
+    print(f"against {reference} (commit {ref.get('commit')}, {ref.get('cpu')}, torch {ref.get('torch')}):")
+    for ds, cases in results.items():
+        for name, r in cases.items():
+            old = ref.get(ds, {}).get(name, {}).get("sha256")
+            verdict = "no reference" if old is None else "bitwise equal" if old == r["sha256"] else "DIFFERS"
+            print(f"  {ds:6s} {name:36s} {verdict}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--mnist", action="store_true", help="also the MNIST cases (needs VAEKIT_DATA)")
     p.add_argument("--json", help="write the digests here")
     p.add_argument("--save-weights", help="write each digits case's weights to DIR/<case>.safetensors")
+    p.add_argument("--reference", help="a JSON file written by --json at another commit: say which digests agree")
     args = p.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
     results = {"digits": run(CASES, DIGITS)}
     if args.mnist:
         results["mnist"] = run(MNIST_CASES, {"data.dataset": "mnist", "train.device": "cpu",
                                              "train.checkpoint_every": 0})
+    if args.reference:
+        compare(results, args.reference)
     if args.save_weights:
         from pathlib import Path
 

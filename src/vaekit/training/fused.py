@@ -125,7 +125,8 @@ class FusedELBO:
         x = x.flatten(1)  # (B, D)
         out = self.encoder.forward(x if c is None else torch.cat([x, c], dim=1))  # (B, 2L): mu, log sigma^2
         latent = self.layer.infer(out, model.prior(), None, None)
-        mu, sigma = latent.qz_x.mean, latent.qz_x.stddev  # (B, L) each
+        gaussian = latent.qz_x.base_dist  # Normal(mu, sigma); Independent.stddev would be sqrt(sigma^2), not sigma
+        mu, sigma = gaussian.loc, gaussian.scale  # (B, L) each
         eps = torch.randn_like(mu)  # what Normal.rsample draws, from the same generator
         z = torch.addcmul(mu, sigma, eps)
         params = self.decoder.forward(z if c is None else torch.cat([z, c], dim=1))  # (B, D) logits or means
