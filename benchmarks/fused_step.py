@@ -1,6 +1,6 @@
 """Milliseconds per training step of the seed VAE on the CPU: autograd's gradients against the fused step's.
 
-Both run ``vaekit.steps.train_step`` (forward, gradients, fused Adam) on MNIST-sized batches of 128 in one
+Both run ``vaekit.training.steps.train_step`` (forward, gradients, fused Adam) on MNIST-sized batches of 128 in one
 process, in alternating blocks so that the machine's changing speed affects both alike; the table gives the
 median and the best block of each, and their ratio. The gradients themselves agree (tests/test_fused.py).
 
@@ -17,7 +17,7 @@ import time
 import torch
 
 import vaekit
-from vaekit import fused, steps
+from vaekit.training import fused, steps
 
 
 def main() -> None:
@@ -33,13 +33,13 @@ def main() -> None:
     by_hand = fused.FusedELBO(model)
     x = torch.rand(args.steps * args.batch_size, 1, 28, 28)
     batches = x.split(args.batch_size)
-    variants = {"autograd": None, "fused": by_hand}
+    variants = {"autograd": steps.StepOptions(), "fused": steps.StepOptions(fused=by_hand)}
     times: dict[str, list[float]] = {name: [] for name in variants}
     for block in range(args.blocks + 1):  # block 0 warms both up and is not counted
-        for name, fused_elbo in variants.items():
+        for name, options in variants.items():
             start = time.perf_counter()
             for xb in batches:
-                steps.train_step(model, opt, xb, 1.0, fused_elbo=fused_elbo)
+                steps.train_step(model, opt, xb, 1.0, options=options)
             if block:
                 times[name].append((time.perf_counter() - start) / len(batches) * 1e3)
     print(f"seed VAE (784-400-20), batch {args.batch_size}, {args.blocks} blocks of {args.steps} steps each, "

@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import vaekit
-from vaekit import mnist
+from vaekit.data import mnist
 
 
 class MNISTImages(Dataset):

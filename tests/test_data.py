@@ -12,8 +12,9 @@ import pytest
 import torch
 
 import vaekit
-from vaekit import data, mnist
+from vaekit import data
 from vaekit.config import DataConfig
+from vaekit.data import mnist, registry
 from vaekit.model import likelihoods
 
 DIGITS_N = 1797
@@ -258,7 +259,7 @@ def test_digits_validation_split(val_size, n_val):
 
 def test_validation_indices_disjoint_and_cover():
     """The validation indices and the training indices are disjoint and cover 0..n-1."""
-    train_idx, val_idx = data._validation_split(DIGITS_TRAIN, 0.1, 3)
+    train_idx, val_idx = registry._validation_split(DIGITS_TRAIN, 0.1, 3)
     assert len(np.intersect1d(train_idx, val_idx)) == 0
     np.testing.assert_array_equal(np.sort(np.concatenate([train_idx, val_idx])), np.arange(DIGITS_TRAIN))
 
@@ -409,7 +410,7 @@ def test_support_refuses_empty():
 
 
 def test_mnist_checksum_table_matches_reference_files(shared_data):
-    """vaekit.mnist.SHA256 holds the SHA-256 of the decompressed reference files."""
+    """vaekit.data.mnist.SHA256 holds the SHA-256 of the decompressed reference files."""
     found = mnist.locate(str(shared_data))
     assert set(found) == set(mnist.SHA256)
     for name, path in found.items():

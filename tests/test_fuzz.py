@@ -36,9 +36,10 @@ from hypothesis.extra import numpy as hnp
 from PIL import Image
 
 import vaekit
-from vaekit import VaekitError, checkpoint, images, mnist, tabular, training
+from vaekit import VaekitError, checkpoint, training
 from vaekit.cli import main, parser
 from vaekit.config import Config, flatten, load_config_file, parse_assignment
+from vaekit.data import images, mnist, tabular
 from vaekit.data import load as load_data
 from vaekit.errors import TrainingError
 from vaekit.training import runstate

@@ -8,7 +8,8 @@ import scipy.io
 import torch
 
 import vaekit
-from vaekit import DataError, checkpoint, tabular
+from vaekit import DataError, checkpoint
+from vaekit.data import tabular
 
 
 def write_csv(path, text):

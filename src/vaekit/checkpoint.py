@@ -41,6 +41,7 @@ from safetensors.torch import save as to_bytes
 from safetensors.torch import save_file
 
 from vaekit.config import Config
+from vaekit.data.tabular import Standardizer
 from vaekit.errors import CheckpointError, ConfigError
 from vaekit.fileio import (
     atomic_link_or_copy,
@@ -51,7 +52,6 @@ from vaekit.fileio import (
     write_synced,
 )
 from vaekit.model import VAE
-from vaekit.tabular import Standardizer
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from vaekit import anomaly, data, training
 from vaekit.config import Config
-from vaekit.tabular import Standardizer
+from vaekit.data.tabular import Standardizer
 
 try:  # scikit-learn >= 1.6
     from sklearn.utils.validation import validate_data

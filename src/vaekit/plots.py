@@ -102,11 +102,11 @@ def save_gif(frames: Tensor, path: str | Path, seconds_per_frame: float = 0.15, 
 
 
 def read_image(path: Path, shape: tuple[int, ...]) -> Tensor:
-    """An image file as a (C, H, W) tensor in [0, 1], decoded as a training folder is (``vaekit.images``).
+    """An image file as a (C, H, W) tensor in [0, 1], decoded as a training folder is (``vaekit.data.images``).
 
     Its size must already be the model's; its channels are converted to the model's.
     """
-    from vaekit import images  # here, not at the top: several functions take an argument named images
+    from vaekit.data import images  # here, not at the top: several functions take an argument named images
 
     c, h, w = shape
     try:

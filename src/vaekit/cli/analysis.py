@@ -134,7 +134,7 @@ def _scored_data(args, splits, cfg):
     if args.input is None:
         part = data.evaluation_split(splits, args.split, cfg)
         return part.x, part.y
-    from vaekit import tabular
+    from vaekit.data import tabular
 
     table = tabular.read(args.input, cfg.label_column)
     x = torch.from_numpy(table.x)

@@ -49,7 +49,7 @@ class Likelihood:
     levels: int | None = None  # log_prob is a probability for data on the grid k/levels; None: a density
     grid_required: bool = False  # check_support refuses data off that grid
     # (decoder outputs (B, D), x (B, D), obs_std) -> (sum of -log p(x|z) over the batch, its gradient in the
-    # outputs), written out for the CPU step that differentiates by hand (vaekit.fused); None: autograd only
+    # outputs), written out for the CPU step that differentiates by hand (vaekit.training.fused); None: autograd only
     nll_and_grad: Callable[[Tensor, Tensor, float], tuple[Tensor, Tensor]] | None = None
 
 

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from vaekit import images
+from vaekit.data import images
 from vaekit.errors import DataError
 from vaekit.plots import is_image_shape
 

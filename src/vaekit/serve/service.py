@@ -25,11 +25,11 @@ from torch import Tensor
 
 from vaekit import anomaly, checkpoint, data, embedding, generate
 from vaekit.config import Config
+from vaekit.data.tabular import Standardizer
 from vaekit.errors import CheckpointError, DataError, VaekitError
 from vaekit.model import VAE, NotAvailable, likelihoods
 from vaekit.plots import is_image_shape
 from vaekit.serve import codec
-from vaekit.tabular import Standardizer
 
 log = logging.getLogger(__name__)
 

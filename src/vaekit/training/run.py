@@ -12,8 +12,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vaekit import data, images, objectives
+from vaekit import data, objectives
 from vaekit.config import Config
+from vaekit.data import images
 from vaekit.errors import TrainingError
 from vaekit.model import VAE, likelihoods
 from vaekit.training import distributed, graphs

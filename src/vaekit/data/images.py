@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from vaekit import tabular
+from vaekit.data import tabular
 from vaekit.errors import DataError
 
 SUFFIXES = (".png", ".jpg", ".jpeg")

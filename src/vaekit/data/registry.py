@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vaekit import images, mnist, tabular
 from vaekit.config import DataConfig
+from vaekit.data import images, mnist, tabular
 from vaekit.errors import DataError
 
 RawSplits = tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray | None]
