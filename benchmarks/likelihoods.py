@@ -34,7 +34,8 @@ def main() -> None:
         config = base.override({"model.likelihood": name})
         t0 = time.perf_counter()
         model = vaekit.train(config, splits=splits).model.eval()
-        m = vaekit.evaluate_model(model, splits.test.x, args.iw_samples, binarization=splits.test.binarization)
+        m = vaekit.evaluate_model(model, splits.test.x, args.iw_samples,
+                                  protocol={"binarization": splits.test.binarization})
         m["train_minutes"] = round((time.perf_counter() - t0) / 60, 2)
         rows.append({"likelihood": name, "epochs": args.epochs, **m})
         print(json.dumps(rows[-1]), flush=True)

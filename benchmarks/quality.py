@@ -61,7 +61,8 @@ def main() -> None:
     device = next(model.parameters()).device
     x_test = splits.test.x[: args.test_n].to(device)
     metrics = vaekit.evaluate_model(model.eval(), x_test, args.iw_samples,
-                                    seed=config.data.eval_seed, binarization=splits.test.binarization)
+                                    seed=config.data.eval_seed,
+                                    protocol={"binarization": splits.test.binarization})
     record = {
         "preset": args.preset, "epochs": len(history), "train_minutes": round(train_s / 60, 2),
         "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({platform.machine()}, "

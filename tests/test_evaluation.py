@@ -14,8 +14,8 @@ from conftest import digits_config, tiny_model
 def test_evaluate_model_reports_protocol_and_is_deterministic():
     model = tiny_model()
     x = (torch.rand(50, 1, 4, 4) > 0.5).float()
-    a = evaluate_model(model, x, iw_samples=20, binarization="threshold 0.5")
-    b = evaluate_model(model, x, iw_samples=20, binarization="threshold 0.5")
+    a = evaluate_model(model, x, iw_samples=20, protocol={"binarization": "threshold 0.5"})
+    b = evaluate_model(model, x, iw_samples=20, protocol={"binarization": "threshold 0.5"})
     a.pop("seconds"), b.pop("seconds")
     assert a == b
     assert {"neg_elbo", "recon", "kl", "nll", "iw_samples", "n", "binarization", "active_units"} <= set(a)

@@ -28,16 +28,18 @@ from vaekit.model import VAE
 log = logging.getLogger(__name__)
 
 SCORES = ("elbo", "nll", "recon")
+DEFAULT_SAMPLES = {"elbo": 10, "nll": 1000, "recon": 0}  # posterior draws, importance samples, none
 THRESHOLD_FILE = "anomaly.json"
 
 
 @torch.no_grad()
-def score(model: VAE, x: Tensor, method: str = "elbo", n_samples: int = 10, iw_samples: int = 1000,
-          seed: int = 0, batch_size: int = 1000, y: Tensor | None = None) -> Tensor:
+def score(model: VAE, x: Tensor, method: str = "elbo", samples: int | None = None, seed: int = 0,
+          batch_size: int = 1000, y: Tensor | None = None) -> Tensor:
     """Per-example anomaly score (N,), on the CPU; ``y`` are the labels a conditional model needs.
 
-    ``elbo``: the negative ELBO with its expected reconstruction term averaged over ``n_samples`` posterior
-    draws; ``nll``: the importance-sampled negative log-likelihood with ``iw_samples`` samples; ``recon``:
+    ``elbo``: the negative ELBO with its expected reconstruction term averaged over ``samples`` posterior
+    draws (default 10); ``nll``: the importance-sampled negative log-likelihood with ``samples`` importance
+    samples (default 1000); ``recon``:
     the squared reconstruction error ||x - E[x|z = E_q[z]]||^2 (in the units of x; for tables, standardized
     units). The standard-normal noise behind the posterior draws comes from ``seed`` and is shared by all
     inputs, so a score depends only on its input: not on the batch, the order, or the caller's random state.
@@ -46,10 +48,10 @@ def score(model: VAE, x: Tensor, method: str = "elbo", n_samples: int = 10, iw_s
         raise ConfigError(f"unknown anomaly score {method!r}; valid scores: {', '.join(SCORES)}")
     model.eval()
     x, y = x.to(model.device), None if y is None else y.to(model.device)
-    k = iw_samples if method == "nll" else n_samples
+    k = samples if samples is not None else DEFAULT_SAMPLES[method]
     eps = torch.randn(k, model.latent_dim, generator=torch.Generator().manual_seed(seed)).to(model.device)  # (k, L)
     if method == "nll":
-        return evaluation.importance_sampled_nll(model, x, iw_samples, eps=eps, y=y).cpu()
+        return evaluation.importance_sampled_nll(model, x, k, eps=eps, y=y).cpu()
     return batched(lambda xb, yb: _batch_score(model, xb, method, eps, yb), x, y, batch_size).cpu()
 
 

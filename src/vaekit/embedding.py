@@ -98,9 +98,8 @@ def probe(model: VAE, x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: 
     """
     from sklearn.decomposition import PCA
 
-    cond = model.config.conditional
-    z_train = posterior_means(model, x_train, y=y_train if cond else None).numpy()
-    z_test = posterior_means(model, x_test, y=y_test if cond else None).numpy()
+    z_train = posterior_means(model, x_train, y=model.labels_of(y_train, "the probe's training data")).numpy()
+    z_test = posterior_means(model, x_test, y=model.labels_of(y_test, "the probe's test data")).numpy()
     ytr, yte = y_train.numpy(), y_test.numpy()
     raw_train, raw_test = x_train.flatten(1).numpy(), x_test.flatten(1).numpy()
     pca = PCA(model.latent_dim, random_state=seed).fit(raw_train)

@@ -108,7 +108,7 @@ class VAEEstimator(TransformerMixin, BaseEstimator):
         return s.inverse(x).numpy() if s is not None else x.numpy()
 
     def sample(self, n_samples: int = 1, random_state: int | None = None) -> np.ndarray:
-        """E[x|z] for z ~ N(0, I), in the original feature units."""
+        """E[x|z] for z drawn from the model's prior, in the original feature units."""
         check_is_fitted(self, "model_")
         g = torch.Generator().manual_seed(0 if random_state is None else int(random_state))
         return self._unstandardize(self.model_.sample(n_samples, generator=g))
@@ -119,7 +119,7 @@ class VAEEstimator(TransformerMixin, BaseEstimator):
         """
         x = self._checked(X)
         n = self.n_score_samples
-        return -anomaly.score(self.model_, x, self.score_method, n, n).numpy()  # float32, as computed
+        return -anomaly.score(self.model_, x, self.score_method, n).numpy()  # float32, as computed
 
     def score(self, X: Any, y: Any = None) -> float:
         """Mean of ``score_samples``."""
@@ -170,7 +170,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         x = self.vae_._checked(X)
         model = self.vae_.model_
         n = self.n_score_samples
-        return -anomaly.score(model, x, self.score_method, n, n).double().numpy()
+        return -anomaly.score(model, x, self.score_method, n).double().numpy()
 
     def decision_function(self, X: Any) -> np.ndarray:
         """``score_samples(X) - offset_``: negative for outliers."""

@@ -56,11 +56,13 @@ def active_units(model: VAE, x: Tensor, batch_size: int = 1000, y: Tensor | None
 
 
 @torch.no_grad()
-def evaluate_model(model: VAE, x: Tensor, iw_samples: int = 1000, seed: int = 0, batch_size: int = 1000,
-             binarization: str = "none", split: str = "test", y: Tensor | None = None) -> dict[str, Any]:
+def evaluate_model(model: VAE, x: Tensor, iw_samples: int = 1000, seed: int = 0, y: Tensor | None = None,
+                   batch_size: int = 1000, protocol: dict[str, str] | None = None) -> dict[str, Any]:
     """All metrics for data ``x`` in nats per example, with the protocol that produced them.
 
     ``y`` are the labels a conditional model needs; its numbers are then -log p(x|y) and its bounds.
+    ``protocol`` says how x was drawn, reported with the numbers: ``split`` (default "test") and
+    ``binarization`` (default "none", e.g. "static (seed 0)").
 
     ``density`` says what the numbers are: "discrete" (log-probabilities; also given in bits per dimension),
     "continuous" (log-densities, comparable only on the same data scaling) or "unnormalized" (a Bernoulli on
@@ -85,8 +87,7 @@ def evaluate_model(model: VAE, x: Tensor, iw_samples: int = 1000, seed: int = 0,
     result.update({
         "iw_samples": iw_samples,
         "n": len(x),
-        "split": split,
-        "binarization": binarization,
+        "split": "test", "binarization": "none", **(protocol or {}),
         "likelihood": model.config.likelihood,
         "active_units": active_units(model, x, batch_size, y),
         "conditional": model.config.conditional,
@@ -111,4 +112,5 @@ def evaluate(directory: str | Path, split: str = "test", iw_samples: int = 1000,
     y = model.labels_of(part.y, f"the {split} split of {config.data.dataset}")
     x, y = part.x.to(model.device), None if y is None else y.to(model.device)
     seed = config.data.eval_seed if seed is None else seed
-    return evaluate_model(model, x, iw_samples, seed, config.train.eval_batch_size, part.binarization, split, y)
+    return evaluate_model(model, x, iw_samples, seed, y, config.train.eval_batch_size,
+                          {"split": split, "binarization": part.binarization})

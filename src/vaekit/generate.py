@@ -121,6 +121,12 @@ def kl_per_dimension(model: VAE, x: Tensor, batch_size: int = 1000, y: Tensor | 
     return total / len(x)
 
 
+@torch.no_grad()
+def prior_mean(model: VAE) -> Tensor:
+    """E_p[z] (L,) on the CPU: the centre of the latent space."""
+    return model.prior().mean.cpu()
+
+
 @dataclass(frozen=True)
 class Conditioning:
     """What a conditional model's traversal encodes and decodes with: the labels of x (N,), that of the base
@@ -136,8 +142,8 @@ def traverse(model: VAE, x: Tensor, base: Tensor | None = None, n_dims: int = 8,
              span: float = 3.0, cond: Conditioning = Conditioning()) -> tuple[Tensor, list[int]]:
     """Sweep the ``n_dims`` most informative dimensions (highest average KL over x) from -span to +span.
 
-    The other dimensions stay at the base code (mu of ``base``, or 0). Returns the decoded grid
-    (n_dims * steps, *data_shape), row by row, and the dimensions in the order of the rows.
+    The other dimensions stay at the base code (the posterior mean of ``base``, or the prior's mean). Returns
+    the decoded grid (n_dims * steps, *data_shape), row by row, and the dimensions in the order of the rows.
     """
     kl = kl_per_dimension(model, x, y=cond.y)
     dims = torch.argsort(kl, descending=True)[: min(n_dims, model.latent_dim)].tolist()
@@ -147,7 +153,7 @@ def traverse(model: VAE, x: Tensor, base: Tensor | None = None, n_dims: int = 8,
     else:
         y = model.labels_named(cond.label, n)
     base_y = cond.base_y if cond.base_y is not None or y is None else y[:1]
-    z0 = posterior_means(model, base[None], y=base_y)[0] if base is not None else torch.zeros(model.latent_dim)
+    z0 = posterior_means(model, base[None], y=base_y)[0] if base is not None else prior_mean(model)
     values = torch.linspace(-span, span, steps)
     codes = z0.repeat(n, 1)  # (R*S, L)
     for row, d in enumerate(dims):

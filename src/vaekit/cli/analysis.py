@@ -77,18 +77,20 @@ def add_anomaly(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_anomaly(args: argparse.Namespace) -> int:
-    model, config = checkpoint.load_run(args.dir)
+    ckpt = checkpoint.resolve(args.dir)  # one checkpoint set: the model scored is the one a threshold is fitted for
+    model, config = checkpoint.load_run(ckpt)
     cfg = data_config(config, args.data_dir, args.dataset)
-    score = lambda x, y: anomaly.score(model, x, args.score, args.samples, args.iw_samples, y=y)  # noqa: E731
+    samples = args.iw_samples if args.score == "nll" else args.samples
+    score = lambda x, y: anomaly.score(model, x, args.score, samples, y=y)  # noqa: E731
     splits = None
     if args.input is None or args.contamination is not None or args.quantile is not None:
         splits = data.load(cfg)
     if args.contamination is not None or args.quantile is not None:
-        _fit_threshold(args, model, splits, cfg, score)
+        _fit_threshold(args, model, splits, cfg, score, (samples, checkpoint.model_digest(ckpt)))
     x, labels = _scored_data(args, splits, cfg)
     y = model.labels_of(labels, str(args.input) if args.input else f"the {args.split} split")
     scores = score(x, y)
-    threshold = anomaly.load_threshold(args.dir)
+    threshold = anomaly.load_threshold(ckpt)
     if threshold is not None and threshold.score != args.score:
         raise VaekitError(f"the stored threshold is for --score {threshold.score}, not {args.score}; refit it "
                           "with --contamination or --quantile")
@@ -119,14 +121,17 @@ def _heatmap(args, model, x, y, scores) -> None:
     print(f"wrote {plots.anomaly_heatmaps(xw, recon, heat, scores[worst], args.heatmap, title, label)}")
 
 
-def _fit_threshold(args, model, splits, cfg, score) -> None:
+def _fit_threshold(args, model, splits, cfg, score, fitted: tuple[int, str]) -> None:
+    """Fit the threshold on the validation split (else the training split) and store it, stamped with the
+    ``fitted`` (number of samples per score, SHA-256 of the scored model's weights)."""
     fit_on = "val" if splits.val is not None else "train"
     part = data.evaluation_split(splits, fit_on, cfg)
     s = score(part.x, model.labels_of(part.y, f"the {fit_on} split"))
     value = anomaly.threshold_from(s, args.contamination, args.quantile)
     rule = (f"contamination {args.contamination:g}" if args.contamination is not None
             else f"quantile {args.quantile:g}") + f" of the {fit_on} split's {args.score} scores"
-    path = anomaly.save_threshold(args.dir, anomaly.Threshold(value, args.score, args.samples, rule))
+    samples, digest = fitted
+    path = anomaly.save_threshold(args.dir, anomaly.Threshold(value, args.score, samples, rule, digest))
     print(f"wrote {path}: threshold {value:.4g} ({rule})")
 
 

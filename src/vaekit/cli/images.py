@@ -19,7 +19,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", type=Path, default=Path("samples.png"))
     p.add_argument("--temperature", type=float, default=1.0, help="scale of the draws around the prior/components")
     p.add_argument("--sampler", default="prior", choices=list(generate.SAMPLERS),
-                   help="prior: z ~ N(0, I); gmm: z ~ a Gaussian mixture fitted to the training set's posterior means")
+                   help="prior: z from the model's prior p(z); gmm: z ~ a Gaussian mixture fitted to the training "
+                   "set's posterior means")
     p.add_argument("--components", type=int, default=10, help="mixture components for --sampler gmm")
     p.add_argument("--data-dir")
     p.add_argument("--seed", type=int, default=0)

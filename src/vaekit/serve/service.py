@@ -149,7 +149,8 @@ class ModelService:
         y = self.labels(label, len(xt))
         thr = self.threshold if self.threshold is not None and self.threshold.score == method else None
         with self._inference():
-            scores = anomaly.score(self.model, xt, method, thr.n_samples if thr else ELBO_SAMPLES, NLL_SAMPLES, y=y)
+            samples = NLL_SAMPLES if method == "nll" else thr.n_samples if thr else ELBO_SAMPLES
+            scores = anomaly.score(self.model, xt, method, samples, y=y)
             out: dict[str, Any] = {"scores": scores, "method": method, "threshold": thr,
                                    "flags": None if thr is None else (scores > thr.value)}
             if details:
