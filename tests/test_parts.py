@@ -122,3 +122,18 @@ def test_a_posterior_that_does_not_factorise_reports_no_per_dimension_kl():
     with pytest.raises(NotAvailable, match="factorise"):
         latent.kl_per_dimension()
     assert latent.kl.shape == (4,)  # the KL itself is still there
+
+
+def test_free_bits_on_parts_without_a_per_dimension_kl_are_refused_before_training(monkeypatch):
+    from torch.distributions import MultivariateNormal
+
+    class FullCovariance(posteriors.DiagonalGaussian):
+        def forward(self, h: Tensor) -> Distribution:
+            q = super().forward(h)
+            return MultivariateNormal(q.mean, scale_tril=torch.diag_embed(q.stddev))
+
+    monkeypatch.setitem(posteriors.POSTERIORS, "full", FullCovariance)
+    cfg = digits_config(**{"model.posterior": "full", "train.epochs": 1})
+    assert vaekit.train(cfg).history[0]["kl_per_dim"] is None  # reported as not available, with why
+    with pytest.raises(vaekit.TrainingError, match=r"free_bits = 0\.5 needs a KL per latent dimension.*factorise"):
+        vaekit.train(cfg.override({"train.free_bits": 0.5}))

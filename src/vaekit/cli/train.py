@@ -12,6 +12,7 @@ from tqdm import tqdm
 from vaekit import checkpoint, evaluation, training
 from vaekit.config import PRESETS, Config, flatten, load_config_file, parse_assignment, preset
 from vaekit.errors import VaekitError
+from vaekit.model import posteriors, priors
 from vaekit.previews import PreviewWriter
 
 # flag dest -> dotted config key; a flag left unset keeps the preset's or the config file's value
@@ -23,7 +24,8 @@ TRAIN_FLAGS = {
     "objective": "train.objective", "k": "train.iw_k", "kl_warmup_epochs": "train.kl_warmup_epochs",
     "kl_warmup_steps": "train.kl_warmup_steps", "free_bits": "train.free_bits",
     "hidden": "model.hidden", "activation": "model.activation", "latent_dim": "model.latent_dim",
-    "likelihood": "model.likelihood", "obs_std": "model.obs_std",
+    "likelihood": "model.likelihood", "obs_std": "model.obs_std", "prior": "model.prior",
+    "posterior": "model.posterior",
     "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr", "beta": "train.beta",
     "seed": "train.seed", "device": "train.device", "checkpoint_every": "train.checkpoint_every",
     "precision": "train.precision", "early_stopping_patience": "train.early_stopping_patience",
@@ -72,6 +74,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--latent-dim", type=int)
     p.add_argument("--likelihood", help="bernoulli, gaussian, gaussian-learned, continuous-bernoulli, logistic")
     p.add_argument("--obs-std", type=float, help="standard deviation of the fixed Gaussian likelihood")
+    p.add_argument("--prior", help=f"p(z), a registered prior: {', '.join(priors.PRIORS)} (default standard-normal)")
+    p.add_argument("--posterior", help=f"q(z|x), a registered posterior family: {', '.join(posteriors.POSTERIORS)} "
+                   "(default diagonal-gaussian)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)

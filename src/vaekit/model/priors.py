@@ -49,7 +49,11 @@ class StandardNormal(Prior):
 
     def forward(self) -> Distribution:
         zero = self.zeros()  # (L,)
-        return Independent(Normal(zero, torch.ones_like(zero), validate_args=False), 1, validate_args=False)
+        cached = getattr(self, "_pz", None)  # a fixed distribution: built once per device and dtype, not per step
+        if cached is None or cached.mean.device != zero.device or cached.mean.dtype != zero.dtype:
+            cached = Independent(Normal(zero, torch.ones_like(zero), validate_args=False), 1, validate_args=False)
+            self._pz = cached
+        return cached
 
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> Tensor:

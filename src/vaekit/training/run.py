@@ -16,7 +16,7 @@ from vaekit import data, objectives
 from vaekit.config import Config
 from vaekit.data import images
 from vaekit.errors import TrainingError
-from vaekit.model import VAE, likelihoods
+from vaekit.model import VAE, NotAvailable, likelihoods
 from vaekit.training import distributed, graphs
 from vaekit.training.steps import StepOptions, batch_bounds, make_optimizer
 
@@ -120,6 +120,8 @@ def start(config: Config, splits: data.Splits, device: torch.device, ctx: distri
     if ctx.world_size > 1:  # but independent posterior noise in each
         torch.manual_seed(config.train.seed + ctx.rank)
     x, y = _on_device(splits.train, model, device)
+    if config.train.free_bits > 0:
+        _check_free_bits(model, x, y, config.train.free_bits)
     bounds = _batch_bounds(len(x), config, ctx)
     x_val, y_val = _on_device(splits.val, model, device) if splits.val is not None and ctx.is_main else (None, None)
     gen = torch.Generator(device).manual_seed(config.train.seed)  # one permutation shared by all processes
@@ -153,6 +155,15 @@ def resolve(config: Config, splits: data.Splits) -> Config:
                             f"validation -ELBO, and this run has no validation split (data.val_size = "
                             f"{config.data.val_size}): set data.val_size, e.g. 0.1, or patience 0 (off)")
     return config.override(resolved)
+
+
+def _check_free_bits(model: VAE, x: Tensor, y: Tensor | None, free_bits: float) -> None:
+    """Free bits floor each latent dimension's KL: refuse parts that define none, before the first step."""
+    with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
+        try:
+            model.infer(x[:2], None if y is None else y[:2])[-1].kl_per_dimension()
+        except NotAvailable as e:
+            raise TrainingError(f"train.free_bits = {free_bits} needs a KL per latent dimension: {e}") from None
 
 
 def _on_device(split: data.Split, model: VAE, device: torch.device) -> tuple[Tensor, Tensor | None]:
