@@ -137,3 +137,12 @@ def test_free_bits_on_parts_without_a_per_dimension_kl_are_refused_before_traini
     assert vaekit.train(cfg).history[0]["kl_per_dim"] is None  # reported as not available, with why
     with pytest.raises(vaekit.TrainingError, match=r"free_bits = 0\.5 needs a KL per latent dimension.*factorise"):
         vaekit.train(cfg.override({"train.free_bits": 0.5}))
+
+
+def test_an_unknown_part_is_refused_before_any_data_is_read(monkeypatch):
+    from vaekit import data
+
+    monkeypatch.setattr(data, "load", lambda cfg: pytest.fail("data was loaded"))
+    for key, name in (("model.prior", "priors"), ("model.posterior", "posteriors")):
+        with pytest.raises(vaekit.ConfigError, match=f"unknown {name[:-1]} 'nope'; valid {name}: "):
+            vaekit.train(digits_config(**{key: "nope"}))

@@ -5,6 +5,6 @@ objectives and every use read it.
 """
 
 from vaekit.model.latent import Latent, NotAvailable, Pass
-from vaekit.model.vae import VAE, LatentLayer
+from vaekit.model.vae import VAE, LatentLayer, check_parts
 
-__all__ = ["VAE", "Latent", "LatentLayer", "NotAvailable", "Pass"]
+__all__ = ["VAE", "Latent", "LatentLayer", "NotAvailable", "Pass", "check_parts"]

@@ -167,6 +167,13 @@ class VAE(nn.Module):
         return self.encoder(h, self.condition(y, len(x))).to(self._anchor.dtype)
 
 
+def check_parts(config: ModelConfig) -> None:
+    """Refuse a prior, posterior family or likelihood that no registry holds, before any data is loaded."""
+    priors.build(config.prior, 1)
+    posteriors.build(config.posterior, 1)
+    likelihoods.get(config.likelihood)
+
+
 def _networks(config: ModelConfig, shape: tuple[int, ...], d_h: int, n_params: int,
               d_c: int) -> tuple[nn.Module, nn.Module]:
     """Encoder x -> h (B, d_h) and decoder z -> likelihood parameters, of the configured architecture."""

@@ -28,6 +28,7 @@ from vaekit.config import Config
 from vaekit.devices import resolve_device
 from vaekit.errors import TrainingError
 from vaekit.fileio import crash_point
+from vaekit.model import check_parts
 from vaekit.training import distributed, paths, runstate
 from vaekit.training.records import epoch_record
 from vaekit.training.run import Callback, Run, TrainResult, start
@@ -50,6 +51,7 @@ def train(config: Config, out_dir: str | Path | None = None, callbacks: Sequence
         if out_dir is None:
             raise TrainingError("resume needs out_dir: the run directory to continue")
         config, state, saved_epochs = runstate.resume_point(Path(out_dir), config)
+    check_parts(config.model)
     ctx, device = distributed.from_env(resolve_device(config.train.device))
     try:
         splits = splits if splits is not None else data.load(config.data)
