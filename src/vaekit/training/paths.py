@@ -6,6 +6,7 @@ hand-written CPU step (``training.fused``) for the models on its allow-list; aut
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from torch import Tensor
@@ -32,8 +33,7 @@ def choose(run: Run) -> None:
     if device.type == "cuda":
         log.info("training step not captured as a CUDA graph: %s", blocker)
     elif (why_not := fused.blocker(run.model, tc, device, world)) is None:
-        options = StepOptions(options.objective, options.forward, options.bf16, options.skip_nonfinite,
-                              fused.FusedELBO(run.model, tc.free_bits))
+        options = dataclasses.replace(options, fused=fused.FusedELBO(run.model, tc.free_bits))
     else:
         log.info("gradients by autograd, not the fused CPU step: %s", why_not)
     run.options = options
