@@ -1,10 +1,12 @@
-"""Data loading: IDX parsing, MNIST lookup and download, dataset splits, binarization, likelihood support."""
+"""Data loading: IDX parsing, MNIST and Fashion-MNIST lookup and download, dataset splits, binarization,
+likelihood support."""
 
 from __future__ import annotations
 
 import gzip
 import hashlib
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,8 @@ DIGITS_TEST = DIGITS_N // 5  # 359
 DIGITS_TRAIN = DIGITS_N - DIGITS_TEST  # 1438
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot")
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -165,52 +169,108 @@ def fake_mirror(directory: Path, content: bytes | None) -> str:
 
 
 @pytest.fixture
-def fake_checksums(monkeypatch):
-    monkeypatch.setattr(mnist, "SHA256", {FAKE_NAME: hashlib.sha256(FAKE_CONTENT).hexdigest()})
+def fake_source() -> mnist.IdxSource:
+    """A source whose checksum table expects FAKE_CONTENT, and which has no mirrors of its own."""
+    return mnist.IdxSource("Fake", "fake", {FAKE_NAME: hashlib.sha256(FAKE_CONTENT).hexdigest()}, ())
 
 
-def test_download_skips_a_mirror_without_the_file(tmp_path, fake_checksums):
+def test_download_skips_a_mirror_without_the_file(tmp_path, fake_source):
     """A mirror that lacks the file is skipped; the next one's verified file lands in the target dir."""
     empty = fake_mirror(tmp_path / "mirror-empty", None)
     good = fake_mirror(tmp_path / "mirror-good", FAKE_CONTENT)
     target = tmp_path / "target"
-    path = mnist.download_file(FAKE_NAME, target, mirrors=(empty, good))
+    path = mnist.download_file(FAKE_NAME, target, mirrors=(empty, good), source=fake_source)
     assert path == target / f"{FAKE_NAME}.gz"
     assert path.read_bytes() == (tmp_path / "mirror-good" / f"{FAKE_NAME}.gz").read_bytes()
     assert os.listdir(target) == [f"{FAKE_NAME}.gz"]
     np.testing.assert_array_equal(mnist.read_idx(path, 1), LABELS)
 
 
-def test_download_refuses_wrong_checksum_and_leaves_nothing(tmp_path, fake_checksums):
+def test_download_refuses_wrong_checksum_and_leaves_nothing(tmp_path, fake_source):
     """Content with the wrong SHA-256 is refused, and no file (not even a temp file) is left behind."""
     evil = fake_mirror(tmp_path / "mirror-evil", idx_bytes(LABELS[::-1]))
     target = tmp_path / "target"
     target.mkdir()
     with pytest.raises(vaekit.DataError) as err:
-        mnist.download_file(FAKE_NAME, target, mirrors=(evil,))
+        mnist.download_file(FAKE_NAME, target, mirrors=(evil,), source=fake_source)
     msg = str(err.value)
-    assert "SHA-256" in msg and FAKE_NAME in msg and mnist.SHA256[FAKE_NAME] in msg
+    assert "SHA-256" in msg and FAKE_NAME in msg and fake_source.sha256[FAKE_NAME] in msg
     assert os.listdir(target) == []
 
 
-def test_download_bad_mirror_then_good_mirror(tmp_path, fake_checksums):
+def test_download_bad_mirror_then_good_mirror(tmp_path, fake_source):
     """A wrong-checksum mirror does not stop the download: the next mirror's correct file is stored."""
     evil = fake_mirror(tmp_path / "mirror-evil", idx_bytes(LABELS[::-1]))
     good = fake_mirror(tmp_path / "mirror-good", FAKE_CONTENT)
     target = tmp_path / "target"
-    path = mnist.download_file(FAKE_NAME, target, mirrors=(evil, good))
+    path = mnist.download_file(FAKE_NAME, target, mirrors=(evil, good), source=fake_source)
     assert gzip.decompress(path.read_bytes()) == FAKE_CONTENT
     assert os.listdir(target) == [f"{FAKE_NAME}.gz"]
 
 
-def test_download_all_mirrors_failing_lists_each(tmp_path, fake_checksums):
+def test_download_all_mirrors_failing_lists_each(tmp_path, fake_source):
     """When no mirror works, the error names every URL tried."""
     a = fake_mirror(tmp_path / "a", None)
     b = fake_mirror(tmp_path / "b", None)
     with pytest.raises(vaekit.DataError, match="could not download") as err:
-        mnist.download_file(FAKE_NAME, tmp_path / "target", mirrors=(a, b))
+        mnist.download_file(FAKE_NAME, tmp_path / "target", mirrors=(a, b), source=fake_source)
     assert f"{a}{FAKE_NAME}.gz" in str(err.value) and f"{b}{FAKE_NAME}.gz" in str(err.value)
     assert not (tmp_path / "target").exists() or os.listdir(tmp_path / "target") == []
+
+
+def test_download_checks_the_sources_own_table(tmp_path, fake_source):
+    """The same bytes are accepted by the source whose table they match and refused by another source's."""
+    good = fake_mirror(tmp_path / "mirror", FAKE_CONTENT)
+    with pytest.raises(vaekit.DataError) as err:
+        mnist.download_file(FAKE_NAME, tmp_path / "fashion", mirrors=(good,), source=mnist.FASHION_MNIST)
+    msg = str(err.value)
+    assert "Fashion-MNIST" in msg and mnist.FASHION_MNIST.sha256[FAKE_NAME] in msg
+    assert not (tmp_path / "fashion").exists() or os.listdir(tmp_path / "fashion") == []
+    path = mnist.download_file(FAKE_NAME, tmp_path / "fake", mirrors=(good,), source=fake_source)
+    assert gzip.decompress(path.read_bytes()) == FAKE_CONTENT
+
+
+def test_sources_have_their_own_tables_folders_and_mirrors():
+    """MNIST and Fashion-MNIST share file names but no checksum, folder or mirror; the old names are MNIST's."""
+    a, b = mnist.MNIST, mnist.FASHION_MNIST
+    assert set(a.sha256) == set(b.sha256) == {n for pair in mnist.FILES.values() for n in pair}
+    assert not set(a.sha256.values()) & set(b.sha256.values())
+    assert (a.folder, b.folder) == ("mnist", "fashion-mnist")
+    assert not set(a.mirrors) & set(b.mirrors) and b.mirrors
+    assert dict(a.sha256) == mnist.SHA256 and a.mirrors == mnist.MIRRORS
+
+
+def test_locate_fashion_mnist_without_files_names_dataset_and_folder(tmp_path):
+    """The not-found error names Fashion-MNIST and its fashion-mnist/ folder, in the data dir and the cache."""
+    data_dir = tmp_path / "empty"
+    with pytest.raises(vaekit.DataError) as err:
+        mnist.locate(str(data_dir), source=mnist.FASHION_MNIST)
+    msg = str(err.value)
+    assert msg.startswith("Fashion-MNIST files not found")
+    assert str(data_dir / "fashion-mnist") in msg and str(tmp_path / "cache" / "fashion-mnist") in msg
+    assert "holds fashion-mnist/" in msg and "--download" in msg
+    with pytest.raises(vaekit.DataError, match="fashion-mnist/"):
+        data.load(DataConfig(dataset="fashion-mnist", data_dir=str(data_dir)))
+
+
+def put_idx_files(folder: Path) -> None:
+    """Placeholder files under all four IDX names (locate checks names, not content)."""
+    folder.mkdir(parents=True)
+    for name in mnist.SHA256:
+        (folder / f"{name}.gz").write_bytes(b"x")
+
+
+@pytest.mark.parametrize("where", ["data-dir", "cache"])
+def test_datasets_never_read_each_others_folder(tmp_path, where):
+    """Files under mnist/ are invisible to Fashion-MNIST and vice versa, in a data directory or the cache."""
+    root = tmp_path / "data" if where == "data-dir" else tmp_path / "cache"
+    put_idx_files(root / "mnist")
+    with pytest.raises(vaekit.DataError, match="Fashion-MNIST files not found"):
+        mnist.locate(str(tmp_path / "data"), source=mnist.FASHION_MNIST)
+    assert set(mnist.locate(str(tmp_path / "data")).values()) <= set((root / "mnist").iterdir())
+    put_idx_files(root / "fashion-mnist")
+    found = mnist.locate(str(tmp_path / "data"), source=mnist.FASHION_MNIST)
+    assert {p.parent for p in found.values()} == {root / "fashion-mnist"}
 
 
 # --- digits: shapes and splits ----------------------------------------------------------------------------
@@ -284,6 +344,7 @@ def test_unknown_dataset_lists_valid_names():
     with pytest.raises(vaekit.DataError) as err:
         data.load(DataConfig(dataset="cifar"))
     assert "cifar" in str(err.value) and "digits" in str(err.value) and "mnist" in str(err.value)
+    assert "fashion-mnist" in str(err.value)
 
 
 # --- binarization -----------------------------------------------------------------------------------------
@@ -457,3 +518,68 @@ def test_mnist_found_through_vaekit_data(shared_data, monkeypatch):
     images, labels = mnist.load_split("test", None)
     assert images.shape == (10000, 28, 28)
     assert np.bincount(labels, minlength=10).tolist() == MNIST_TEST_COUNTS
+
+
+# --- real Fashion-MNIST (skipped when ../shared/data/fashion-mnist is absent) ----------------------------
+
+
+@pytest.fixture
+def fashion_data(shared_data) -> Path:
+    if not (shared_data / "fashion-mnist").is_dir():
+        pytest.skip(f"Fashion-MNIST reference data not present at {shared_data}")
+    return shared_data
+
+
+def test_fashion_mnist_checksum_table_matches_reference_files(fashion_data):
+    """FASHION_MNIST.sha256 holds the SHA-256 of the decompressed reference files, found in fashion-mnist/."""
+    found = mnist.locate(str(fashion_data), source=mnist.FASHION_MNIST)
+    assert set(found) == set(mnist.FASHION_MNIST.sha256)
+    for name, path in found.items():
+        assert path.parent == fashion_data / "fashion-mnist"
+        raw = path.read_bytes()
+        content = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+        assert hashlib.sha256(content).hexdigest() == mnist.FASHION_MNIST.sha256[name], name
+
+
+@pytest.mark.parametrize(("split", "n"), [("train", 60000), ("test", 10000)])
+def test_fashion_mnist_splits(fashion_data, split, n):
+    """Each Fashion-MNIST split: n uint8 28x28 images, balanced over the 10 classes."""
+    images, labels = mnist.load_split(split, str(fashion_data), source=mnist.FASHION_MNIST)
+    assert images.shape == (n, 28, 28) and images.dtype == np.uint8
+    assert labels.shape == (n,) and labels.dtype == np.uint8
+    assert np.bincount(labels, minlength=10).tolist() == [n // 10] * 10
+    assert images.max() == 255 and images.min() == 0
+    mnist_images, _ = mnist.load_split(split, str(fashion_data))
+    assert not np.array_equal(images[:100], mnist_images[:100])  # really the other dataset
+
+
+def test_fashion_mnist_through_data_load(fashion_data, monkeypatch):
+    """data.load("fashion-mnist") gives float32 (N,1,28,28) = bytes / 255, its class names, and uses VAEKIT_DATA."""
+    monkeypatch.setenv("VAEKIT_DATA", str(fashion_data))
+    splits = data.load(DataConfig(dataset="fashion-mnist", val_size=0))
+    assert splits.classes == FASHION_CLASSES and data.CLASSES["fashion-mnist"] == FASHION_CLASSES
+    assert splits.train.x.shape == (60000, 1, 28, 28) and splits.train.x.dtype == torch.float32
+    assert splits.test.x.shape == (10000, 1, 28, 28) and splits.test.shape == (1, 28, 28)
+    assert float(splits.train.x.min()) == 0.0 and float(splits.train.x.max()) == 1.0
+    assert np.bincount(splits.test.y.numpy(), minlength=10).tolist() == [1000] * 10
+    images, _ = mnist.load_split("test", str(fashion_data), source=mnist.FASHION_MNIST)
+    assert torch.equal(torch.round(splits.test.x[:, 0] * 255).to(torch.uint8), torch.from_numpy(images.copy()))
+
+
+def test_fashion_mnist_download_refuses_mnist_and_accepts_its_own(fashion_data, tmp_path, monkeypatch):
+    """--download verifies with Fashion-MNIST's table: a mirror serving MNIST fails, one serving it succeeds."""
+    mnist_mirror = (fashion_data / "mnist").as_uri() + "/"
+    fashion_mirror = (fashion_data / "fashion-mnist").as_uri() + "/"
+    cache = tmp_path / "cache" / "fashion-mnist"
+    monkeypatch.setattr(mnist, "FASHION_MNIST", replace(mnist.FASHION_MNIST, mirrors=(mnist_mirror,)))
+    cfg = DataConfig(dataset="fashion-mnist", data_dir=str(tmp_path / "empty"), download=True, val_size=0)
+    with pytest.raises(vaekit.DataError) as err:
+        data.load(cfg)
+    assert "Fashion-MNIST" in str(err.value) and "does not match" in str(err.value)
+    assert not cache.exists() or os.listdir(cache) == []
+    monkeypatch.setattr(mnist, "FASHION_MNIST", replace(mnist.FASHION_MNIST, mirrors=(mnist_mirror, fashion_mirror)))
+    splits = data.load(cfg)
+    assert sorted(os.listdir(cache)) == sorted(f"{n}.gz" for n in mnist.SHA256)
+    assert not (tmp_path / "cache" / "mnist").exists()
+    assert splits.classes == FASHION_CLASSES and len(splits.train) == 60000
+    assert np.bincount(splits.train.y.numpy(), minlength=10).tolist() == [6000] * 10

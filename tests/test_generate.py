@@ -63,7 +63,7 @@ def test_conditional_traversal_decodes_with_the_base_examples_class():
     model = conditional_model()
     x, y = torch.rand(12, 1, 4, 4), torch.tensor([0, 1, 2] * 4)
     cond = generate.Conditioning(y, y[4:5])
-    grid, dims = generate.traverse(model, x, x[4], n_dims=2, steps=3, span=1.0, cond=cond)
+    grid, dims, _ = generate.traverse(model, x, x[4], n_dims=2, steps=3, span=1.0, cond=cond)
     z0 = model.encode(x[4:5], y[4:5]).mean.detach()[0]
     codes = z0.repeat(6, 1)
     codes[0:3, dims[0]] = torch.tensor([-1.0, 0.0, 1.0])
@@ -83,7 +83,7 @@ def test_traversal_ranks_dimensions_by_kl_and_sweeps_only_them():
     x = torch.rand(20, 1, 4, 4)
     expected_kl = torch.tensor([0.0, 2.0, 0.125], dtype=torch.float64)
     torch.testing.assert_close(generate.kl_per_dimension(model, x), expected_kl)
-    grid, dims = generate.traverse(model, x, n_dims=2, steps=3, span=1.0)
+    grid, dims, _ = generate.traverse(model, x, n_dims=2, steps=3, span=1.0)
     assert dims == [1, 2] and grid.shape == (6, 1, 4, 4)
     expected = torch.zeros(6, 3)
     expected[0:3, 1] = torch.tensor([-1.0, 0.0, 1.0])

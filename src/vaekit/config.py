@@ -44,6 +44,9 @@ class ModelConfig:
     likelihood: str = "bernoulli"  # p(x|z): a name registered in vaekit.model.likelihoods
     posterior: str = "diagonal-gaussian"  # q(z|x): a name registered in vaekit.model.posteriors
     prior: str = "standard-normal"  # p(z): a name registered in vaekit.model.priors
+    prior_components: int = 10  # K: mixture components of the mog prior, pseudo-inputs of the vamp prior
+    flow_steps: int = 2  # T: autoregressive steps of the iaf posterior
+    flow_hidden: int = 256  # hidden units of each MADE of the iaf posterior
     obs_std: float = 0.1  # standard deviation of the fixed-variance Gaussian likelihood
     data_shape: tuple[int, ...] | None = None  # set from the data at training time
     conditional: bool = False  # q(z|x, y) and p(x|z, y) for a class label y
@@ -55,6 +58,9 @@ class ModelConfig:
         _require(self.latent_dim >= 1, "model.latent_dim", self.latent_dim, "an integer >= 1")
         _require(all(h >= 1 for h in self.hidden), "model.hidden", self.hidden, "positive layer widths")
         _require(self.obs_std > 0, "model.obs_std", self.obs_std, "a positive number")
+        _require(self.prior_components >= 1, "model.prior_components", self.prior_components, "an integer >= 1")
+        _require(self.flow_steps >= 1, "model.flow_steps", self.flow_steps, "an integer >= 1")
+        _require(self.flow_hidden >= 1, "model.flow_hidden", self.flow_hidden, "an integer >= 1")
         if self.data_shape is not None:
             _require(all(d >= 1 for d in self.data_shape), "model.data_shape", self.data_shape, "positive sizes")
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -15,7 +16,7 @@ from torch import Tensor
 from vaekit.batches import batched
 from vaekit.embedding import posterior_means
 from vaekit.errors import DataError
-from vaekit.model import VAE
+from vaekit.model import VAE, NotAvailable
 
 SAMPLERS = ("prior", "gmm")
 INTERPOLATIONS = ("lerp", "slerp")
@@ -137,16 +138,47 @@ class Conditioning:
     label: str | None = None
 
 
+class Ranking(NamedTuple):
+    """Latent dimensions, most informative first, their scores (L,) and what the scores are."""
+
+    dims: list[int]
+    scores: Tensor
+    ranked_by: str
+    measure: str  # "kl" or "variance"
+
+
+@torch.no_grad()
+def rank_dimensions(model: VAE, x: Tensor, y: Tensor | None = None) -> Ranking:
+    """The dimensions by average KL(q(z_j|x) || p(z_j)) over x, where posterior and prior factorise; otherwise
+    (a mixture or flow) by the variance of the posterior means over x, the statistic behind active units."""
+    try:
+        scores, how = kl_per_dimension(model, x, y=y), f"average KL(q(z_j|x) || p(z_j)) over {len(x)} inputs"
+        measure = "kl"
+    except NotAvailable:
+        scores = posterior_means(model, x, y=y).double().var(0, unbiased=False)
+        how = f"variance of the posterior means over {len(x)} inputs (this model has no KL per dimension)"
+        measure = "variance"
+    return Ranking(torch.argsort(scores, descending=True).tolist(), scores, how, measure)
+
+
+class Traversal(NamedTuple):
+    """A traversal grid (rows * steps, *data_shape), the dimension of each row, and how they were chosen."""
+
+    grid: Tensor
+    dims: list[int]
+    ranked_by: str
+
+
 @torch.no_grad()
 def traverse(model: VAE, x: Tensor, base: Tensor | None = None, n_dims: int = 8, steps: int = 9,
-             span: float = 3.0, cond: Conditioning = Conditioning()) -> tuple[Tensor, list[int]]:
-    """Sweep the ``n_dims`` most informative dimensions (highest average KL over x) from -span to +span.
+             span: float = 3.0, cond: Conditioning = Conditioning()) -> Traversal:
+    """Sweep the ``n_dims`` most informative dimensions (``rank_dimensions`` over x) from -span to +span.
 
     The other dimensions stay at the base code (the posterior mean of ``base``, or the prior's mean). Returns
     the decoded grid (n_dims * steps, *data_shape), row by row, and the dimensions in the order of the rows.
     """
-    kl = kl_per_dimension(model, x, y=cond.y)
-    dims = torch.argsort(kl, descending=True)[: min(n_dims, model.latent_dim)].tolist()
+    ranking = rank_dimensions(model, x, cond.y)
+    dims = ranking.dims[: min(n_dims, model.latent_dim)]
     n = len(dims) * steps
     if cond.label is None and cond.base_y is not None:  # decode with the base input's own class
         y = cond.base_y.to(model.device).expand(n)
@@ -158,5 +190,5 @@ def traverse(model: VAE, x: Tensor, base: Tensor | None = None, n_dims: int = 8,
     codes = z0.repeat(n, 1)  # (R*S, L)
     for row, d in enumerate(dims):
         codes[row * steps : (row + 1) * steps, d] = values
-    return decode_mean(model, codes, y), dims
+    return Traversal(decode_mean(model, codes, y), dims, ranking.ranked_by)
 

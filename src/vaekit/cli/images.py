@@ -112,9 +112,9 @@ def cmd_traverse(args: argparse.Namespace) -> int:
     if model.config.conditional:
         y = model.labels_of(test.y, "the test split")
         cond = generate.Conditioning(y, None if args.base is None else y[[args.base]], args.label)
-    grid, dims = generate.traverse(model, test.x, base, args.dims, args.steps, args.span, cond)
+    grid, dims, ranked_by = generate.traverse(model, test.x, base, args.dims, args.steps, args.span, cond)
     print(f"wrote {plots.save_grid(grid, args.output, nrow=args.steps)} (rows: latent dimensions {dims}, by "
-          f"average KL on the test split; columns: -{args.span:g} to +{args.span:g})")
+          f"{ranked_by} of the test split; columns: -{args.span:g} to +{args.span:g})")
     return 0
 
 

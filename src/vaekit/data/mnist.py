@@ -1,6 +1,9 @@
-"""MNIST from the four standard IDX files: parse, locate on disk, or download with checksum verification.
+"""MNIST and Fashion-MNIST from the four standard IDX files: parse, locate on disk, or download with checksum
+verification.
 
-Nothing here touches the network unless ``download=True`` is asked for.
+Both datasets use the same file names, so each is described by an ``IdxSource`` that names its own folder,
+checksums and mirrors; every function takes one and defaults to ``MNIST``. Nothing here touches the network
+unless ``download=True`` is asked for.
 """
 
 from __future__ import annotations
@@ -12,7 +15,10 @@ import math
 import os
 import urllib.request
 import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 
@@ -37,6 +43,40 @@ MIRRORS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
     "https://storage.googleapis.com/cvdf-datasets/mnist/",
 )
+
+
+@dataclass(frozen=True)
+class IdxSource:
+    """A dataset shipped as the four MNIST-style IDX files.
+
+    ``name`` is what messages call it, ``folder`` the directory it lives in under a data directory or the
+    cache, ``sha256`` the SHA-256 of each decompressed file and ``mirrors`` the base URLs that serve
+    ``<file>.gz``.
+    """
+
+    name: str
+    folder: str
+    sha256: Mapping[str, str] = field(hash=False)  # a mapping is unhashable; name and folder identify a source
+    mirrors: tuple[str, ...]
+
+
+MNIST = IdxSource("MNIST", "mnist", MappingProxyType(SHA256), MIRRORS)
+FASHION_MNIST = IdxSource(
+    "Fashion-MNIST",
+    "fashion-mnist",
+    # Xiao, Rasul & Vollgraf 2017, decompressed content as published by Zalando Research.
+    MappingProxyType({
+        "train-images-idx3-ubyte": "b09825222cc864729d4706ee7a4c9f8bbd2486f0eae80efc3c231da7d8a1f91d",
+        "train-labels-idx1-ubyte": "7cd88f551e93510030f93325e39e5d8112c932e2d6d2b1fde7ead816545ae184",
+        "t10k-images-idx3-ubyte": "a7ab3ca6a510e6a4388cfb501c39a16accc115994da7af3a582c75aaacbf9ad1",
+        "t10k-labels-idx1-ubyte": "59df6c6ad638dc43879f10a8c5b516aabdcef4f924ba14410bf8aec5e518b1c4",
+    }),
+    (
+        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",  # plain HTTP is safe: content is verified
+        "https://storage.googleapis.com/tensorflow/tf-keras-datasets/",  # Keras' copy, same file names
+    ),
+)
+
 # IDX magic: two zero bytes, a type code (0x08 = unsigned byte), the number of dimensions.
 IDX_MAGIC = {1: b"\x00\x00\x08\x01", 3: b"\x00\x00\x08\x03"}
 
@@ -83,13 +123,13 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vaekit"
 
 
-def search_dirs(data_dir: str | None) -> list[Path]:
-    """Directories searched for ``mnist/``: the explicit one or $VAEKIT_DATA, then the download cache."""
+def search_dirs(data_dir: str | None, source: IdxSource = MNIST) -> list[Path]:
+    """Directories searched for ``source.folder``: the explicit one or $VAEKIT_DATA, then the download cache."""
     roots = [Path(data_dir)] if data_dir else []
     if not data_dir and os.environ.get("VAEKIT_DATA"):
         roots.append(Path(os.environ["VAEKIT_DATA"]))
     roots.append(default_cache_dir())
-    return [r / "mnist" for r in roots]
+    return [r / source.folder for r in roots]
 
 
 def _find(name: str, dirs: list[Path]) -> Path | None:
@@ -100,30 +140,39 @@ def _find(name: str, dirs: list[Path]) -> Path | None:
     return None
 
 
-def locate(data_dir: str | None, download: bool = False) -> dict[str, Path]:
-    """Paths of the four IDX files, downloading the missing ones into the cache when ``download``."""
-    dirs = search_dirs(data_dir)
-    found = {name: _find(name, dirs) for name in SHA256}
+def locate(data_dir: str | None, download: bool = False, source: IdxSource = MNIST) -> dict[str, Path]:
+    """Paths of the four IDX files of ``source``, downloading the missing ones into the cache when ``download``.
+
+    Local files are not checksummed (a user may hold a legitimately re-packed copy); downloads always are.
+    """
+    dirs = search_dirs(data_dir, source)
+    found = {name: _find(name, dirs) for name in source.sha256}
     missing = [n for n, p in found.items() if p is None]
     if missing and download:
-        target = default_cache_dir() / "mnist"
+        target = default_cache_dir() / source.folder
         for name in missing:
-            found[name] = download_file(name, target)
+            found[name] = download_file(name, target, source=source)
         missing = []
     if missing:
         raise DataError(
-            "MNIST files not found. Searched: " + ", ".join(str(d) for d in dirs)
-            + f". Expected (raw or .gz): {', '.join(SHA256)}. Either download them with --download "
+            f"{source.name} files not found. Searched: " + ", ".join(str(d) for d in dirs)
+            + f". Expected (raw or .gz): {', '.join(source.sha256)}. Either download them with --download "
             "(stored in the cache directory and verified by SHA-256), or point --data-dir or the "
-            "VAEKIT_DATA environment variable at a directory that holds mnist/ with these files."
+            f"VAEKIT_DATA environment variable at a directory that holds {source.folder}/ with these files."
         )
     return found  # type: ignore[return-value]
 
 
-def download_file(name: str, target: Path, mirrors: tuple[str, ...] = MIRRORS) -> Path:
-    """Fetch ``name``.gz from the first mirror that serves it with the right checksum; store it atomically."""
+def download_file(
+    name: str, target: Path, mirrors: tuple[str, ...] | None = None, source: IdxSource = MNIST
+) -> Path:
+    """Fetch ``name``.gz from the first mirror that serves it with ``source``'s checksum; store it atomically.
+
+    ``mirrors`` defaults to ``source.mirrors``.
+    """
+    expected = source.sha256[name]
     errors = []
-    for base in mirrors:
+    for base in source.mirrors if mirrors is None else mirrors:
         url = f"{base}{name}.gz"
         log.info("downloading %s", url)
         try:
@@ -133,18 +182,20 @@ def download_file(name: str, target: Path, mirrors: tuple[str, ...] = MIRRORS) -
         except (OSError, EOFError, ValueError, zlib.error) as e:
             errors.append(f"{url}: {e}")
             continue
-        if digest != SHA256[name]:
-            errors.append(f"{url}: SHA-256 {digest} does not match the expected {SHA256[name]}")
+        if digest != expected:
+            errors.append(f"{url}: SHA-256 {digest} does not match the expected {expected}")
             continue
         path = target / f"{name}.gz"
         atomic_write_bytes(path, blob)
         return path
-    raise DataError(f"could not download {name}: " + "; ".join(errors))
+    raise DataError(f"could not download {source.name} file {name}: " + "; ".join(errors))
 
 
-def load_split(split: str, data_dir: str | None, download: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Images (N, 28, 28) uint8 and labels (N,) uint8 of the ``train`` or ``test`` split."""
-    paths = locate(data_dir, download)
+def load_split(
+    split: str, data_dir: str | None, download: bool = False, source: IdxSource = MNIST
+) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 28, 28) uint8 and labels (N,) uint8 of ``source``'s ``train`` or ``test`` split."""
+    paths = locate(data_dir, download, source)
     image_name, label_name = FILES[split]
     images = read_idx(paths[image_name], 3)
     labels = read_idx(paths[label_name], 1)

@@ -46,10 +46,19 @@ class Splits:
     classes: tuple[str, ...] | None = None  # names of the labels 0..C-1 that ``y`` holds, when known
 
 
-def _mnist(cfg: DataConfig) -> RawSplits:
-    x_train, y_train = mnist.load_split("train", cfg.data_dir, cfg.download)
-    x_test, y_test = mnist.load_split("test", cfg.data_dir, cfg.download)
+def _idx(source: mnist.IdxSource, cfg: DataConfig) -> RawSplits:
+    """MNIST-style IDX data as (N, 1, 28, 28) grey levels / 255 in [0, 1]."""
+    x_train, y_train = mnist.load_split("train", cfg.data_dir, cfg.download, source)
+    x_test, y_test = mnist.load_split("test", cfg.data_dir, cfg.download, source)
     return x_train[:, None] / np.float32(255), y_train, x_test[:, None] / np.float32(255), y_test
+
+
+def _mnist(cfg: DataConfig) -> RawSplits:
+    return _idx(mnist.MNIST, cfg)
+
+
+def _fashion_mnist(cfg: DataConfig) -> RawSplits:
+    return _idx(mnist.FASHION_MNIST, cfg)
 
 
 def _digits(cfg: DataConfig) -> RawSplits:
@@ -64,9 +73,19 @@ def _digits(cfg: DataConfig) -> RawSplits:
     return x[train], d.target[train], x[test], d.target[test]
 
 
-DATASETS: dict[str, Callable[[DataConfig], RawSplits]] = {"mnist": _mnist, "digits": _digits}
+DATASETS: dict[str, Callable[[DataConfig], RawSplits]] = {
+    "mnist": _mnist,
+    "fashion-mnist": _fashion_mnist,
+    "digits": _digits,
+}
 DIGITS = tuple(str(d) for d in range(10))
-CLASSES: dict[str, tuple[str, ...]] = {"mnist": DIGITS, "digits": DIGITS}  # y holds the digit itself
+# Xiao, Rasul & Vollgraf 2017, labels 0..9.
+FASHION = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+CLASSES: dict[str, tuple[str, ...]] = {
+    "mnist": DIGITS,  # y holds the digit itself
+    "fashion-mnist": FASHION,
+    "digits": DIGITS,
+}
 
 
 def _test_split(n: int, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:

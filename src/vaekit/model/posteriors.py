@@ -9,18 +9,23 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution, Independent, Normal
+from torch.distributions import Distribution, Independent, Normal, TransformedDistribution
 
+from vaekit.config import ModelConfig
 from vaekit.errors import ConfigError
+from vaekit.model.flows import MADE, IAFStep
 
 # log sigma^2 is clamped so that exp() neither overflows nor underflows to a zero scale in fp32/bf16.
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
 
 
 class Posterior(nn.Module):
-    """A family of posteriors over ``latent_dim`` dimensions, parameterised by ``n_inputs`` encoder outputs."""
+    """A family of posteriors over ``latent_dim`` dimensions, parameterised by ``n_inputs`` encoder outputs.
 
-    def __init__(self, latent_dim: int) -> None:
+    ``config`` (the model's) carries a family's own settings, e.g. ``flow_steps``.
+    """
+
+    def __init__(self, latent_dim: int, config: ModelConfig | None = None) -> None:
         super().__init__()
         self.latent_dim = latent_dim
 
@@ -50,6 +55,9 @@ class Posterior(nn.Module):
         """E_q[z] (B, L): the embedding of x."""
         return qz_x.mean
 
+    def init_from_data(self, x: Tensor, generator: torch.Generator) -> None:
+        """Set data-dependent initial values from training inputs x before training starts (none by default)."""
+
 
 class DiagonalGaussian(Posterior):
     """q(z|x) = N(mu, diag(exp(logvar))) with (mu, logvar) the two halves of h (Kingma & Welling 2014)."""
@@ -67,7 +75,43 @@ class DiagonalGaussian(Posterior):
         return qz_x.mean + qz_x.stddev * eps  # mu + sigma * eps  # (k, B, L)
 
 
-POSTERIORS: dict[str, type[Posterior]] = {"diagonal-gaussian": DiagonalGaussian}
+class InverseAutoregressiveFlow(DiagonalGaussian):
+    """q(z|x): a diagonal Gaussian transformed by T inverse autoregressive steps (Kingma et al. 2016).
+
+    The encoder gives (mu, log sigma^2, context); each step's MADE reads the context, so the flow adapts to x.
+    log q(z|x) is exact: the Gaussian's density minus the steps' log-determinants.
+    """
+
+    def __init__(self, latent_dim: int, config: ModelConfig | None = None) -> None:
+        super().__init__(latent_dim, config)
+        steps, hidden = (config.flow_steps, config.flow_hidden) if config is not None else (2, 256)
+        self.made = nn.ModuleList(MADE(latent_dim, hidden, latent_dim, reverse=t % 2 == 1) for t in range(steps))
+
+    @property
+    def n_inputs(self) -> int:
+        return 3 * self.latent_dim  # mu, log sigma^2 and the flow's context
+
+    def forward(self, h: Tensor) -> Distribution:
+        gauss, context = h[..., : 2 * self.latent_dim], h[..., 2 * self.latent_dim :]  # (B, 2L), (B, L)
+        base = super().forward(gauss)
+        return TransformedDistribution(base, [IAFStep(made, context) for made in self.made], validate_args=False)
+
+    def from_noise(self, qz_x: Distribution, eps: Tensor) -> Tensor:
+        return _through(qz_x, super().from_noise(qz_x.base_dist, eps))
+
+    def mean(self, qz_x: Distribution) -> Tensor:
+        """The flow applied to the Gaussian's mean: a deterministic code for x (E_q[z] has no closed form)."""
+        return _through(qz_x, qz_x.base_dist.mean)
+
+
+def _through(qz_x: TransformedDistribution, z: Tensor) -> Tensor:
+    """z0 of the base distribution through the flow's steps; the steps cache it, so log_prob(z) is cheap."""
+    for step in qz_x.transforms:
+        z = step(z)
+    return z
+
+
+POSTERIORS: dict[str, type[Posterior]] = {"diagonal-gaussian": DiagonalGaussian, "iaf": InverseAutoregressiveFlow}
 
 
 def register(name: str, cls: type[Posterior]) -> None:
@@ -75,8 +119,8 @@ def register(name: str, cls: type[Posterior]) -> None:
     POSTERIORS[name] = cls
 
 
-def build(name: str, latent_dim: int) -> Posterior:
+def build(name: str, latent_dim: int, config: ModelConfig | None = None) -> Posterior:
     """The posterior family registered under ``name``, over ``latent_dim`` dimensions."""
     if name not in POSTERIORS:
         raise ConfigError(f"unknown posterior {name!r}; valid posteriors: {', '.join(POSTERIORS)}")
-    return POSTERIORS[name](latent_dim)
+    return POSTERIORS[name](latent_dim, config)

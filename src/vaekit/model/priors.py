@@ -6,17 +6,26 @@ object with event shape (L,). Registering a new one is one class and one ``regis
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution, Independent, Normal
+from torch.distributions import Categorical, Distribution, Independent, MixtureSameFamily, Normal
 
+from vaekit.config import ModelConfig
 from vaekit.errors import ConfigError
+
+# log scale of the mixture prior's components: exp(-7) ~ 1e-3 keeps densities finite in fp32 and bf16
+LOG_SCALE_MIN, LOG_SCALE_MAX = -7.0, 5.0
 
 
 class Prior(nn.Module):
-    """p(z) over ``latent_dim`` dimensions; ``prior()`` returns the distribution."""
+    """p(z) over ``latent_dim`` dimensions; ``prior()`` returns the distribution.
 
-    def __init__(self, latent_dim: int) -> None:
+    ``config`` (the model's) carries a prior's own settings, e.g. ``prior_components``.
+    """
+
+    def __init__(self, latent_dim: int, config: ModelConfig | None = None) -> None:
         super().__init__()
         self.latent_dim = latent_dim
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)  # follows the model's device and dtype
@@ -27,6 +36,12 @@ class Prior(nn.Module):
     def zeros(self) -> Tensor:
         """(L,) zeros on the model's device and in its dtype: a place to start a fixed prior's parameters."""
         return self._anchor.expand(self.latent_dim)
+
+    def bind(self, encode: Callable[..., Distribution]) -> None:
+        """Called by the model with its q(z|x): a prior defined through the encoder (VampPrior) keeps it."""
+
+    def init_from_data(self, x: Tensor, generator: torch.Generator) -> None:
+        """Set data-dependent initial values from training inputs x before training starts (none by default)."""
 
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
@@ -62,7 +77,80 @@ class StandardNormal(Prior):
                            dtype=self._anchor.dtype) * temperature
 
 
-PRIORS: dict[str, type[Prior]] = {"standard-normal": StandardNormal}
+class MixturePrior(Prior):
+    """p(z) = sum_k pi_k N(z; m_k, diag(s_k^2)): K components with learned weights, means and scales."""
+
+    def __init__(self, latent_dim: int, config: ModelConfig | None = None) -> None:
+        super().__init__(latent_dim, config)
+        k = config.prior_components if config is not None else 10
+        self.logits = nn.Parameter(torch.zeros(k))  # (K,)
+        self.means = nn.Parameter(torch.randn(k, latent_dim))  # (K, L): spread like draws from N(0, I)
+        self.log_scales = nn.Parameter(torch.zeros(k, latent_dim))  # (K, L)
+
+    def forward(self) -> Distribution:
+        scales = self.log_scales.clamp(LOG_SCALE_MIN, LOG_SCALE_MAX).exp()
+        components = Independent(Normal(self.means, scales, validate_args=False), 1, validate_args=False)
+        return MixtureSameFamily(Categorical(logits=self.logits, validate_args=False), components,
+                                 validate_args=False)
+
+    @torch.no_grad()
+    def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
+        """A component k ~ pi, then z = m_k + T s_k eps: the temperature narrows each component."""
+        return sample_mixture(self(), n, temperature, generator)
+
+
+class VampPrior(Prior):
+    """p(z) = (1/K) sum_k q(z | u_k): the posteriors of K learned pseudo-inputs u_k (Tomczak & Welling 2018),
+    initialised from training inputs. Its KL with a posterior has no closed form: it is estimated by Monte Carlo.
+    """
+
+    def __init__(self, latent_dim: int, config: ModelConfig | None = None) -> None:
+        super().__init__(latent_dim, config)
+        if config is None or config.data_shape is None:
+            raise ConfigError("the vamp prior needs model.data_shape: its pseudo-inputs are inputs of the encoder")
+        if config.conditional:
+            raise ConfigError("the vamp prior is not available for conditional models: its pseudo-inputs carry "
+                              "no label; use model.prior = standard-normal or mog")
+        if config.posterior != "diagonal-gaussian":
+            raise ConfigError(f"the vamp prior mixes diagonal-Gaussian posteriors; model.posterior is "
+                              f"{config.posterior!r}")
+        self.u = nn.Parameter(torch.zeros(config.prior_components, *config.data_shape))  # (K, *shape)
+        self._encode: Callable[..., Distribution] | None = None
+
+    def bind(self, encode: Callable[..., Distribution]) -> None:
+        self.__dict__["_encode"] = encode  # a plain attribute: the model is not a sub-module of its prior
+
+    def init_from_data(self, x: Tensor, generator: torch.Generator) -> None:
+        """Pseudo-inputs u_k: K training inputs drawn without replacement (with, when there are fewer)."""
+        k = len(self.u)
+        idx = torch.randperm(len(x), generator=generator, device=generator.device)[:k] if len(x) >= k else \
+            torch.randint(len(x), (k,), generator=generator, device=generator.device)
+        with torch.no_grad():
+            self.u.copy_(x[idx.to(x.device)])
+
+    def forward(self) -> Distribution:
+        if self._encode is None:
+            raise ConfigError("the vamp prior is used by the model it belongs to (VAE binds its encoder)")
+        components = self._encode(self.u)  # q(z | u_k), batch shape (K,)
+        weights = Categorical(logits=torch.zeros(len(self.u), device=self.u.device), validate_args=False)
+        return MixtureSameFamily(weights, components, validate_args=False)
+
+    @torch.no_grad()
+    def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
+        """A pseudo-input k uniformly, then z = mu(u_k) + T sigma(u_k) eps."""
+        return sample_mixture(self(), n, temperature, generator)
+
+
+def sample_mixture(pz: MixtureSameFamily, n: int, temperature: float, generator: torch.Generator | None) -> Tensor:
+    """n draws (n, L) of a mixture of diagonal Gaussians, each component's spread scaled by the temperature."""
+    components = pz.component_distribution.base_dist  # Normal, batch (K, L)
+    k = torch.multinomial(pz.mixture_distribution.probs, n, replacement=True, generator=generator)  # (n,)
+    eps = torch.randn(n, components.loc.shape[-1], generator=generator, device=components.loc.device,
+                      dtype=components.loc.dtype)
+    return components.loc[k] + temperature * components.scale[k] * eps
+
+
+PRIORS: dict[str, type[Prior]] = {"standard-normal": StandardNormal, "mog": MixturePrior, "vamp": VampPrior}
 
 
 def register(name: str, cls: type[Prior]) -> None:
@@ -70,8 +158,8 @@ def register(name: str, cls: type[Prior]) -> None:
     PRIORS[name] = cls
 
 
-def build(name: str, latent_dim: int) -> Prior:
+def build(name: str, latent_dim: int, config: ModelConfig | None = None) -> Prior:
     """The prior registered under ``name``, over ``latent_dim`` dimensions."""
     if name not in PRIORS:
         raise ConfigError(f"unknown prior {name!r}; valid priors: {', '.join(PRIORS)}")
-    return PRIORS[name](latent_dim)
+    return PRIORS[name](latent_dim, config)

@@ -49,10 +49,11 @@ class VAE(nn.Module):
         self.data_shape = tuple(config.data_shape)
         self.n_params = likelihoods.get(config.likelihood).n_params
         self.n_classes = len(config.labels) if config.conditional else 0
-        self.prior = priors.build(config.prior, config.latent_dim)
-        self.layers = nn.ModuleList([LatentLayer(posteriors.build(config.posterior, config.latent_dim))])
+        self.prior = priors.build(config.prior, config.latent_dim, config)
+        self.layers = nn.ModuleList([LatentLayer(posteriors.build(config.posterior, config.latent_dim, config))])
         self.encoder, self.decoder = _networks(config, self.data_shape, self.layers[0].posterior.n_inputs,
                                                self.n_params, self.n_classes)
+        self.prior.bind(self.encode)
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)  # the model's device and dtype
 
     @property
@@ -96,6 +97,12 @@ class VAE(nn.Module):
         """One reparameterised pass: every layer's z ~ q(z|x) with log q, log p and the KL, and p(x|z)."""
         latents = self.infer(x, y, k, eps)
         return Pass(latents, self.decode(latents[-1].z, y))
+
+    def init_from_data(self, x: Tensor, generator: torch.Generator) -> None:
+        """Data-dependent initial values of the parts (e.g. a VampPrior's pseudo-inputs) from training inputs x."""
+        self.prior.init_from_data(x, generator)
+        for layer in self.layers:
+            layer.posterior.init_from_data(x, generator)
 
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None,
@@ -169,8 +176,10 @@ class VAE(nn.Module):
 
 def check_parts(config: ModelConfig) -> None:
     """Refuse a prior, posterior family or likelihood that no registry holds, before any data is loaded."""
-    priors.build(config.prior, 1)
-    posteriors.build(config.posterior, 1)
+    for name, registry, what in ((config.prior, priors.PRIORS, "prior"),
+                                 (config.posterior, posteriors.POSTERIORS, "posterior")):
+        if name not in registry:
+            raise ConfigError(f"unknown {what} {name!r}; valid {what}s: {', '.join(registry)}")
     likelihoods.get(config.likelihood)
 
 

@@ -180,8 +180,9 @@ def images(x: Tensor, fmt: str) -> dict[str, Any]:
     return {"x": codec.to_payload(x, fmt), "format": fmt, "shape": list(x.shape)}
 
 
-def encoded(mu: Tensor, logvar: Tensor) -> dict[str, Any]:
-    return {"mu": codec.floats(mu, "the posterior mean"), "logvar": codec.floats(logvar, "the posterior log-variance")}
+def encoded(mu: Tensor, logvar: Tensor | None) -> dict[str, Any]:
+    return {"mu": codec.floats(mu, "the posterior mean"),
+            "logvar": None if logvar is None else codec.floats(logvar, "the posterior log-variance")}
 
 
 def scored(out: dict[str, Any], fmt: str) -> dict[str, Any]:

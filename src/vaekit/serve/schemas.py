@@ -96,8 +96,10 @@ class SampleResponse(ImagesResponse):
 
 
 class EncodeResponse(BaseModel):
-    mu: list[list[float]] = Field(description="posterior means (N, latent_dim)")
-    logvar: list[list[float]] = Field(description="posterior log-variances (N, latent_dim)")
+    mu: list[list[float]] = Field(description="posterior means (N, latent_dim); for a flow posterior the flow "
+                                  "applied to its base Gaussian's mean")
+    logvar: list[list[float]] | None = Field(description="posterior log-variances (N, latent_dim); null for a "
+                                             "posterior family without a closed-form variance (a flow)")
 
 
 class InterpolateResponse(ImagesResponse):

@@ -27,7 +27,7 @@ from vaekit import anomaly, checkpoint, data, embedding, generate
 from vaekit.config import Config
 from vaekit.data.tabular import Standardizer
 from vaekit.errors import CheckpointError, DataError, VaekitError
-from vaekit.model import VAE, NotAvailable, likelihoods
+from vaekit.model import VAE, likelihoods
 from vaekit.plots import is_image_shape
 from vaekit.serve import codec
 
@@ -108,13 +108,18 @@ class ModelService:
         with self._inference():
             return self._to_data_units(generate.decode_mean(self.model, codes, y))
 
-    def encode(self, x: Sequence[Any], label: str | None = None) -> tuple[Tensor, Tensor]:
-        """The posterior q(z|x) of each input: its mean and log-variance, each (N, L)."""
+    def encode(self, x: Sequence[Any], label: str | None = None) -> tuple[Tensor, Tensor | None]:
+        """The posterior q(z|x) of each input: its mean and log-variance, each (N, L); the log-variance is None
+        for a posterior family without a closed-form variance (a flow)."""
         xt = self.inputs(x)
         y = self.labels(label, len(xt))
         with self._inference():
             latent = self.model.infer(xt.to(self._device), _on(y, self._device))[-1]
-            return latent.mean.cpu(), latent.qz_x.variance.log().cpu()
+            try:
+                logvar = latent.qz_x.variance.log().cpu()
+            except NotImplementedError:
+                logvar = None
+            return latent.mean.cpu(), logvar
 
     def reconstruct(self, x: Sequence[Any], label: str | None = None) -> Tensor:
         """E[x|z = mu(x)] for each input; (N, *shape) in data units."""
@@ -232,16 +237,12 @@ def load_examples(config: Config, n: int, data_dir: str | None = None) -> Exampl
 
 def latent_ranking(model: VAE, examples: Examples | None,
                    mu: Tensor | None) -> tuple[list[int], list[float] | None, str]:
-    """Latent dimensions, most informative first (highest average KL over the examples), their KL, and how
-    they were ranked (by index where there are no examples or the model has no per-dimension KL)."""
+    """Latent dimensions, most informative first (``generate.rank_dimensions`` over the examples), their KL
+    where that is what ranked them, and how they were ranked (by index where there are no examples)."""
     if examples is None or mu is None:
         return list(range(model.latent_dim)), None, "index (no data to rank by)"
-    try:
-        kl = generate.kl_per_dimension(model, examples.x, y=model.labels_of(examples.y, examples.source))  # (L,)
-    except NotAvailable as e:
-        return list(range(model.latent_dim)), None, f"index ({e})"
-    how = f"average KL(q(z_j|x) || p(z_j)) over {len(examples.x)} examples"
-    return torch.argsort(kl, descending=True).tolist(), kl.tolist(), how
+    ranking = generate.rank_dimensions(model, examples.x, model.labels_of(examples.y, examples.source))
+    return ranking.dims, ranking.scores.tolist() if ranking.measure == "kl" else None, ranking.ranked_by
 
 
 def latent_map(mu: np.ndarray) -> LatentMap:

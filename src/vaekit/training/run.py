@@ -120,6 +120,7 @@ def start(config: Config, splits: data.Splits, device: torch.device, ctx: distri
     if ctx.world_size > 1:  # but independent posterior noise in each
         torch.manual_seed(config.train.seed + ctx.rank)
     x, y = _on_device(splits.train, model, device)
+    model.init_from_data(x, torch.Generator(device).manual_seed(config.train.seed))  # the same in every process
     if config.train.free_bits > 0:
         _check_free_bits(model, x, y, config.train.free_bits)
     bounds = _batch_bounds(len(x), config, ctx)

@@ -171,7 +171,7 @@ function setupLatent() {
   state.z = new Array(size).fill(0);
   $("ranking-note").textContent = ranking.kl
     ? `The ${dims.length} most informative of ${size} dimensions, by ${ranking.ranked_by}; the others stay at 0.`
-    : `The first ${dims.length} of ${size} dimensions (${ranking.ranked_by}); the others stay at 0.`;
+    : `${dims.length} of ${size} dimensions, by ${ranking.ranked_by}; the others stay at 0.`;
   const box = $("latent-sliders");
   box.replaceChildren(...dims.map((d) => sliderRow(d, ranking.kl ? ranking.kl[d] : null)));
   const refresh = coalesce(decodeLatent);
