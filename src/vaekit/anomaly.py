@@ -27,8 +27,8 @@ from vaekit.model import VAE
 
 log = logging.getLogger(__name__)
 
-SCORES = ("elbo", "nll", "recon")
-DEFAULT_SAMPLES = {"elbo": 10, "nll": 1000, "recon": 0}  # posterior draws, importance samples, none
+SCORES = ("elbo", "nll", "recon", "llr")
+DEFAULT_SAMPLES = {"elbo": 10, "nll": 1000, "recon": 0, "llr": 100}  # draws or importance samples per input
 THRESHOLD_FILE = "anomaly.json"
 
 
@@ -39,20 +39,44 @@ def score(model: VAE, x: Tensor, method: str = "elbo", samples: int | None = Non
 
     ``elbo``: the negative ELBO with its expected reconstruction term averaged over ``samples`` posterior
     draws (default 10); ``nll``: the importance-sampled negative log-likelihood with ``samples`` importance
-    samples (default 1000); ``recon``:
-    the squared reconstruction error ||x - E[x|z = E_q[z]]||^2 (in the units of x; for tables, standardized
-    units). The standard-normal noise behind the posterior draws comes from ``seed`` and is shared by all
+    samples (default 1000); ``recon``: the squared reconstruction error ||x - E[x|z = E_q[z]]||^2 (in the
+    units of x; for tables, standardized units); ``llr>K`` (``llr`` is ``llr>1``), for a hierarchy of more
+    than K layers: the likelihood ratio L - L^{>K} of Havtorn et al. 2021 ("Hierarchical VAEs know what they
+    don't know"), where L^{>K} draws the lowest K layers from their conditional priors, so that it scores x by
+    its high-level latents only; both bounds from ``samples`` importance samples (default 100). The
+    standard-normal noise behind the posterior draws comes from ``seed`` and is shared by all
     inputs, so a score depends only on its input: not on the batch, the order, or the caller's random state.
     """
-    if method not in SCORES:
-        raise ConfigError(f"unknown anomaly score {method!r}; valid scores: {', '.join(SCORES)}")
+    name, below = parse_score(method, len(model.layers))
     model.eval()
     x, y = x.to(model.device), None if y is None else y.to(model.device)
-    k = samples if samples is not None else DEFAULT_SAMPLES[method]
-    eps = torch.randn(k, model.latent_dim, generator=torch.Generator().manual_seed(seed)).to(model.device)  # (k, L)
-    if method == "nll":
-        return evaluation.importance_sampled_nll(model, x, k, eps=eps, y=y).cpu()
-    return batched(lambda xb, yb: _batch_score(model, xb, method, eps, yb), x, y, batch_size).cpu()
+    k = samples if samples is not None else DEFAULT_SAMPLES[name]
+    noise = torch.randn(k, model.noise_dim, generator=torch.Generator().manual_seed(seed)).to(model.device)  # (k, D)
+    if name == "nll":
+        return evaluation.importance_sampled_nll(model, x, k, eps=noise, y=y).cpu()
+    if name == "llr":
+        return batched(lambda xb, yb: _likelihood_ratio(model, xb, below, noise, yb), x, y, batch_size).cpu()
+    return batched(lambda xb, yb: _batch_score(model, xb, name, noise, yb), x, y, batch_size).cpu()
+
+
+def parse_score(method: str, layers: int) -> tuple[str, int]:
+    """("llr", K) for "llr>K" (and "llr"), (method, 0) for the others; a ConfigError for what cannot be scored."""
+    name, _, below = method.partition(">")
+    if name not in SCORES or (below and (name != "llr" or not below.isdigit())):
+        raise ConfigError(f"unknown anomaly score {method!r}; valid scores: {', '.join(SCORES[:-1])}, llr>K")
+    k = int(below or 1) if name == "llr" else 0
+    if name == "llr" and not 1 <= k < layers:
+        raise ConfigError(f"the {name}>{k} score compares bounds of a hierarchy with more than {k} stochastic "
+                          f"layers; this model has {layers} (set model.lower_latent_dims, e.g. the hvae preset)")
+    return name, k
+
+
+def _likelihood_ratio(model: VAE, x: Tensor, below: int, noise: Tensor, y: Tensor | None) -> Tensor:
+    """L - L^{>K} per input (B,): both importance-weighted over the same shared noise."""
+    def bound(prior_below: int) -> Tensor:
+        return torch.logsumexp(model(x, y, eps=noise, prior_below=prior_below).log_weights(x), dim=0)
+
+    return bound(0) - bound(below)  # the log(1/S) of the two bounds cancels
 
 
 def _batch_score(model: VAE, x: Tensor, method: str, eps: Tensor, y: Tensor | None) -> Tensor:
@@ -76,7 +100,7 @@ def explain(model: VAE, x: Tensor, method: str = "elbo", y: Tensor | None = None
     """``pixel_map`` and the reconstruction E[x|z = E_q[z]] it compares x with, from one encode and decode."""
     model.eval()
     x, y = x.to(model.device), None if y is None else y.to(model.device)
-    px_z = model.decode(model.infer(x, y)[-1].mean, y)
+    px_z = model(x, y, mean=True).px_z
     recon = px_z.mean
     per = (x - recon).pow(2) if method == "recon" else -px_z.base_dist.log_prob(x)  # (N, *shape)
     return (per.sum(1) if per.dim() == 4 else per).cpu(), recon.cpu()

@@ -40,7 +40,8 @@ class ModelConfig:
     hidden: tuple[int, ...] = (400,)  # MLP widths; for conv, the fully connected layers after the convolutions
     channels: tuple[int, ...] = (32, 64)  # conv: output channels of each stride-2 layer of the encoder
     activation: str = "relu"
-    latent_dim: int = 20
+    latent_dim: int = 20  # the top stochastic layer's size
+    lower_latent_dims: tuple[int, ...] = ()  # a hierarchy: layers below the top, top-down (mlp, unconditional)
     likelihood: str = "bernoulli"  # p(x|z): a name registered in vaekit.model.likelihoods
     posterior: str = "diagonal-gaussian"  # q(z|x): a name registered in vaekit.model.posteriors
     prior: str = "standard-normal"  # p(z): a name registered in vaekit.model.priors
@@ -56,6 +57,8 @@ class ModelConfig:
         _require(self.arch in ARCHS, "model.arch", self.arch, f"one of {ARCHS}")
         _require(all(c >= 1 for c in self.channels), "model.channels", self.channels, "positive channel counts")
         _require(self.latent_dim >= 1, "model.latent_dim", self.latent_dim, "an integer >= 1")
+        _require(all(d >= 1 for d in self.lower_latent_dims), "model.lower_latent_dims", self.lower_latent_dims,
+                 "positive layer sizes")
         _require(all(h >= 1 for h in self.hidden), "model.hidden", self.hidden, "positive layer widths")
         _require(self.obs_std > 0, "model.obs_std", self.obs_std, "a positive number")
         _require(self.prior_components >= 1, "model.prior_components", self.prior_components, "an integer >= 1")
@@ -207,6 +210,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model.hidden": [200, 200], "model.activation": "tanh", "model.latent_dim": 50, "model.posterior": "iaf",
         "model.flow_steps": 2, "model.flow_hidden": 200, "model.likelihood": "bernoulli", "data.binarize": "dynamic",
         "train.lr": 1e-3, "train.batch_size": 128,
+    },
+    # A Ladder-style hierarchy (Sonderby et al. 2016): three stochastic layers of 16 (top), 32 and 64 units with
+    # top-down inference sharing the generative path, 512-256 MLPs, dynamically binarized data, a 10-epoch KL
+    # warm-up as the Ladder VAE used. The likelihood-ratio anomaly score (--score llr) needs such a hierarchy.
+    "hvae": {
+        "model.hidden": [512, 256], "model.activation": "relu", "model.latent_dim": 16,
+        "model.lower_latent_dims": [32, 64], "model.likelihood": "bernoulli", "data.binarize": "dynamic",
+        "train.lr": 1e-3, "train.batch_size": 128, "train.kl_warmup_epochs": 10.0,
     },
     # Anomaly detection on standardized tables, trained on unlabelled and possibly contaminated data: a small
     # Gaussian VAE, briefly trained, with beta = 4. The heavier KL weight keeps the model smooth, so it does not

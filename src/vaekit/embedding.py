@@ -22,10 +22,10 @@ PROJECTIONS = ("pca", "tsne")
 
 @torch.no_grad()
 def posterior_means(model: VAE, x: Tensor, batch_size: int = 1000, y: Tensor | None = None) -> Tensor:
-    """E_q[z|x] for every row of x, in batches; shape (N, L), on the CPU. A conditional model's E_q[z|x, y]
-    needs the labels y (N,)."""
+    """E_q[z|x] of the top layer for every row of x, in batches; shape (N, L), on the CPU. A conditional
+    model's E_q[z|x, y] needs the labels y (N,)."""
     model.eval()
-    return batched(lambda xb, yb: model.infer(xb, yb)[-1].mean.cpu(), x, y, batch_size, model.device)
+    return batched(lambda xb, yb: model.infer(xb, yb)[0].mean.cpu(), x, y, batch_size, model.device)
 
 
 @dataclass(frozen=True)

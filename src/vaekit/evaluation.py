@@ -50,9 +50,28 @@ def decoder_width(model: VAE) -> int:
 
 
 @torch.no_grad()
-def active_units(model: VAE, x: Tensor, batch_size: int = 1000, y: Tensor | None = None) -> int:
-    """Number of latent dimensions whose posterior mean varies across the data (Burda et al. 2015)."""
-    return objectives.count_active(batched(lambda xb, yb: model.infer(xb, yb)[-1].mean, x, y, batch_size))
+def active_units(model: VAE, x: Tensor, batch_size: int = 1000, y: Tensor | None = None) -> list[int]:
+    """Latent dimensions whose posterior mean varies across the data (Burda et al. 2015), per layer, top first.
+
+    In a hierarchy each layer's posterior is taken at the posterior means of the layers above.
+    """
+    def means(xb: Tensor, yb: Tensor | None) -> Tensor:
+        return torch.cat([latent.mean for latent in model.infer(xb, yb, mean=True)], dim=-1)  # (B, noise_dim)
+
+    mu = batched(means, x, y, batch_size).split([layer.latent_dim for layer in model.layers], dim=-1)
+    return [objectives.count_active(m) for m in mu]
+
+
+@torch.no_grad()
+def per_layer(model: VAE, x: Tensor, batch_size: int = 1000, y: Tensor | None = None) -> dict[str, Any]:
+    """Active units (in all) and, for a hierarchy, each layer's size, active units and KL averaged over x."""
+    active = active_units(model, x, batch_size, y)
+    if len(model.layers) == 1:
+        return {"active_units": active[0]}
+    kl = batched(lambda xb, yb: torch.stack([t.sum() for t in model(xb, yb).kl_per_layer]).double(), x, y,
+                 batch_size, combine=lambda parts: torch.stack(parts).sum(0)) / len(x)
+    return {"active_units": sum(active), "active_units_per_layer": active, "kl_per_layer": kl.tolist(),
+            "latent_dims": [layer.latent_dim for layer in model.layers]}
 
 
 @torch.no_grad()
@@ -78,6 +97,7 @@ def evaluate_model(model: VAE, x: Tensor, iw_samples: int = 1000, seed: int = 0,
         result: dict[str, Any] = objectives.dataset_elbo(model, x, batch_size, y)
         if iw_samples > 0:
             result["nll"] = float(importance_sampled_nll(model, x, iw_samples, y=y).double().mean())
+        result.update(per_layer(model, x, batch_size, y))
     result["density"] = likelihoods.density_kind(model.config.likelihood, x)
     if result["density"] == "discrete":  # log-probabilities, so also in bits per dimension: nats / (D ln 2)
         per_bit = math.prod(model.data_shape) * math.log(2)
@@ -89,7 +109,6 @@ def evaluate_model(model: VAE, x: Tensor, iw_samples: int = 1000, seed: int = 0,
         "n": len(x),
         "split": "test", "binarization": "none", **(protocol or {}),
         "likelihood": model.config.likelihood,
-        "active_units": active_units(model, x, batch_size, y),
         "conditional": model.config.conditional,
         "latent_dim": model.latent_dim,
         "seed": seed,

@@ -111,12 +111,13 @@ def interpolate(model: VAE, xa: Tensor, xb: Tensor, steps: int = 10, method: str
 
 @torch.no_grad()
 def kl_per_dimension(model: VAE, x: Tensor, batch_size: int = 1000, y: Tensor | None = None) -> Tensor:
-    """Average over x of KL(q(z_j|x) || p(z_j)) (q(z_j|x, y) given labels y) for each dimension j; shape (L,).
+    """Average over x of KL(q(z_j|x) || p(z_j)) (q(z_j|x, y) given labels y) for each dimension j of the top
+    layer; shape (L,).
 
     NotAvailable when the model's posterior and prior do not factorise over the dimensions.
     """
     def batch_sum(xb: Tensor, yb: Tensor | None) -> Tensor:
-        return model.infer(xb, yb)[-1].kl_per_dimension().sum(0).double().cpu()  # (L,)
+        return model.infer(xb, yb)[0].kl_per_dimension().sum(0).double().cpu()  # (L,)
 
     total = batched(batch_sum, x, y, batch_size, model.device, combine=lambda parts: functools.reduce(torch.add, parts))
     return total / len(x)

@@ -61,9 +61,12 @@ def add_anomaly(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--score", default="elbo", choices=list(anomaly.SCORES),
                    help="elbo: negative ELBO over --samples draws; nll: importance-sampled; "
-                   "recon: squared reconstruction error at the posterior mean")
+                   "recon: squared reconstruction error at the posterior mean; llr: for a hierarchical model, the "
+                   "likelihood ratio L - L>K over --iw-samples (Havtorn et al. 2021)")
+    p.add_argument("--k", type=int, default=1, help="--score llr: how many of the lowest stochastic layers the "
+                   "second bound draws from their conditional priors (LLR>K, Havtorn et al. 2021)")
     p.add_argument("--samples", type=int, default=10, help="posterior draws per input for --score elbo")
-    p.add_argument("--iw-samples", type=int, default=1000, help="importance samples for --score nll")
+    p.add_argument("--iw-samples", type=int, default=1000, help="importance samples for --score nll and llr")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--contamination", type=float, help="fit and store a threshold flagging this fraction "
                        "of the validation split (the training split when there is none)")
@@ -80,7 +83,9 @@ def cmd_anomaly(args: argparse.Namespace) -> int:
     ckpt = checkpoint.resolve(args.dir)  # one checkpoint set: the model scored is the one a threshold is fitted for
     model, config = checkpoint.load_run(ckpt)
     cfg = data_config(config, args.data_dir, args.dataset)
-    samples = args.iw_samples if args.score == "nll" else args.samples
+    if args.score == "llr":
+        args.score = f"llr>{args.k}"
+    samples = args.iw_samples if args.score.startswith(("nll", "llr")) else args.samples
     score = lambda x, y: anomaly.score(model, x, args.score, samples, y=y)  # noqa: E731
     splits = None
     if args.input is None or args.contamination is not None or args.quantile is not None:

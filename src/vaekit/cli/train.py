@@ -184,7 +184,8 @@ def format_epoch(r: dict[str, Any], epochs: int) -> str:
     if "val_neg_elbo" in r:
         line += f"  val -ELBO {r['val_neg_elbo']:9.3f} (recon {r['val_recon']:9.3f}, KL {r['val_kl']:7.3f})"
     if "active_units" in r:
-        line += f"  beta {r['beta']:.3g}  active {r['active_units']}/{len(r['kl_per_dim'])}"
+        units = r.get("latent_units", len(r["kl_per_dim"] or ()))
+        line += f"  beta {r['beta']:.3g}  active {r['active_units']}/{units}"
     return line + f"  {r['time_s']:.2f}s"
 
 
@@ -251,6 +252,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for name, key in bits:
         if key in result:
             print(f"  {name:<20} {result[key]:10.4f} bits/dim")
-    print(f"  {'active units':<20} {result['active_units']:>6d} / {result['latent_dim']}")
+    units = sum(result.get("latent_dims", [result["latent_dim"]]))
+    print(f"  {'active units':<20} {result['active_units']:>6d} / {units}")
+    if "kl_per_layer" in result:
+        per_layer = zip(result["kl_per_layer"], result["active_units_per_layer"], result["latent_dims"], strict=True)
+        print("  KL per layer, top first: " + ", ".join(f"{kl:.2f} nats ({a}/{d} active)" for kl, a, d in per_layer))
     print(f"  ({result['seconds']:.1f} s)")
     return 0

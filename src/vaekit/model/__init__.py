@@ -5,6 +5,7 @@ objectives and every use read it.
 """
 
 from vaekit.model.latent import Latent, NotAvailable, Pass
-from vaekit.model.vae import VAE, LatentLayer, check_parts
+from vaekit.model.layers import ConditionalLayer, LatentLayer
+from vaekit.model.vae import VAE, check_parts
 
-__all__ = ["VAE", "Latent", "LatentLayer", "NotAvailable", "Pass", "check_parts"]
+__all__ = ["VAE", "ConditionalLayer", "Latent", "LatentLayer", "NotAvailable", "Pass", "check_parts"]

@@ -30,6 +30,7 @@ class Latent:
     pz: Distribution  # event shape (L,)
     draw: Callable[[], Tensor]  # the posterior family's sampler: z (B, L), or (k, B, L)
     embed: Callable[[], Tensor]  # the posterior family's E_q[z] (B, L)
+    from_prior: bool = False  # z was drawn from p, not q: the layer adds nothing to the bound's log weight
 
     @cached_property
     def z(self) -> Tensor:
@@ -105,6 +106,11 @@ class Pass:
         """Total KL over the layers, per input (B,)."""
         return _total([latent.kl for latent in self.latents])
 
+    @property
+    def kl_per_layer(self) -> list[Tensor]:
+        """The KL of each layer, top first, per input (B,)."""
+        return [latent.kl for latent in self.latents]
+
     def kl_per_dimension(self) -> Tensor:
         """The KL of every latent dimension of every layer, (B, sum of L); NotAvailable where undefined."""
         parts = [latent.kl_per_dimension() for latent in self.latents]
@@ -116,8 +122,9 @@ class Pass:
         With ``beta`` (a KL warm-up acting on the IWAE objective), log p(x|z) + beta (log p(z) - log q(z|x)).
         ``log_px_z`` passes log p(x|z) when the caller has already computed it.
         """
-        log_p = _total([latent.log_p for latent in self.latents])
-        log_q = _total([latent.log_q for latent in self.latents])
+        drawn_from_q = [latent for latent in self.latents if not latent.from_prior]  # log p - log p = 0 for others
+        log_p = _total([latent.log_p for latent in drawn_from_q])
+        log_q = _total([latent.log_q for latent in drawn_from_q])
         if log_px_z is None:
             log_px_z = self.px_z.log_prob(x)  # x broadcasts over the k samples
         return log_px_z + log_p - log_q if beta is None else log_px_z + beta * (log_p - log_q)

@@ -1,11 +1,13 @@
 """The variational autoencoder (Kingma & Welling 2014), assembled from parts: networks, a stack of stochastic
-layers (each with its posterior family; one layer today), a prior p(z) and a likelihood p(x|z).
+layers (the top one with its posterior family; ``model.lower_latent_dims`` adds a Ladder-style hierarchy below
+it), a prior p(z) and a likelihood p(x|z).
 
 The model knows the math only: no loss, no optimizer, no device choice, no files.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -16,23 +18,7 @@ from vaekit.config import ModelConfig
 from vaekit.errors import ConfigError, DataError
 from vaekit.model import likelihoods, nets, posteriors, priors
 from vaekit.model.latent import Latent, Pass
-
-
-class LatentLayer(nn.Module):
-    """One stochastic layer: the posterior family q(z|h) over its ``latent_dim`` dimensions."""
-
-    def __init__(self, posterior: posteriors.Posterior) -> None:
-        super().__init__()
-        self.posterior = posterior
-
-    @property
-    def latent_dim(self) -> int:
-        return self.posterior.latent_dim
-
-    def infer(self, h: Tensor, pz: Distribution, k: int | None, eps: Tensor | None) -> Latent:
-        """This layer's part of a pass, from the encoder's output h (B, n_inputs) and the layer's prior."""
-        qz_x = self.posterior(h)
-        return Latent(qz_x, pz, lambda: self.posterior.rsample(qz_x, k, eps), lambda: self.posterior.mean(qz_x))
+from vaekit.model.layers import ConditionalLayer, LatentLayer
 
 
 class VAE(nn.Module):
@@ -50,16 +36,25 @@ class VAE(nn.Module):
         self.n_params = likelihoods.get(config.likelihood).n_params
         self.n_classes = len(config.labels) if config.conditional else 0
         self.prior = priors.build(config.prior, config.latent_dim, config)
-        self.layers = nn.ModuleList([LatentLayer(posteriors.build(config.posterior, config.latent_dim, config))])
+        self.layers = nn.ModuleList([LatentLayer(posteriors.build(config.posterior, config.latent_dim, config)),
+                                     *_lower_layers(config)])
         self.encoder, self.decoder = _networks(config, self.data_shape, self.layers[0].posterior.n_inputs,
-                                               self.n_params, self.n_classes)
+                                               self.layers[-1].latent_dim, self.n_params, self.n_classes)
+        if len(self.layers) > 1:  # the bottom-up features d(x) that the lower layers' posteriors read
+            self.bottom_up = nets.MLP(math.prod(self.data_shape), config.hidden[:-1], config.hidden[-1],
+                                      config.activation)
         self.prior.bind(self.encode)
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)  # the model's device and dtype
 
     @property
     def latent_dim(self) -> int:
-        """Dimensions of the code z that ``decode`` takes and ``sample`` draws."""
+        """Dimensions of the top layer's code z: what ``decode`` takes, ``sample`` draws and embeddings hold."""
         return self.config.latent_dim
+
+    @property
+    def noise_dim(self) -> int:
+        """Standard-normal draws per posterior sample across all layers: the width of ``eps`` in ``infer``."""
+        return sum(layer.latent_dim for layer in self.layers)
 
     @property
     def device(self) -> torch.device:
@@ -77,32 +72,54 @@ class VAE(nn.Module):
         return self.layers[0].posterior(self._features(x, y))
 
     def decode(self, z: Tensor, y: Tensor | None = None) -> Distribution:
-        """p(x|z) (or p(x|z, y)) with event shape ``data_shape`` for z of shape (..., B, L); batch shape (..., B)."""
+        """p(x|z) (or p(x|z, y)) with event shape ``data_shape`` for top-layer codes z (..., B, L); batch shape
+        (..., B). In a hierarchy each lower layer is set to its conditional prior's mean E[z_l | z_{l+1}]."""
+        for layer in self.layers[1:]:
+            z = layer.prior_mean(z)
+        return self._likelihood(z, y)
+
+    def _likelihood(self, z: Tensor, y: Tensor | None) -> Distribution:
+        """p(x | z) from the bottom layer's z (..., B, L_bottom)."""
         c = self.condition(y, z.shape[-2] if z.dim() > 1 else 1)
         params = self.decoder(z, c).to(self._anchor.dtype)  # (..., P*D); likelihood in the model's dtype
         params = params.unflatten(-1, (self.n_params, *self.data_shape))  # (..., P, *shape)
         return likelihoods.px_z(self.config.likelihood, params, len(self.data_shape), self.config.obs_std)
 
-    def infer(self, x: Tensor, y: Tensor | None = None, k: int | None = None,
-              eps: Tensor | None = None) -> tuple[Latent, ...]:
-        """The stochastic layers' part of a pass, without decoding; z is drawn only when read.
+    def infer(self, x: Tensor, y: Tensor | None = None, k: int | None = None, eps: Tensor | None = None,
+              mean: bool = False, prior_below: int = 0) -> tuple[Latent, ...]:
+        """The stochastic layers' part of a pass, top first, without decoding; the top z is drawn when read.
 
-        ``k`` draws k samples per input ((k, B, L)); ``eps`` (k, L) makes them from standard-normal noise
-        shared by all inputs (common random numbers), so an input's values do not depend on its batch.
+        ``k`` draws k samples per input ((k, B, L)); ``eps`` (k, noise_dim) makes them from standard-normal noise
+        shared by all inputs (common random numbers), so an input's values do not depend on its batch. ``mean``
+        sets every z to its posterior mean instead. ``prior_below`` draws the lowest layers from their
+        conditional priors (the bound L^{>k} of Havtorn et al. 2021).
         """
         k = len(eps) if eps is not None else k
-        return (self.layers[0].infer(self._features(x, y), self.prior(), k, eps),)
+        noise = self._split(eps)
+        latents = [self.layers[0].infer(self._features(x, y), self.prior(), k, noise[0], mean)]
+        if len(self.layers) > 1:
+            features = self.bottom_up(x.flatten(1))  # (B, hidden)
+            for i, layer in enumerate(self.layers[1:], start=1):
+                from_prior = i >= len(self.layers) - prior_below
+                latents.append(layer.infer(latents[-1].z, features, noise[i], mean, from_prior))
+        return tuple(latents)
 
-    def forward(self, x: Tensor, y: Tensor | None = None, k: int | None = None, eps: Tensor | None = None) -> Pass:
+    def forward(self, x: Tensor, y: Tensor | None = None, k: int | None = None, eps: Tensor | None = None,
+                mean: bool = False, prior_below: int = 0) -> Pass:
         """One reparameterised pass: every layer's z ~ q(z|x) with log q, log p and the KL, and p(x|z)."""
-        latents = self.infer(x, y, k, eps)
-        return Pass(latents, self.decode(latents[-1].z, y))
+        latents = self.infer(x, y, k, eps, mean, prior_below)
+        return Pass(latents, self._likelihood(latents[-1].z, y))
+
+    def _split(self, eps: Tensor | None) -> list[Tensor | None]:
+        """Shared noise (k, noise_dim) cut into each layer's (k, L_l)."""
+        if eps is None:
+            return [None] * len(self.layers)
+        return list(eps.split([layer.latent_dim for layer in self.layers], dim=-1))
 
     def init_from_data(self, x: Tensor, generator: torch.Generator) -> None:
         """Data-dependent initial values of the parts (e.g. a VampPrior's pseudo-inputs) from training inputs x."""
         self.prior.init_from_data(x, generator)
-        for layer in self.layers:
-            layer.posterior.init_from_data(x, generator)
+        self.layers[0].posterior.init_from_data(x, generator)
 
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None,
@@ -110,12 +127,15 @@ class VAE(nn.Module):
         """n draws of E[x|z], z from the prior at ``temperature`` (given labels y (n,)); (n, *data_shape)."""
         if n < 1 or temperature < 0:
             raise ValueError(f"need n >= 1 and temperature >= 0, got n={n}, temperature={temperature}")
-        return self.decode(self.prior.sample(n, temperature, generator), y).mean
+        z = self.prior.sample(n, temperature, generator)
+        for layer in self.layers[1:]:  # down the hierarchy, each layer from its conditional prior
+            z = layer.sample(z, temperature, generator)
+        return self._likelihood(z, y).mean
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """E[x|z] at the posterior mean z = E_q[z]; same shape as x."""
-        return self.decode(self.infer(x, y)[-1].mean, y).mean
+        """E[x|z] at the posterior means (every layer's, top down); same shape as x."""
+        return self(x, y, mean=True).px_z.mean
 
     # ---- labels of a conditional model: checked and encoded here, for every caller -------------------------
 
@@ -183,10 +203,19 @@ def check_parts(config: ModelConfig) -> None:
     likelihoods.get(config.likelihood)
 
 
-def _networks(config: ModelConfig, shape: tuple[int, ...], d_h: int, n_params: int,
+def _lower_layers(config: ModelConfig) -> list[ConditionalLayer]:
+    """The layers below the top one, top-down, for ``model.lower_latent_dims``."""
+    dims = (config.latent_dim, *config.lower_latent_dims)
+    if len(dims) > 1 and (config.arch != "mlp" or config.conditional):
+        raise ConfigError("model.lower_latent_dims: hierarchies are fully connected and unconditional for now "
+                          f"(model.arch = {config.arch}, model.conditional = {config.conditional})")
+    return [ConditionalLayer(above, d, config.hidden[-1], config.activation) for above, d in itertools.pairwise(dims)]
+
+
+def _networks(config: ModelConfig, shape: tuple[int, ...], d_h: int, d_z: int, n_params: int,
               d_c: int) -> tuple[nn.Module, nn.Module]:
-    """Encoder x -> h (B, d_h) and decoder z -> likelihood parameters, of the configured architecture."""
-    d_x, d_z, act = math.prod(shape), config.latent_dim, config.activation
+    """Encoder x -> h (B, d_h) and decoder z (the bottom layer's, d_z) -> likelihood parameters."""
+    d_x, act = math.prod(shape), config.activation
     if config.arch == "mlp":
         return (nets.MLP(d_x + d_c, config.hidden, d_h, act),
                 nets.MLP(d_z + d_c, tuple(reversed(config.hidden)), n_params * d_x, act))

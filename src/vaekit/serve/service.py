@@ -114,7 +114,7 @@ class ModelService:
         xt = self.inputs(x)
         y = self.labels(label, len(xt))
         with self._inference():
-            latent = self.model.infer(xt.to(self._device), _on(y, self._device))[-1]
+            latent = self.model.infer(xt.to(self._device), _on(y, self._device))[0]
             try:
                 logvar = latent.qz_x.variance.log().cpu()
             except NotImplementedError:

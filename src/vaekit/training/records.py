@@ -32,19 +32,25 @@ def epoch_record(epoch: int, train: dict[str, float], run: Run, t0: float) -> di
 
 @torch.no_grad()
 def latent_usage(run: Run, n: int = 1000) -> dict[str, Any]:
-    """KL per latent dimension and active units on the validation set (or the first n training examples).
-
-    A KL that is a Monte-Carlo estimate draws under a fixed seed, leaving the run's random state as it was.
+    """KL per latent dimension (and per layer, in a hierarchy) and active units on the validation set (or the
+    first n training examples). A Monte-Carlo KL draws under a fixed seed, leaving the run's random state as it
+    was; where the model has no KL per dimension, the record says why.
     """
     x, y = (run.x_val, run.y_val) if run.x_val is not None else (run.x, run.y)
-    latent = run.model.infer(x[:n], None if y is None else y[:n])[-1]
+    x, y = x[:n], None if y is None else y[:n]
     out: dict[str, Any] = {}
     devices = [run.x.device] if run.x.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(run.config.data.eval_seed)
+        latents = run.model.infer(x, y)
         try:
-            out["kl_per_dim"] = [round(v, 4) for v in latent.kl_per_dimension().mean(0).tolist()]  # (L,)
+            kl_j = torch.cat([latent.kl_per_dimension().mean(0) for latent in latents])  # (sum of L,)
+            out["kl_per_dim"] = [round(v, 4) for v in kl_j.tolist()]
         except NotAvailable as e:
             out["kl_per_dim"], out["kl_per_dim_unavailable"] = None, str(e)
-    out["active_units"] = objectives.count_active(latent.mean)
+        if len(latents) > 1:
+            out["kl_per_layer"] = [round(float(latent.kl.mean()), 4) for latent in latents]
+    means = [latent.mean for latent in run.model.infer(x, y, mean=True)]
+    out["active_units"] = sum(objectives.count_active(m) for m in means)
+    out["latent_units"] = sum(m.shape[-1] for m in means)
     return out

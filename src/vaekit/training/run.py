@@ -162,7 +162,8 @@ def _check_free_bits(model: VAE, x: Tensor, y: Tensor | None, free_bits: float) 
     """Free bits floor each latent dimension's KL: refuse parts that define none, before the first step."""
     with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
         try:
-            model.infer(x[:2], None if y is None else y[:2])[-1].kl_per_dimension()
+            for latent in model.infer(x[:2], None if y is None else y[:2]):
+                latent.kl_per_dimension()
         except NotAvailable as e:
             raise TrainingError(f"train.free_bits = {free_bits} needs a KL per latent dimension: {e}") from None
 

@@ -1,0 +1,111 @@
+"""Hierarchical VAEs (Ladder-style: top-down inference sharing the generative path) and the likelihood-ratio
+anomaly score that needs them (Havtorn et al. 2021)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import vaekit
+from vaekit import anomaly, evaluation, objectives
+from vaekit.cli import main
+
+from conftest import digits_config
+
+LADDER = {"model.lower_latent_dims": [5, 6], "model.latent_dim": 3}
+
+
+def ladder(**extra) -> vaekit.VAE:
+    torch.manual_seed(0)
+    return vaekit.VAE(digits_config(**{**LADDER, "model.data_shape": [1, 8, 8], **extra}).model)
+
+
+def test_a_pass_has_a_latent_per_layer_and_the_kl_adds_up():
+    model, x = ladder(), torch.rand(4, 1, 8, 8)
+    out = model(x)
+    assert [latent.z.shape for latent in out.latents] == [(4, 3), (4, 5), (4, 6)]
+    torch.testing.assert_close(sum(out.kl_per_layer), out.kl)
+    torch.testing.assert_close(out.kl_per_dimension().sum(-1), out.kl)  # Gaussians at every layer: analytic
+    assert model.noise_dim == 14 and model.latent_dim == 3
+    k = model(x, k=7)
+    assert k.latents[-1].z.shape == (7, 4, 6) and k.log_weights(x).shape == (7, 4)
+
+
+def test_the_iwae_bound_with_one_sample_averages_to_the_elbo():
+    model, x = ladder(), torch.rand(3, 1, 8, 8)
+    reps = x.repeat(3000, 1, 1, 1)
+    torch.manual_seed(1)
+    l1 = objectives.iwae_bound(model, reps, k=1).view(3000, 3)
+    recon, kl = objectives.elbo_per_example(model, reps)
+    elbo = -(recon + kl).detach().view(3000, 3)  # each lower KL is analytic given the draw above it
+    error = 4 * l1.std(0) / math.sqrt(3000)
+    assert ((l1.mean(0) - elbo.mean(0)).abs() < error).all()
+
+
+def test_the_bound_with_its_lowest_layers_from_the_prior_counts_only_the_layers_above():
+    model, x = ladder(), torch.rand(4, 1, 8, 8)
+    out = model(x, k=5, prior_below=2)
+    top = out.latents[0]
+    assert [latent.from_prior for latent in out.latents] == [False, True, True]
+    expected = out.px_z.log_prob(x) + top.log_p - top.log_q
+    torch.testing.assert_close(out.log_weights(x), expected)
+
+
+def test_sampling_at_temperature_zero_follows_the_conditional_means():
+    model = ladder()
+    x = model.sample(2, temperature=0.0, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(x, model.decode(torch.zeros(2, 3)).mean)
+
+
+def test_the_likelihood_ratio_score_is_seeded_batch_independent_and_needs_a_hierarchy():
+    model, x = ladder(), torch.rand(9, 1, 8, 8)
+    a = anomaly.score(model, x, "llr>1", 20)
+    b = anomaly.score(model, x.flip(0), "llr>1", 20, batch_size=4).flip(0)
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(a, anomaly.score(model, x, "llr>2", 20))
+    with pytest.raises(vaekit.ConfigError, match="more than 3 stochastic layers; this model has 3"):
+        anomaly.score(model, x, "llr>3")
+    with pytest.raises(vaekit.ConfigError, match="this model has 1"):
+        anomaly.score(vaekit.VAE(digits_config(**{"model.data_shape": [1, 8, 8]}).model), x, "llr")
+    with pytest.raises(vaekit.ConfigError, match="unknown anomaly score 'llr>x'"):
+        anomaly.score(model, x, "llr>x")
+
+
+def test_evaluation_reports_each_layer():
+    model = ladder()
+    r = evaluation.evaluate_model(model, torch.rand(20, 1, 8, 8), iw_samples=4)
+    assert r["latent_dims"] == [3, 5, 6] and len(r["kl_per_layer"]) == 3
+    assert sum(r["kl_per_layer"]) == pytest.approx(r["kl"], rel=0.3)  # two Monte-Carlo draws of the same KL
+    assert r["active_units"] == sum(r["active_units_per_layer"])
+
+
+def test_a_hierarchy_trains_saves_loads_resumes_and_runs_every_command(tmp_path, capsys):
+    cfg = digits_config(**{**LADDER, "train.epochs": 2})
+    full = vaekit.train(cfg, tmp_path / "full")
+    assert len(full.history[-1]["kl_per_layer"]) == 3 and len(full.history[-1]["kl_per_dim"]) == 14
+    vaekit.train(cfg.override({"train.epochs": 1}), tmp_path / "half")
+    resumed = vaekit.resume(tmp_path / "half", {"train.epochs": 2})
+    for k, v in full.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[k], v), k
+    run, out = str(tmp_path / "full"), lambda f: str(tmp_path / f)
+    commands = [
+        ["evaluate", run, "--iw-samples", "4", "--device", "cpu"],
+        ["sample", run, "-n", "8", "--temperature", "0.5", "-o", out("s.png")],
+        ["reconstruct", run, "-n", "8", "-o", out("r.png")],
+        ["interpolate", run, "--from", "0", "--to", "5", "-o", out("i.png")],
+        ["traverse", run, "--dims", "2", "-o", out("t.png")],
+        ["embed", run, "-o", out("z.npz")],
+        ["anomaly", run, "-o", out("l.csv"), "--score", "llr", "--k", "2", "--iw-samples", "8",
+         "--normal-label", "3"],
+    ]
+    for argv in commands:
+        assert main(argv) == 0, argv
+    printed = capsys.readouterr().out
+    assert "KL per layer, top first" in printed and "ROC AUC" in printed
+
+
+def test_hierarchies_are_fully_connected_and_unconditional_for_now():
+    with pytest.raises(vaekit.ConfigError, match="fully connected and unconditional"):
+        ladder(**{"model.arch": "conv"})
