@@ -50,8 +50,14 @@ def decoder_width(model: VAE) -> int:
 
 
 @torch.no_grad()
-def active_units(model: VAE, x: Tensor, batch_size: int = 1000, y: Tensor | None = None) -> list[int]:
-    """Latent dimensions whose posterior mean varies across the data (Burda et al. 2015), per layer, top first.
+def active_units(model: VAE, x: Tensor, batch_size: int = 1000, y: Tensor | None = None) -> int:
+    """Latent dimensions whose posterior mean varies across the data (Burda et al. 2015), in all layers."""
+    return sum(active_units_per_layer(model, x, batch_size, y))
+
+
+@torch.no_grad()
+def active_units_per_layer(model: VAE, x: Tensor, batch_size: int = 1000, y: Tensor | None = None) -> list[int]:
+    """Latent dimensions whose posterior mean varies across the data, per layer, top first.
 
     In a hierarchy each layer's posterior is taken at the posterior means of the layers above.
     """
@@ -65,7 +71,7 @@ def active_units(model: VAE, x: Tensor, batch_size: int = 1000, y: Tensor | None
 @torch.no_grad()
 def per_layer(model: VAE, x: Tensor, batch_size: int = 1000, y: Tensor | None = None) -> dict[str, Any]:
     """Active units (in all) and, for a hierarchy, each layer's size, active units and KL averaged over x."""
-    active = active_units(model, x, batch_size, y)
+    active = active_units_per_layer(model, x, batch_size, y)
     if len(model.layers) == 1:
         return {"active_units": active[0]}
     kl = batched(lambda xb, yb: torch.stack([t.sum() for t in model(xb, yb).kl_per_layer]).double(), x, y,

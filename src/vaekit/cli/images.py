@@ -93,7 +93,7 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     if model.config.conditional:  # each end with its own class where the dataset says it
         y_ends = torch.tensor([_label_of(s, split, model, args.label) for s in (args.a, args.b)])
     frames = generate.interpolate(model, xa, xb, args.steps, args.method, args.label, y_ends)
-    print(f"wrote {plots.save_grid(frames, args.output, nrow=len(frames))}")
+    print(f"wrote {plots.save_grid(frames, args.output, nrow=len(frames))}{_lower_note(model)}")
     if args.gif:
         print(f"wrote {plots.save_gif(frames, args.gif)}")
     return 0
@@ -114,8 +114,15 @@ def cmd_traverse(args: argparse.Namespace) -> int:
         cond = generate.Conditioning(y, None if args.base is None else y[[args.base]], args.label)
     grid, dims, ranked_by = generate.traverse(model, test.x, base, args.dims, args.steps, args.span, cond)
     print(f"wrote {plots.save_grid(grid, args.output, nrow=args.steps)} (rows: latent dimensions {dims}, by "
-          f"{ranked_by} of the test split; columns: -{args.span:g} to +{args.span:g})")
+          f"{ranked_by} of the test split; columns: -{args.span:g} to +{args.span:g}){_lower_note(model)}")
     return 0
+
+
+def _lower_note(model) -> str:
+    """What a hierarchy's lower layers are set to when a top-layer code is decoded."""
+    if len(model.layers) == 1:
+        return ""
+    return f" (codes of the top layer of {len(model.layers)}; the layers below at their conditional priors' means)"
 
 
 def require_label(model, label: str | None, command: str, alternative: str = "") -> None:

@@ -52,14 +52,15 @@ class ConditionalLayer(nn.Module):
     def conditional_prior(self, z_above: Tensor) -> tuple[Distribution, Tensor]:
         """p(z_l | z_{l+1}) for z_{l+1} (..., B, d_above), and the top-down features h (..., B, hidden)."""
         h = self.top_down(z_above)
-        return self.family(self.prior_head(h)), h
+        return self.family(self.prior_head(h).to(z_above.dtype)), h  # distributions in the model's dtype (autocast)
 
     def infer(self, z_above: Tensor, features: Tensor, eps: Tensor | None, mean: bool = False,
               from_prior: bool = False) -> Latent:
         """This layer's part of a pass given the layer above's z and the bottom-up features d(x) (B, hidden);
         one z per z above. ``eps`` (k, d) is shared noise; ``from_prior`` draws z from p(z_l | z_{l+1})."""
         pz, h = self.conditional_prior(z_above)
-        qz_x = self.family(self.posterior_head(torch.cat([h, features.expand(*h.shape[:-1], -1)], dim=-1)))
+        inputs = torch.cat([h, features.to(h.dtype).expand(*h.shape[:-1], -1)], dim=-1)
+        qz_x = self.family(self.posterior_head(inputs).to(z_above.dtype))
         source = pz if from_prior else qz_x
 
         def draw() -> Tensor:

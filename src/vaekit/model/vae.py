@@ -124,7 +124,8 @@ class VAE(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None,
                y: Tensor | None = None) -> Tensor:
-        """n draws of E[x|z], z from the prior at ``temperature`` (given labels y (n,)); (n, *data_shape)."""
+        """n draws of E[x|z] (given labels y (n,)); (n, *data_shape). z comes from the prior at ``temperature``,
+        and in a hierarchy each lower layer from its conditional prior at the same temperature."""
         if n < 1 or temperature < 0:
             raise ValueError(f"need n >= 1 and temperature >= 0, got n={n}, temperature={temperature}")
         z = self.prior.sample(n, temperature, generator)
