@@ -114,12 +114,16 @@ def kl_per_dimension(model: VAE, x: Tensor, batch_size: int = 1000, y: Tensor | 
     """Average over x of KL(q(z_j|x) || p(z_j)) (q(z_j|x, y) given labels y) for each dimension j of the top
     layer; shape (L,).
 
-    NotAvailable when the model's posterior and prior do not factorise over the dimensions.
+    NotAvailable when the model's posterior and prior do not factorise over the dimensions. A Monte-Carlo KL
+    draws under a fixed seed, leaving the caller's random state as it was.
     """
     def batch_sum(xb: Tensor, yb: Tensor | None) -> Tensor:
         return model.infer(xb, yb)[0].kl_per_dimension().sum(0).double().cpu()  # (L,)
 
-    total = batched(batch_sum, x, y, batch_size, model.device, combine=lambda parts: functools.reduce(torch.add, parts))
+    with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
+        torch.manual_seed(0)
+        total = batched(batch_sum, x, y, batch_size, model.device,
+                        combine=lambda parts: functools.reduce(torch.add, parts))
     return total / len(x)
 
 
