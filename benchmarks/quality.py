@@ -79,7 +79,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     print(f"| {args.preset} | {record['epochs']} | {record['train_minutes']} min ({record['device']}) | "
           f"{metrics['neg_elbo']:.2f} | {metrics.get('nll', float('nan')):.2f} (K={args.iw_samples}) | "
-          f"{metrics['active_units']}/{metrics['latent_dim']} | {record['protocol']} |")
+          f"{metrics['active_units']}/{sum(metrics.get('latent_dims', [metrics['latent_dim']]))} | "
+          f"{record['protocol']} |")
 
 
 if __name__ == "__main__":

@@ -109,3 +109,11 @@ def test_a_hierarchy_trains_saves_loads_resumes_and_runs_every_command(tmp_path,
 def test_hierarchies_are_fully_connected_and_unconditional_for_now():
     with pytest.raises(vaekit.ConfigError, match="fully connected and unconditional"):
         ladder(**{"model.arch": "conv"})
+
+
+def test_every_score_of_a_hierarchy_is_one_number_per_input():
+    model, x = ladder(), torch.rand(7, 1, 8, 8)
+    out = model(x, k=5)
+    assert out.kl.shape == (7,) and out.kl_per_dimension().shape == (7, 14)
+    for method in ("elbo", "nll", "recon", "llr>1"):
+        assert anomaly.score(model, x, method, 6).shape == (7,), method

@@ -62,11 +62,10 @@ class Latent:
     @cached_property
     def kl(self) -> Tensor:
         """KL(q(z|x) || p(z)) per input (B,): analytic where it exists, else log q - log p at the sampled z
-        (a one-sample Monte-Carlo estimate, averaged over the k samples when there are several)."""
-        if self.analytic_kl is not None:
-            return self.analytic_kl
-        mc = self.log_q - self.log_p  # (B,) or (k, B)
-        return mc if mc.dim() == 1 else mc.mean(0)
+        (a one-sample Monte-Carlo estimate). Averaged over the k samples when there are several: of z, or, in a
+        lower layer of a hierarchy, of the layer above that q and p are conditioned on."""
+        kl = self.analytic_kl if self.analytic_kl is not None else self.log_q - self.log_p  # (B,) or (k, B)
+        return _per_input(kl, 0)
 
     def kl_per_dimension(self) -> Tensor:
         """KL(q(z_j|x) || p(z_j)) for each dimension j, (B, L): analytic or one-sample Monte Carlo.
@@ -79,10 +78,17 @@ class Latent:
             raise NotAvailable(f"the KL per latent dimension needs a posterior and prior that factorise over the "
                                f"dimensions; q(z|x) is {type(q).__name__} and p(z) is {type(p).__name__}")
         try:
-            return kl_divergence(q.base_dist, p.base_dist)  # (B, L)
+            kl = kl_divergence(q.base_dist, p.base_dist)  # (B, L), or (k, B, L) below a sampled layer
         except NotImplementedError:
-            mc = q.base_dist.log_prob(self.z) - p.base_dist.log_prob(self.z)
-            return mc if mc.dim() == 2 else mc.mean(0)
+            kl = q.base_dist.log_prob(self.z) - p.base_dist.log_prob(self.z)
+        return _per_input(kl, 1)
+
+
+def _per_input(t: Tensor, event_dims: int) -> Tensor:
+    """The mean over the sample dimensions in front of the batch: (..., B, *event) -> (B, *event)."""
+    while t.dim() > 1 + event_dims:
+        t = t.mean(0)
+    return t
 
 
 def _factorised(d: Distribution) -> bool:
