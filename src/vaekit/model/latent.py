@@ -2,7 +2,7 @@
 
 Values are computed when first read and then kept: an objective that needs only the analytic KL never
 evaluates log q(z|x), and reading the KL or the posterior mean draws no random numbers (z is drawn on first
-use).
+use; in a hierarchy each layer's z is drawn when the layer below is built on it).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class NotAvailable(VaekitError):
 class Latent:
     """One stochastic layer of a pass: q(z|x), the layer's prior p(z) and a reparameterised z ~ q(z|x)."""
 
-    qz_x: Distribution  # batch shape (B,), event shape (L,)
+    qz_x: Distribution  # batch shape (B,), or (k, B) below a layer with k samples; event shape (L,)
     pz: Distribution  # event shape (L,)
     draw: Callable[[], Tensor]  # the posterior family's sampler: z (B, L), or (k, B, L)
     embed: Callable[[], Tensor]  # the posterior family's E_q[z] (B, L)
