@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -25,3 +26,9 @@ def batched(fn: Callable[[Tensor, Tensor | None], T], x: Tensor, y: Tensor | Non
 
     return combine([fn(on(x[s : s + batch_size]), on(None if y is None else y[s : s + batch_size]))
                     for s in range(0, len(x), batch_size)])
+
+
+def sum_in_order(parts: Sequence[Tensor]) -> Tensor:
+    """((p0 + p1) + p2) + ...: the batches' sums added in their order, so a total does not depend on a
+    reduction kernel's order (``batched``'s ``combine`` for totals)."""
+    return functools.reduce(torch.add, parts)

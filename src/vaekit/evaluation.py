@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from vaekit import checkpoint, data, objectives
-from vaekit.batches import batched
+from vaekit.batches import batched, sum_in_order
 from vaekit.devices import resolve_device
 from vaekit.model import VAE, likelihoods, nets
 
@@ -75,7 +75,7 @@ def per_layer(model: VAE, x: Tensor, batch_size: int = 1000, y: Tensor | None = 
     if len(model.layers) == 1:
         return {"active_units": active[0]}
     kl = batched(lambda xb, yb: torch.stack([t.sum() for t in model(xb, yb).kl_per_layer]).double(), x, y,
-                 batch_size, combine=lambda parts: torch.stack(parts).sum(0)) / len(x)
+                 batch_size, combine=sum_in_order) / len(x)
     return {"active_units": sum(active), "active_units_per_layer": active, "kl_per_layer": kl.tolist(),
             "latent_dims": [layer.latent_dim for layer in model.layers]}
 

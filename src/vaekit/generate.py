@@ -5,7 +5,6 @@ Every function decodes to E[x|z], the mean of p(x|z), which is what one looks at
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -13,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vaekit.batches import batched
+from vaekit.batches import batched, sum_in_order
 from vaekit.embedding import posterior_means
 from vaekit.errors import DataError
 from vaekit.model import VAE, NotAvailable
@@ -123,7 +122,7 @@ def kl_per_dimension(model: VAE, x: Tensor, batch_size: int = 1000, y: Tensor | 
     with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
         torch.manual_seed(0)
         total = batched(batch_sum, x, y, batch_size, model.device,
-                        combine=lambda parts: functools.reduce(torch.add, parts))
+                        combine=sum_in_order)
     return total / len(x)
 
 

@@ -6,7 +6,6 @@ All values are in nats per example: summed over data dimensions, averaged over t
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from vaekit.batches import batched
+from vaekit.batches import batched, sum_in_order
 from vaekit.model import VAE, NotAvailable, Pass
 
 # Burda et al. 2015: a latent unit is active when Cov_x(E_q[u]) exceeds 0.01.
@@ -143,7 +142,7 @@ def iwae_bound(model: VAE, x: Tensor, k: int, chunk: int | None = None, eps: Ten
 def dataset_elbo(model: VAE, x: Tensor, batch_size: int = 1000, y: Tensor | None = None) -> dict[str, float]:
     """Negative ELBO and its parts averaged over all of ``x`` (every example counted, none dropped)."""
     sums = batched(lambda xb, yb: torch.stack([t.sum() for t in elbo_per_example(model, xb, None, yb)]).double(),
-                   x, y, batch_size, combine=lambda parts: functools.reduce(torch.add, parts))  # in order
+                   x, y, batch_size, combine=sum_in_order)
     recon_mean, kl_mean = (sums / len(x)).tolist()
     return {"neg_elbo": recon_mean + kl_mean, "recon": recon_mean, "kl": kl_mean}
 

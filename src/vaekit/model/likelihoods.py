@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.distributions import Bernoulli, ContinuousBernoulli, Distribution, Independent, Normal, constraints
 
-from vaekit.errors import ConfigError, DataError
+from vaekit.errors import DataError
+from vaekit.model.registry import lookup
 
 # Bounds on the learned log standard deviation: exp(-7) ~ 1e-3 keeps densities finite in fp32 and bf16.
 LOGSTD_MIN, LOGSTD_MAX = -7.0, 2.0
@@ -194,9 +195,7 @@ LIKELIHOODS: dict[str, Likelihood] = {
 
 def get(name: str) -> Likelihood:
     """The likelihood registered under ``name``."""
-    if name not in LIKELIHOODS:
-        raise ConfigError(f"unknown likelihood {name!r}; valid likelihoods: {', '.join(LIKELIHOODS)}")
-    return LIKELIHOODS[name]
+    return lookup(LIKELIHOODS, name, "likelihood")
 
 
 def px_z(name: str, params: Tensor, event_ndim: int, obs_std: float = 1.0) -> Distribution:

@@ -12,8 +12,8 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal, TransformedDistribution
 
 from vaekit.config import ModelConfig
-from vaekit.errors import ConfigError
 from vaekit.model.flows import MADE, IAFStep
+from vaekit.model.registry import lookup
 
 # log sigma^2 is clamped so that exp() neither overflows nor underflows to a zero scale in fp32/bf16.
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
@@ -121,6 +121,4 @@ def register(name: str, cls: type[Posterior]) -> None:
 
 def build(name: str, latent_dim: int, config: ModelConfig | None = None) -> Posterior:
     """The posterior family registered under ``name``, over ``latent_dim`` dimensions."""
-    if name not in POSTERIORS:
-        raise ConfigError(f"unknown posterior {name!r}; valid posteriors: {', '.join(POSTERIORS)}")
-    return POSTERIORS[name](latent_dim, config)
+    return lookup(POSTERIORS, name, "posterior")(latent_dim, config)

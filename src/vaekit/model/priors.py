@@ -14,6 +14,7 @@ from torch.distributions import Categorical, Distribution, Independent, MixtureS
 
 from vaekit.config import ModelConfig
 from vaekit.errors import ConfigError
+from vaekit.model.registry import lookup
 
 # log scale of the mixture prior's components: exp(-7) ~ 1e-3 keeps densities finite in fp32 and bf16
 LOG_SCALE_MIN, LOG_SCALE_MAX = -7.0, 5.0
@@ -160,6 +161,4 @@ def register(name: str, cls: type[Prior]) -> None:
 
 def build(name: str, latent_dim: int, config: ModelConfig | None = None) -> Prior:
     """The prior registered under ``name``, over ``latent_dim`` dimensions."""
-    if name not in PRIORS:
-        raise ConfigError(f"unknown prior {name!r}; valid priors: {', '.join(PRIORS)}")
-    return PRIORS[name](latent_dim, config)
+    return lookup(PRIORS, name, "prior")(latent_dim, config)

@@ -19,6 +19,7 @@ from vaekit.errors import ConfigError, DataError
 from vaekit.model import likelihoods, nets, posteriors, priors
 from vaekit.model.latent import Latent, Pass
 from vaekit.model.layers import ConditionalLayer, LatentLayer
+from vaekit.model.registry import lookup
 
 
 class VAE(nn.Module):
@@ -197,10 +198,8 @@ class VAE(nn.Module):
 
 def check_parts(config: ModelConfig) -> None:
     """Refuse a prior, posterior family or likelihood that no registry holds, before any data is loaded."""
-    for name, registry, what in ((config.prior, priors.PRIORS, "prior"),
-                                 (config.posterior, posteriors.POSTERIORS, "posterior")):
-        if name not in registry:
-            raise ConfigError(f"unknown {what} {name!r}; valid {what}s: {', '.join(registry)}")
+    lookup(priors.PRIORS, config.prior, "prior")
+    lookup(posteriors.POSTERIORS, config.posterior, "posterior")
     likelihoods.get(config.likelihood)
 
 

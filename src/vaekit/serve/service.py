@@ -96,7 +96,7 @@ class ModelService:
 
     def sample(self, n: int, temperature: float = 1.0, seed: int = 0, label: str | None = None) -> Tensor:
         """n decoded draws with z from the prior at temperature T, seeded; (n, *shape) in data units."""
-        y = self.labels(label, n)
+        y = self.model.labels_named(label, n)
         with self._inference():
             x = self.model.sample(n, temperature, torch.Generator(self._device).manual_seed(seed), _on(y, self._device))
         return self._to_data_units(x)
@@ -104,7 +104,7 @@ class ModelService:
     def decode(self, z: Sequence[Sequence[float]], label: str | None = None) -> Tensor:
         """E[x|z] for latent codes z (N, L); (N, *shape) in data units."""
         codes = self.codes(z)
-        y = self.labels(label, len(codes))
+        y = self.model.labels_named(label, len(codes))
         with self._inference():
             return self._to_data_units(generate.decode_mean(self.model, codes, y))
 
@@ -112,7 +112,7 @@ class ModelService:
         """The posterior q(z|x) of each input: its mean and log-variance, each (N, L); the log-variance is None
         for a posterior family without a closed-form variance (a flow)."""
         xt = self.inputs(x)
-        y = self.labels(label, len(xt))
+        y = self.model.labels_named(label, len(xt))
         with self._inference():
             latent = self.model.infer(xt.to(self._device), _on(y, self._device))[0]
             try:
@@ -124,7 +124,7 @@ class ModelService:
     def reconstruct(self, x: Sequence[Any], label: str | None = None) -> Tensor:
         """E[x|z = mu(x)] for each input; (N, *shape) in data units."""
         xt = self.inputs(x)
-        y = self.labels(label, len(xt))
+        y = self.model.labels_named(label, len(xt))
         with self._inference():
             return self._to_data_units(self.model.reconstruct(xt.to(self._device), _on(y, self._device)).cpu())
 
@@ -151,7 +151,7 @@ class ModelService:
         xt = self.inputs(x)
         if method == "nll" and len(xt) > NLL_MAX_BATCH:
             raise DataError(f"the nll score takes at most {NLL_MAX_BATCH} inputs per request, got {len(xt)}")
-        y = self.labels(label, len(xt))
+        y = self.model.labels_named(label, len(xt))
         thr = self.threshold if self.threshold is not None and self.threshold.score == method else None
         with self._inference():
             samples = NLL_SAMPLES if method == "nll" else thr.n_samples if thr else ELBO_SAMPLES
@@ -179,10 +179,6 @@ class ModelService:
         if not z:
             raise DataError("z is empty: send at least one latent code")
         return torch.from_numpy(codec.array_from_json(z, (len(z), self.model.latent_dim), "z"))
-
-    def labels(self, label: str | None, n: int) -> Tensor | None:
-        """The label indices (n,) a conditional model needs, or None for an unconditional one (which refuses one)."""
-        return self.model.labels_named(label, n)
 
     # ---- units ---------------------------------------------------------------------------------------------
 

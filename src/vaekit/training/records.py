@@ -50,7 +50,7 @@ def latent_usage(run: Run, n: int = 1000) -> dict[str, Any]:
             out["kl_per_dim"], out["kl_per_dim_unavailable"] = None, str(e)
         if len(latents) > 1:
             out["kl_per_layer"] = [round(float(latent.kl.mean()), 4) for latent in latents]
-    means = [latent.mean for latent in run.model.infer(x, y, mean=True)]
+        means = [latent.mean for latent in latents]  # a lower layer's given the drawn z above it
     out["active_units"] = sum(objectives.count_active(m) for m in means)
     out["latent_units"] = sum(m.shape[-1] for m in means)
     return out
