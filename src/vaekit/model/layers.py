@@ -35,13 +35,17 @@ class LatentLayer(nn.Module):
 
 
 class ConditionalLayer(nn.Module):
-    """A lower layer: h = f(z_{l+1}); p(z_l | z_{l+1}) = N(head_p(h)); q(z_l | x, z_{l+1}) = N(head_q(h, d(x)))
-    with d(x) the model's bottom-up features. Both are diagonal Gaussians with bounded log-variances."""
+    """A lower layer. A deterministic top-down state carries what the layers above decided (the generative path
+    of NVAE / very deep VAEs, Vahdat & Kautz 2020, Child 2021): h_l = f_l(z_{l+1}) below the top layer and
+    h_l = h_{l+1} + f_l(z_{l+1}, h_{l+1}) further down (a residual cell). p(z_l | z_{>l}) = N(head_p(h_l)) and
+    q(z_l | x, z_{>l}) = N(head_q(h_l, d(x))) with d(x) the model's bottom-up features: inference shares the
+    generative path. Both are diagonal Gaussians with bounded log-variances."""
 
-    def __init__(self, d_above: int, d: int, hidden: int, act: str) -> None:
+    def __init__(self, d_above: int, d: int, hidden: int, act: str, first: bool) -> None:
         super().__init__()
         self.family = posteriors.DiagonalGaussian(d)
-        self.top_down = nn.Sequential(nn.Linear(d_above, hidden), nets.activation(act))
+        self.first = first  # the layer right below the top one: no state from above yet
+        self.top_down = nn.Sequential(nn.Linear(d_above + (0 if first else hidden), hidden), nets.activation(act))
         self.prior_head = nn.Linear(hidden, 2 * d)
         self.posterior_head = nets.MLP(2 * hidden, (hidden,), 2 * d, act)
 
@@ -49,16 +53,23 @@ class ConditionalLayer(nn.Module):
     def latent_dim(self) -> int:
         return self.family.latent_dim
 
-    def conditional_prior(self, z_above: Tensor) -> tuple[Distribution, Tensor]:
-        """p(z_l | z_{l+1}) for z_{l+1} (..., B, d_above), and the top-down features h (..., B, hidden)."""
-        h = self.top_down(z_above)
-        return self.family(self.prior_head(h).to(z_above.dtype)), h  # distributions in the model's dtype (autocast)
+    def descend(self, z_above: Tensor, h_above: Tensor | None) -> Tensor:
+        """The top-down state h_l (..., B, hidden) from the layer above's z (..., B, d_above) and state."""
+        if h_above is None:
+            return self.top_down(z_above)
+        return h_above + self.top_down(torch.cat([z_above, h_above.to(z_above.dtype)], dim=-1))
 
-    def infer(self, z_above: Tensor, features: Tensor, eps: Tensor | None, mean: bool = False,
-              from_prior: bool = False) -> Latent:
-        """This layer's part of a pass given the layer above's z and the bottom-up features d(x) (B, hidden);
-        one z per z above. ``eps`` (k, d) is shared noise; ``from_prior`` draws z from p(z_l | z_{l+1})."""
-        pz, h = self.conditional_prior(z_above)
+    def conditional_prior(self, h: Tensor, dtype: torch.dtype) -> Distribution:
+        """p(z_l | z_{>l}) from the top-down state, as a distribution in ``dtype`` (fp32 under autocast)."""
+        return self.family(self.prior_head(h).to(dtype))
+
+    def infer(self, z_above: Tensor, h_above: Tensor | None, features: Tensor, eps: Tensor | None,
+              mean: bool = False, from_prior: bool = False) -> tuple[Latent, Tensor]:
+        """This layer's part of a pass given the layer above's z and state and the bottom-up features d(x)
+        (B, hidden); one z per z above. ``eps`` (k, d) is shared noise; ``from_prior`` draws z from
+        p(z_l | z_{>l}). Returns the layer's ``Latent`` and its top-down state."""
+        h = self.descend(z_above, h_above)
+        pz = self.conditional_prior(h, z_above.dtype)
         inputs = torch.cat([h, features.to(h.dtype).expand(*h.shape[:-1], -1)], dim=-1)
         qz_x = self.family(self.posterior_head(inputs).to(z_above.dtype))
         source = pz if from_prior else qz_x
@@ -68,15 +79,18 @@ class ConditionalLayer(nn.Module):
                 return qz_x.mean
             return source.rsample() if eps is None else self.family.from_noise(source, eps[:, None, :])
 
-        return Latent(qz_x, pz, draw, lambda: qz_x.mean, from_prior)
+        return Latent(qz_x, pz, draw, lambda: qz_x.mean, from_prior), h
 
     @torch.no_grad()
-    def sample(self, z_above: Tensor, temperature: float, generator: torch.Generator | None) -> Tensor:
-        """z_l ~ p(z_l | z_{l+1}) with its spread scaled by the temperature (0: the conditional mean)."""
-        pz, _ = self.conditional_prior(z_above)
+    def sample(self, z_above: Tensor, h_above: Tensor | None, temperature: float,
+               generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        """z_l ~ p(z_l | z_{>l}) with its spread scaled by the temperature (0: the conditional mean), and h_l."""
+        h = self.descend(z_above, h_above)
+        pz = self.conditional_prior(h, z_above.dtype)
         eps = torch.randn(pz.mean.shape, generator=generator, device=pz.mean.device, dtype=pz.mean.dtype)
-        return pz.mean + temperature * pz.stddev * eps
+        return pz.mean + temperature * pz.stddev * eps, h
 
-    def prior_mean(self, z_above: Tensor) -> Tensor:
-        """E[z_l | z_{l+1}]: how a code of the layer above is decoded without drawing the lower layers."""
-        return self.conditional_prior(z_above)[0].mean
+    def prior_mean(self, z_above: Tensor, h_above: Tensor | None) -> tuple[Tensor, Tensor]:
+        """E[z_l | z_{>l}] and h_l: how a code of the layers above is decoded without drawing this layer."""
+        h = self.descend(z_above, h_above)
+        return self.conditional_prior(h, z_above.dtype).mean, h

@@ -39,8 +39,9 @@ class VAE(nn.Module):
         self.prior = priors.build(config.prior, config.latent_dim, config)
         self.layers = nn.ModuleList([LatentLayer(posteriors.build(config.posterior, config.latent_dim, config)),
                                      *_lower_layers(config)])
+        d_code = self.layers[-1].latent_dim + (config.hidden[-1] if len(self.layers) > 1 else 0)  # z_1 and h_1
         self.encoder, self.decoder = _networks(config, self.data_shape, self.layers[0].posterior.n_inputs,
-                                               self.layers[-1].latent_dim, self.n_params, self.n_classes)
+                                               d_code, self.n_params, self.n_classes)
         if len(self.layers) > 1:  # the bottom-up features d(x) that the lower layers' posteriors read
             self.bottom_up = nets.MLP(math.prod(self.data_shape), config.hidden[:-1], config.hidden[-1],
                                       config.activation)
@@ -75,14 +76,17 @@ class VAE(nn.Module):
     def decode(self, z: Tensor, y: Tensor | None = None) -> Distribution:
         """p(x|z) (or p(x|z, y)) with event shape ``data_shape`` for top-layer codes z (..., B, L); batch shape
         (..., B). In a hierarchy each lower layer is set to its conditional prior's mean E[z_l | z_{l+1}]."""
+        h = None
         for layer in self.layers[1:]:
-            z = layer.prior_mean(z)
-        return self._likelihood(z, y)
+            z, h = layer.prior_mean(z, h)
+        return self._likelihood(z, h, y)
 
-    def _likelihood(self, z: Tensor, y: Tensor | None) -> Distribution:
-        """p(x | z) from the bottom layer's z (..., B, L_bottom)."""
+    def _likelihood(self, z: Tensor, h: Tensor | None, y: Tensor | None) -> Distribution:
+        """p(x | z) from the bottom layer's z (..., B, L_bottom) and, in a hierarchy, its top-down state h
+        (..., B, hidden), through which the decoder reads the layers above directly."""
         c = self.condition(y, z.shape[-2] if z.dim() > 1 else 1)
-        params = self.decoder(z, c).to(self._anchor.dtype)  # (..., P*D); likelihood in the model's dtype
+        code = z if h is None else torch.cat([z, h.to(z.dtype)], dim=-1)
+        params = self.decoder(code, c).to(self._anchor.dtype)  # (..., P*D); likelihood in the model's dtype
         params = params.unflatten(-1, (self.n_params, *self.data_shape))  # (..., P, *shape)
         return likelihoods.px_z(self.config.likelihood, params, len(self.data_shape), self.config.obs_std)
 
@@ -95,21 +99,27 @@ class VAE(nn.Module):
         sets every z to its posterior mean instead. ``prior_below`` draws the lowest layers from their
         conditional priors (the bound L^{>k} of Havtorn et al. 2021).
         """
+        return self._descend(x, y, k, eps, mean, prior_below)[0]
+
+    def _descend(self, x: Tensor, y: Tensor | None, k: int | None, eps: Tensor | None, mean: bool,
+                 prior_below: int) -> tuple[tuple[Latent, ...], Tensor | None]:
+        """``infer``'s latents and the bottom layer's top-down state (None for one layer)."""
         k = len(eps) if eps is not None else k
         noise = self._split(eps)
-        latents = [self.layers[0].infer(self._features(x, y), self.prior(), k, noise[0], mean)]
+        latents, h = [self.layers[0].infer(self._features(x, y), self.prior(), k, noise[0], mean)], None
         if len(self.layers) > 1:
             features = self.bottom_up(x.flatten(1))  # (B, hidden)
             for i, layer in enumerate(self.layers[1:], start=1):
                 from_prior = i >= len(self.layers) - prior_below
-                latents.append(layer.infer(latents[-1].z, features, noise[i], mean, from_prior))
-        return tuple(latents)
+                latent, h = layer.infer(latents[-1].z, h, features, noise[i], mean, from_prior)
+                latents.append(latent)
+        return tuple(latents), h
 
     def forward(self, x: Tensor, y: Tensor | None = None, k: int | None = None, eps: Tensor | None = None,
                 mean: bool = False, prior_below: int = 0) -> Pass:
         """One reparameterised pass: every layer's z ~ q(z|x) with log q, log p and the KL, and p(x|z)."""
-        latents = self.infer(x, y, k, eps, mean, prior_below)
-        return Pass(latents, self._likelihood(latents[-1].z, y))
+        latents, h = self._descend(x, y, k, eps, mean, prior_below)
+        return Pass(latents, self._likelihood(latents[-1].z, h, y))
 
     def _split(self, eps: Tensor | None) -> list[Tensor | None]:
         """Shared noise (k, noise_dim) cut into each layer's (k, L_l)."""
@@ -129,10 +139,10 @@ class VAE(nn.Module):
         and in a hierarchy each lower layer from its conditional prior at the same temperature."""
         if n < 1 or temperature < 0:
             raise ValueError(f"need n >= 1 and temperature >= 0, got n={n}, temperature={temperature}")
-        z = self.prior.sample(n, temperature, generator)
+        z, h = self.prior.sample(n, temperature, generator), None
         for layer in self.layers[1:]:  # down the hierarchy, each layer from its conditional prior
-            z = layer.sample(z, temperature, generator)
-        return self._likelihood(z, y).mean
+            z, h = layer.sample(z, h, temperature, generator)
+        return self._likelihood(z, h, y).mean
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor, y: Tensor | None = None) -> Tensor:
@@ -209,12 +219,13 @@ def _lower_layers(config: ModelConfig) -> list[ConditionalLayer]:
     if len(dims) > 1 and (config.arch != "mlp" or config.conditional):
         raise ConfigError("model.lower_latent_dims: hierarchies are fully connected and unconditional for now "
                           f"(model.arch = {config.arch}, model.conditional = {config.conditional})")
-    return [ConditionalLayer(above, d, config.hidden[-1], config.activation) for above, d in itertools.pairwise(dims)]
+    return [ConditionalLayer(above, d, config.hidden[-1], config.activation, first=i == 0)
+            for i, (above, d) in enumerate(itertools.pairwise(dims))]
 
 
 def _networks(config: ModelConfig, shape: tuple[int, ...], d_h: int, d_z: int, n_params: int,
               d_c: int) -> tuple[nn.Module, nn.Module]:
-    """Encoder x -> h (B, d_h) and decoder z (the bottom layer's, d_z) -> likelihood parameters."""
+    """Encoder x -> h (B, d_h) and decoder code (the bottom layer's z and state, d_z) -> likelihood parameters."""
     d_x, act = math.prod(shape), config.activation
     if config.arch == "mlp":
         return (nets.MLP(d_x + d_c, config.hidden, d_h, act),
