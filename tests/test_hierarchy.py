@@ -106,9 +106,27 @@ def test_a_hierarchy_trains_saves_loads_resumes_and_runs_every_command(tmp_path,
     assert "KL per layer, top first" in printed and "ROC AUC" in printed
 
 
-def test_hierarchies_are_fully_connected_and_unconditional_for_now():
-    with pytest.raises(vaekit.ConfigError, match="fully connected and unconditional"):
-        ladder(**{"model.arch": "conv"})
+@pytest.mark.parametrize("variant", [{"model.arch": "conv", "model.channels": [4, 8]},
+                                     {"model.conditional": True}])
+def test_convolutional_and_conditional_hierarchies_train_and_run_the_commands(tmp_path, variant):
+    run = tmp_path / "run"
+    vaekit.train(digits_config(**{**LADDER, **variant, "train.epochs": 1}), run)
+    model = vaekit.load(run)
+    assert len(model.layers) == 3
+    label = ["--label", "3"] if variant.get("model.conditional") else []
+    commands = [
+        ["evaluate", str(run), "--iw-samples", "4", "--device", "cpu"],
+        ["sample", str(run), "-n", "4", "-o", str(tmp_path / "s.png"), *label],
+        ["reconstruct", str(run), "-n", "4", "-o", str(tmp_path / "r.png")],
+        ["embed", str(run), "-o", str(tmp_path / "z.npz"), "--layers", "all"],
+        ["anomaly", str(run), "-o", str(tmp_path / "l.csv"), "--score", "llr", "--k", "2", "--iw-samples", "4"],
+    ]
+    for argv in commands:
+        assert main(argv) == 0, argv
+    x = torch.rand(5, 1, 8, 8)
+    y = torch.arange(5) if variant.get("model.conditional") else None
+    out = model(x, y, k=3, prior_below=1)
+    assert out.log_weights(x).shape == (3, 5) and torch.isfinite(out.log_weights(x)).all()
 
 
 def test_every_score_of_a_hierarchy_is_one_number_per_input():
@@ -117,3 +135,60 @@ def test_every_score_of_a_hierarchy_is_one_number_per_input():
     assert out.kl.shape == (7,) and out.kl_per_dimension().shape == (7, 14)
     for method in ("elbo", "nll", "recon", "llr>1"):
         assert anomaly.score(model, x, method, 6).shape == (7,), method
+
+
+def test_the_top_down_state_reaches_the_decoder_directly():
+    """The layers above act on p(x|z) through the deterministic top-down path, not only through z_1."""
+    model = ladder()
+    assert model.decoder[0].in_features == 6 + 32  # z_1 and h_1
+    z1 = torch.randn(4, 6)
+    a, b = (model._likelihood(z1, h, None).mean for h in (torch.zeros(4, 32), torch.ones(4, 32)))
+    assert not torch.allclose(a, b)
+
+
+def test_embedding_all_layers_joins_each_layers_posterior_mean_top_first(tmp_path):
+    from vaekit import embedding
+
+    model, x = ladder(), torch.rand(9, 1, 8, 8)
+    top = embedding.posterior_means(model, x)
+    every = embedding.posterior_means(model, x, batch_size=4, layers="all")
+    assert top.shape == (9, 3) and every.shape == (9, 14)
+    torch.testing.assert_close(every[:, :3], top)
+    chained = torch.cat([latent.mean for latent in model.infer(x, mean=True)], dim=-1)
+    torch.testing.assert_close(every, chained)
+    with pytest.raises(vaekit.DataError, match="unknown layers 'middle'"):
+        embedding.posterior_means(model, x, layers="middle")
+
+
+def test_serve_offers_a_hierarchys_layers_and_likelihood_ratio_scores(tmp_path):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from vaekit.serve import create_app
+
+    vaekit.train(digits_config(**{**LADDER, "train.epochs": 1}), tmp_path)
+    client = TestClient(create_app(tmp_path, n_examples=20))
+    info = client.get("/v1/info").json()
+    assert info["layers"] == [3, 5, 6] and info["scores"] == ["elbo", "nll", "recon", "llr>1", "llr>2"]
+    x = client.get("/v1/examples", params={"n": 3}).json()["x"]
+    out = client.post("/v1/score", json={"x": x, "method": "llr>2", "details": True}).json()
+    model = vaekit.load(tmp_path)
+    expected = anomaly.score(model, torch.tensor(x, dtype=torch.float32), "llr>2")
+    assert out["method"] == "llr>2" and out["scores"] == pytest.approx(expected.tolist(), rel=1e-5)
+    for method, message in [("llr>3", "more than 3 stochastic layers"), ("llr>0", "got 'llr>0'"),
+                            ("llr2", "got 'llr2'")]:
+        r = client.post("/v1/score", json={"x": x, "method": method})
+        assert r.status_code == 422 and message in r.text, (method, r.text)
+    r = client.post("/v1/score", json={"x": x * 30, "method": "llr"})
+    assert r.status_code == 422 and "at most 64 inputs" in r.text
+    enc = client.post("/v1/encode", json={"x": x, "layers": "all"}).json()
+    assert len(enc["mu"][0]) == 14 and len(enc["logvar"][0]) == 14
+    top = client.post("/v1/encode", json={"x": x}).json()
+    assert len(top["mu"][0]) == 3 and top["mu"][0] == pytest.approx(enc["mu"][0][:3], rel=1e-5)
+
+
+def test_the_cli_embeds_every_layer(tmp_path, capsys):
+    vaekit.train(digits_config(**{**LADDER, "train.epochs": 1}), tmp_path / "run")
+    assert main(["embed", str(tmp_path / "run"), "-o", str(tmp_path / "z.npz"), "--layers", "all", "--probe"]) == 0
+    printed = capsys.readouterr().out
+    assert "(359 x 14 posterior means of all 3 layers, test)" in printed and "VAE latent (14-d)" in printed

@@ -59,6 +59,11 @@ def score(model: VAE, x: Tensor, method: str = "elbo", samples: int | None = Non
     return batched(lambda xb, yb: _batch_score(model, xb, name, noise, yb), x, y, batch_size).cpu()
 
 
+def available_scores(layers: int) -> list[str]:
+    """The scores a model with ``layers`` stochastic layers has: elbo, nll, recon, and llr>K for K < layers."""
+    return [*SCORES[:-1], *(f"llr>{k}" for k in range(1, layers))]
+
+
 def parse_score(method: str, layers: int) -> tuple[str, int]:
     """("llr", K) for "llr>K" (and "llr"), (method, 0) for the others; a ConfigError for what cannot be scored."""
     name, _, below = method.partition(">")

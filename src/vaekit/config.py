@@ -118,6 +118,9 @@ class TrainConfig:
     kl_warmup_epochs: float = 0.0  # beta rises linearly from 0 to train.beta over this many epochs ...
     kl_warmup_steps: int = 0  # ... or over this many optimizer steps (set at most one of the two)
     free_bits: float = 0.0  # nats: each latent dimension's batch-mean KL counts at least this much (Kingma 2016)
+    free_bits_per_layer: tuple[float, ...] = ()  # ... or this much in each stochastic layer, top first
+    grad_clip: float = 0.0  # rescale a gradient whose global L2 norm exceeds this to this norm; 0 = off
+    grad_skip: float = 0.0  # skip an update whose gradient norm exceeds this (Child 2021); 0 = off
     nonfinite: str = "stop"  # a non-finite loss or gradient: stop at the epoch's end, or skip that step's update
     max_skipped_steps: int = 10  # with nonfinite = "skip": fail once more steps than this were skipped in all
     early_stopping_patience: int = 0  # stop after this many epochs without a better validation -ELBO; 0 = off
@@ -138,10 +141,26 @@ class TrainConfig:
         _require(not (self.kl_warmup_epochs and self.kl_warmup_steps), "train.kl_warmup_steps",
                  self.kl_warmup_steps, "0 when train.kl_warmup_epochs is set (one warm-up schedule)")
         _require(self.free_bits >= 0, "train.free_bits", self.free_bits, "a number >= 0")
+        _require(all(b >= 0 for b in self.free_bits_per_layer), "train.free_bits_per_layer",
+                 self.free_bits_per_layer, "numbers >= 0, one per stochastic layer")
+        _require(not (self.free_bits and self.free_bits_per_layer), "train.free_bits_per_layer",
+                 self.free_bits_per_layer, "empty when train.free_bits is set (one free-bits floor)")
+        _require(self.grad_clip >= 0, "train.grad_clip", self.grad_clip, "a number >= 0 (0 = off)")
+        _require(self.grad_skip >= 0, "train.grad_skip", self.grad_skip, "a number >= 0 (0 = off)")
         _require(self.nonfinite in NONFINITE, "train.nonfinite", self.nonfinite, f"one of {NONFINITE}")
         _require(self.max_skipped_steps >= 0, "train.max_skipped_steps", self.max_skipped_steps, "an integer >= 0")
         _require(self.early_stopping_patience >= 0, "train.early_stopping_patience", self.early_stopping_patience,
                  "an integer >= 0 (0 = off)")
+
+    @property
+    def free_bits_floor(self) -> float | tuple[float, ...]:
+        """The free-bits floor in nats per latent dimension: one for all, or one per layer (top first)."""
+        return self.free_bits_per_layer or self.free_bits
+
+    @property
+    def skips_steps(self) -> bool:
+        """Whether some updates may be cancelled on the device (a non-finite or an outlier gradient)."""
+        return self.nonfinite == "skip" or self.grad_skip > 0
 
 
 @dataclass(frozen=True)
@@ -151,6 +170,12 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        layers = 1 + len(self.model.lower_latent_dims)
+        _require(len(self.train.free_bits_per_layer) in (0, layers), "train.free_bits_per_layer",
+                 self.train.free_bits_per_layer, f"one number per stochastic layer ({layers}: model.latent_dim "
+                 "and each of model.lower_latent_dims)")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dictionary (tuples become lists)."""

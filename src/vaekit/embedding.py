@@ -18,14 +18,28 @@ from vaekit.fileio import atomic_path
 from vaekit.model import VAE
 
 PROJECTIONS = ("pca", "tsne")
+LAYERS = ("top", "all")
 
 
 @torch.no_grad()
-def posterior_means(model: VAE, x: Tensor, batch_size: int = 1000, y: Tensor | None = None) -> Tensor:
+def posterior_means(model: VAE, x: Tensor, batch_size: int = 1000, y: Tensor | None = None,
+                    layers: str = "top") -> Tensor:
     """E_q[z|x] of the top layer for every row of x, in batches; shape (N, L), on the CPU. A conditional
-    model's E_q[z|x, y] needs the labels y (N,)."""
+    model's E_q[z|x, y] needs the labels y (N,).
+
+    ``layers = "all"`` joins every stochastic layer's posterior mean, top first, (N, sum of L): each lower
+    layer's mean given the posterior means of the layers above it (for one layer, the same as "top").
+    """
+    if layers not in LAYERS:
+        raise DataError(f"unknown layers {layers!r} to embed; valid: {', '.join(LAYERS)}")
     model.eval()
-    return batched(lambda xb, yb: model.infer(xb, yb)[0].mean.cpu(), x, y, batch_size, model.device)
+
+    def means(xb: Tensor, yb: Tensor | None) -> Tensor:
+        if layers == "top":
+            return model.infer(xb, yb)[0].mean.cpu()
+        return torch.cat([latent.mean for latent in model.infer(xb, yb, mean=True)], dim=-1).cpu()
+
+    return batched(means, x, y, batch_size, model.device)
 
 
 @dataclass(frozen=True)
@@ -90,7 +104,7 @@ def knn_accuracy(f_train: np.ndarray, y_train: np.ndarray, f_test: np.ndarray, y
 
 
 def probe(model: VAE, x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, k: int = 1,
-          seed: int = 0) -> ProbeResult:
+          layers: str = "top") -> ProbeResult:
     """The kNN probe on posterior means against the same probe on PCA of the raw data, same dimension.
 
     A conditional model encodes each input with its own label, so the probe measures how much of the class
@@ -98,13 +112,15 @@ def probe(model: VAE, x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: 
     """
     from sklearn.decomposition import PCA
 
-    z_train = posterior_means(model, x_train, y=model.labels_of(y_train, "the probe's training data")).numpy()
-    z_test = posterior_means(model, x_test, y=model.labels_of(y_test, "the probe's test data")).numpy()
+    z_train = posterior_means(model, x_train, y=model.labels_of(y_train, "the probe's training data"),
+                              layers=layers).numpy()
+    z_test = posterior_means(model, x_test, y=model.labels_of(y_test, "the probe's test data"), layers=layers).numpy()
     ytr, yte = y_train.numpy(), y_test.numpy()
     raw_train, raw_test = x_train.flatten(1).numpy(), x_test.flatten(1).numpy()
-    pca = PCA(model.latent_dim, random_state=seed).fit(raw_train)
+    dim = z_train.shape[1]
+    pca = PCA(dim, random_state=0).fit(raw_train)  # seeded: the randomized solver serves large data
     return ProbeResult(
-        k, model.latent_dim, knn_accuracy(z_train, ytr, z_test, yte, k),
+        k, dim, knn_accuracy(z_train, ytr, z_test, yte, k),
         knn_accuracy(pca.transform(raw_train), ytr, pca.transform(raw_test), yte, k), len(ytr), len(yte),
     )
 

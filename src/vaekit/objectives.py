@@ -21,6 +21,8 @@ from vaekit.model import VAE, NotAvailable, Pass
 ACTIVE_UNIT_THRESHOLD = 1e-2
 # model(x, y, k) -> Pass; a DistributedDataParallel wrapper has the same call signature
 Forward = Callable[..., Pass]
+# nats per latent dimension: one floor for every layer, or one per layer, top first
+FreeBits = float | tuple[float, ...]
 
 
 class ELBOTerms(NamedTuple):
@@ -43,20 +45,37 @@ def elbo_per_example(model: VAE, x: Tensor, forward: Forward | None = None,
 
 
 def elbo(model: VAE, x: Tensor, beta: float | Tensor = 1.0, forward: Forward | None = None,
-         y: Tensor | None = None, free_bits: float = 0.0) -> ELBOTerms:
+         y: Tensor | None = None, free_bits: FreeBits = 0.0) -> ELBOTerms:
     """Negative ELBO, -E_q[log p(x|z)] + beta * KL(q(z|x) || p(z)) (Higgins et al. 2017 for beta != 1).
 
     With ``free_bits`` = lambda > 0, the loss counts each latent dimension's batch-mean KL as at least
     lambda nats, sum_j max(lambda, E_x KL_j) (Kingma et al. 2016, eq. 15), so no dimension is pushed all the
-    way to the prior early in training; the reported ``kl`` stays the true KL. Free bits need a posterior
+    way to the prior early in training; the reported ``kl`` stays the true KL. A tuple gives each stochastic
+    layer its own lambda (top first), e.g. to keep the top of a hierarchy in use. Free bits need a posterior
     and prior that factorise over the dimensions.
     """
     out = (forward or model)(x, y)
     recon = -out.px_z.log_prob(x).mean()
-    kl_j = batch_kl_per_dimension(out, required=free_bits > 0)  # (L,) or None
+    floors = per_layer(free_bits, len(out.latents))
+    kl_j = batch_kl_per_dimension(out, required=any(floors))  # (L,) or None
     kl = out.kl.mean() if kl_j is None else kl_j.sum()
-    kl_loss = kl_j.clamp(min=free_bits).sum() if free_bits > 0 else kl
+    kl_loss = _floored(kl_j, out, floors) if any(floors) else kl
     return ELBOTerms(recon + beta * kl_loss, recon, kl)
+
+
+def per_layer(free_bits: FreeBits, layers: int) -> tuple[float, ...]:
+    """The free-bits floor of each of ``layers`` stochastic layers: one value for all, or one each."""
+    if isinstance(free_bits, tuple):
+        if len(free_bits) != layers:
+            raise ValueError(f"free bits for {len(free_bits)} layers given to a model with {layers}")
+        return free_bits
+    return (free_bits,) * layers
+
+
+def _floored(kl_j: Tensor, out: Pass, floors: tuple[float, ...]) -> Tensor:
+    """sum_j max(lambda_l(j), KL_j), each layer's dimensions floored at its own lambda."""
+    widths = [latent.qz_x.event_shape[-1] for latent in out.latents]
+    return sum(part.clamp(min=floor).sum() for part, floor in zip(kl_j.split(widths), floors, strict=True))
 
 
 def batch_kl_per_dimension(out: Pass, required: bool = False) -> Tensor | None:
@@ -89,7 +108,7 @@ class Objective:
 
     name: str = "elbo"
     k: int = 1
-    free_bits: float = 0.0
+    free_bits: FreeBits = 0.0
 
     def __call__(self, model: VAE, x: Tensor, beta: float | Tensor = 1.0, forward: Forward | None = None,
                  y: Tensor | None = None) -> ELBOTerms:

@@ -27,6 +27,8 @@ def add_embed(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--probe", action="store_true",
                    help="kNN accuracy (train -> test split) of the embedding and of PCA with as many dimensions")
     p.add_argument("--k", type=int, default=1, help="neighbours of the probe")
+    p.add_argument("--layers", default="top", choices=list(embedding.LAYERS), help="a hierarchy: the top layer's "
+                   "posterior means (default), or every layer's, top first, each given the means above it")
     p.set_defaults(func=cmd_embed)
 
 
@@ -35,8 +37,12 @@ def cmd_embed(args: argparse.Namespace) -> int:
     cfg = data_config(config, args.data_dir, args.dataset)
     splits = data.load(cfg)
     part = data.evaluation_split(splits, args.split, cfg)
-    z = embedding.posterior_means(model, part.x, y=model.labels_of(part.y, f"the {args.split} split"))
-    print(f"wrote {embedding.save(args.output, z, part.y)} ({len(z)} x {z.shape[1]} posterior means, {args.split})")
+    z = embedding.posterior_means(model, part.x, y=model.labels_of(part.y, f"the {args.split} split"),
+                                  layers=args.layers)
+    n = len(model.layers)
+    which = "" if n == 1 else " of the top layer" if args.layers == "top" else f" of all {n} layers"
+    print(f"wrote {embedding.save(args.output, z, part.y)} ({len(z)} x {z.shape[1]} posterior means{which}, "
+          f"{args.split})")
     if args.plot:
         points, axes = embedding.project_2d(z.numpy(), args.projection)
         title = f"{cfg.dataset} {args.split}: posterior means (z = {z.shape[1]})"
@@ -46,7 +52,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         train = data.evaluation_split(splits, "train", cfg)
         if train.y is None or part.y is None:
             raise VaekitError(f"--probe needs labels, and {cfg.dataset} has none")
-        r = embedding.probe(model, train.x, train.y, part.x, part.y, args.k)
+        r = embedding.probe(model, train.x, train.y, part.x, part.y, args.k, layers=args.layers)
         print(f"{r.k}-NN accuracy on {args.split} ({r.n_test} examples, fitted on {r.n_train}): "
               f"VAE latent ({r.dim}-d) {r.vae_accuracy:.4f}, PCA-{r.dim} {r.pca_accuracy:.4f}")
     return 0

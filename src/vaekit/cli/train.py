@@ -30,6 +30,8 @@ TRAIN_FLAGS = {
     "seed": "train.seed", "device": "train.device", "checkpoint_every": "train.checkpoint_every",
     "precision": "train.precision", "early_stopping_patience": "train.early_stopping_patience",
     "nonfinite": "train.nonfinite", "max_skipped_steps": "train.max_skipped_steps",
+    "lower_latent_dims": "model.lower_latent_dims", "free_bits_per_layer": "train.free_bits_per_layer",
+    "grad_clip": "train.grad_clip", "grad_skip": "train.grad_skip",
 }
 
 
@@ -40,6 +42,13 @@ def _hidden(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(
             f"--hidden {text!r}: expected comma-separated widths like 400 or 200,200") from None
     return sizes
+
+
+def _numbers(text: str) -> list[float]:
+    try:
+        return [float(s) for s in text.replace(" ", "").split(",") if s]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated numbers like 0.5,0.1,0") from None
 
 
 def _image_size(text: str) -> list[int]:
@@ -80,12 +89,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
-    p.add_argument("--beta", type=float, help="weight of the KL term (beta-VAE)")
-    p.add_argument("--kl-warmup-epochs", type=float, help="raise beta linearly from 0 over this many epochs")
-    p.add_argument("--kl-warmup-steps", type=int, help="raise beta linearly from 0 over this many steps")
-    p.add_argument("--free-bits", type=float, help="nats: floor on each latent dimension's KL (Kingma 2016)")
-    p.add_argument("--objective", choices=["elbo", "iwae"], help="training bound (default elbo)")
-    p.add_argument("--k", type=int, help="importance samples of --objective iwae (default 50)")
+    _add_objective_flags(p)
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--precision", choices=["fp32", "bf16"], help="bf16: bfloat16 autocast, loss in fp32")
@@ -104,6 +108,22 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     p.set_defaults(func=cmd_train)
+
+
+def _add_objective_flags(p: argparse.ArgumentParser) -> None:
+    """The objective, the KL term's controls and the guards of a hierarchy's training."""
+    p.add_argument("--beta", type=float, help="weight of the KL term (beta-VAE)")
+    p.add_argument("--kl-warmup-epochs", type=float, help="raise beta linearly from 0 over this many epochs")
+    p.add_argument("--kl-warmup-steps", type=int, help="raise beta linearly from 0 over this many steps")
+    p.add_argument("--lower-latent-dims", type=_hidden, help="a hierarchy: the sizes of the stochastic layers "
+                   "below the top one (--latent-dim), top-down, e.g. 32,64")
+    p.add_argument("--free-bits", type=float, help="nats: floor on each latent dimension's KL (Kingma 2016)")
+    p.add_argument("--free-bits-per-layer", type=_numbers, help="nats: that floor for each stochastic layer, top "
+                   "first, e.g. 0.25,0,0")
+    p.add_argument("--grad-clip", type=float, help="rescale gradients whose global norm exceeds this (0: off)")
+    p.add_argument("--grad-skip", type=float, help="skip updates whose gradient norm exceeds this (0: off)")
+    p.add_argument("--objective", choices=["elbo", "iwae"], help="training bound (default elbo)")
+    p.add_argument("--k", type=int, help="importance samples of --objective iwae (default 50)")
 
 
 def build_config(args: argparse.Namespace) -> Config:

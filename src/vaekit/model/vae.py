@@ -43,8 +43,8 @@ class VAE(nn.Module):
         self.encoder, self.decoder = _networks(config, self.data_shape, self.layers[0].posterior.n_inputs,
                                                d_code, self.n_params, self.n_classes)
         if len(self.layers) > 1:  # the bottom-up features d(x) that the lower layers' posteriors read
-            self.bottom_up = nets.MLP(math.prod(self.data_shape), config.hidden[:-1], config.hidden[-1],
-                                      config.activation)
+            self.bottom_up = _encoder(config, self.data_shape, config.hidden[:-1], config.hidden[-1],
+                                      self.n_classes)
         self.prior.bind(self.encode)
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)  # the model's device and dtype
 
@@ -108,7 +108,8 @@ class VAE(nn.Module):
         noise = self._split(eps)
         latents, h = [self.layers[0].infer(self._features(x, y), self.prior(), k, noise[0], mean)], None
         if len(self.layers) > 1:
-            features = self.bottom_up(x.flatten(1))  # (B, hidden)
+            features = self.bottom_up(x.flatten(1) if self.config.arch == "mlp" else x,
+                                      self.condition(y, len(x)))  # (B, hidden)
             for i, layer in enumerate(self.layers[1:], start=1):
                 from_prior = i >= len(self.layers) - prior_below
                 latent, h = layer.infer(latents[-1].z, h, features, noise[i], mean, from_prior)
@@ -216,9 +217,6 @@ def check_parts(config: ModelConfig) -> None:
 def _lower_layers(config: ModelConfig) -> list[ConditionalLayer]:
     """The layers below the top one, top-down, for ``model.lower_latent_dims``."""
     dims = (config.latent_dim, *config.lower_latent_dims)
-    if len(dims) > 1 and (config.arch != "mlp" or config.conditional):
-        raise ConfigError("model.lower_latent_dims: hierarchies are fully connected and unconditional for now "
-                          f"(model.arch = {config.arch}, model.conditional = {config.conditional})")
     return [ConditionalLayer(above, d, config.hidden[-1], config.activation, first=i == 0)
             for i, (above, d) in enumerate(itertools.pairwise(dims))]
 
@@ -226,13 +224,21 @@ def _lower_layers(config: ModelConfig) -> list[ConditionalLayer]:
 def _networks(config: ModelConfig, shape: tuple[int, ...], d_h: int, d_z: int, n_params: int,
               d_c: int) -> tuple[nn.Module, nn.Module]:
     """Encoder x -> h (B, d_h) and decoder code (the bottom layer's z and state, d_z) -> likelihood parameters."""
-    d_x, act = math.prod(shape), config.activation
+    encoder = _encoder(config, shape, config.hidden, d_h, d_c)
     if config.arch == "mlp":
-        return (nets.MLP(d_x + d_c, config.hidden, d_h, act),
-                nets.MLP(d_z + d_c, tuple(reversed(config.hidden)), n_params * d_x, act))
+        return encoder, nets.MLP(d_z + d_c, tuple(reversed(config.hidden)), n_params * math.prod(shape),
+                                 config.activation)
+    return encoder, nets.ConvDecoder(d_z + d_c, shape, config.channels, config.hidden, n_params * shape[0],
+                                     config.activation)
+
+
+def _encoder(config: ModelConfig, shape: tuple[int, ...], hidden: tuple[int, ...], d_out: int,
+             d_c: int) -> nn.Module:
+    """x (B, *shape) and a condition (B, d_c) -> (B, d_out) through ``hidden`` fully connected widths (after
+    the convolutions for model.arch = conv)."""
+    if config.arch == "mlp":
+        return nets.MLP(math.prod(shape) + d_c, hidden, d_out, config.activation)
     if len(shape) != 3:
         raise ConfigError(f"model.arch = conv needs images of shape (channels, height, width), got data of "
                           f"shape {shape}; use model.arch = mlp for tables")
-    channels, hidden = config.channels, config.hidden
-    return (nets.ConvEncoder(shape, channels, hidden, d_h, act, d_c),
-            nets.ConvDecoder(d_z + d_c, shape, channels, hidden, n_params * shape[0], act))
+    return nets.ConvEncoder(shape, config.channels, hidden, d_out, config.activation, d_c)

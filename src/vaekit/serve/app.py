@@ -92,9 +92,9 @@ def api_router(service: ModelService, limits: dict[str, float]) -> APIRouter:
         return images(service.decode(req.z, req.label), req.format)
 
     @r.post("/encode", response_model=schemas.EncodeResponse)
-    def encode(req: schemas.EncodeRequest) -> dict[str, Any]:
+    def encode(req: schemas.EncodeLayersRequest) -> dict[str, Any]:
         """The posterior q(z|x) of each input: mean and log-variance."""
-        return encoded(*service.encode(req.x, req.label))
+        return encoded(*service.encode(req.x, req.label, req.layers))
 
     @r.post("/reconstruct", response_model=schemas.ImagesResponse)
     def reconstruct(req: schemas.ReconstructRequest) -> dict[str, Any]:

@@ -7,9 +7,10 @@ so one request's work is bounded before it reaches the model.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 MAX_BATCH = 256  # inputs, codes or samples per request
 MAX_STEPS = 64  # points of an interpolation path
@@ -21,7 +22,18 @@ MAX_LABEL_CHARS = 200
 DEFAULT_MAX_BODY_BYTES = 8 * 2**20  # 256 MNIST images as JSON text take about 3 MB
 
 Format = Literal["array", "png"]
-Score = Literal["elbo", "recon", "nll"]
+
+
+def _score_name(value: str) -> str:
+    if not re.fullmatch(r"elbo|recon|nll|llr(>[1-9][0-9]?)?", value):
+        raise ValueError(f"expected 'elbo', 'recon', 'nll' or, for a hierarchy, 'llr>K' (K >= 1), got {value!r}")
+    return value
+
+
+Score = Annotated[str, Field(strict=True, max_length=16, description=(
+    "elbo, recon, nll, or for a hierarchy llr>K (llr = llr>1); /v1/info lists this model's scores")),
+    AfterValidator(_score_name)]
+Layers = Literal["top", "all"]
 LabelName = Annotated[str, Field(strict=True, max_length=MAX_LABEL_CHARS)]
 Label = Annotated[LabelName | None, Field(description="class name of a conditional model (one of /v1/info's labels); "
                                            "refused by an unconditional model")]
@@ -59,6 +71,11 @@ class EncodeRequest(Request):
     label: Label = None
 
 
+class EncodeLayersRequest(EncodeRequest):
+    layers: Layers = Field("top", description="a hierarchy: the top layer's posterior (default), or every layer's, "
+                           "top first, each given the posterior means of the layers above")
+
+
 class ReconstructRequest(EncodeRequest):
     format: FormatField = "array"
 
@@ -79,8 +96,8 @@ class InterpolateRequest(Request):
 
 
 class ScoreRequest(EncodeRequest):
-    method: Score | None = Field(None, description="elbo, recon or nll; omitted: the stored threshold's score, "
-                                 "else elbo")
+    method: Score | None = Field(None, description="elbo, recon, nll or (a hierarchy) llr>K; omitted: the stored "
+                                 "threshold's score, else elbo")
     details: bool = Field(False, strict=True, description="also return reconstructions and per-pixel errors")
     format: FormatField = Field("array", description="format of the reconstructions when details is true")
 
@@ -96,9 +113,9 @@ class SampleResponse(ImagesResponse):
 
 
 class EncodeResponse(BaseModel):
-    mu: list[list[float]] = Field(description="posterior means (N, latent_dim); for a flow posterior the flow "
-                                  "applied to its base Gaussian's mean")
-    logvar: list[list[float]] | None = Field(description="posterior log-variances (N, latent_dim); null for a "
+    mu: list[list[float]] = Field(description="posterior means (N, latent_dim; with layers = all, the sum of the "
+                                  "layers' sizes); for a flow posterior the flow applied to its base Gaussian's mean")
+    logvar: list[list[float]] | None = Field(description="posterior log-variances, same shape; null for a "
                                              "posterior family without a closed-form variance (a flow)")
 
 

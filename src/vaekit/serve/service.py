@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 DEFAULT_EXAMPLES = 500  # test inputs kept for the page: thumbnails, the latent map, the ranking of dimensions
 NLL_MAX_BATCH = 16  # importance sampling costs 1000 decoder passes per input: keep one request's work bounded
 NLL_SAMPLES = 1000
-ELBO_SAMPLES = 10
+LLR_MAX_BATCH = 64  # the likelihood ratio: two bounds of 100 importance samples each, 200 passes per input
 
 
 @dataclass(frozen=True)
@@ -108,18 +108,23 @@ class ModelService:
         with self._inference():
             return self._to_data_units(generate.decode_mean(self.model, codes, y))
 
-    def encode(self, x: Sequence[Any], label: str | None = None) -> tuple[Tensor, Tensor | None]:
+    def encode(self, x: Sequence[Any], label: str | None = None,
+               layers: str = "top") -> tuple[Tensor, Tensor | None]:
         """The posterior q(z|x) of each input: its mean and log-variance, each (N, L); the log-variance is None
-        for a posterior family without a closed-form variance (a flow)."""
+        for a posterior family without a closed-form variance (a flow). ``layers = "all"``: every layer's,
+        top first, each given the posterior means above it, (N, sum of L)."""
+        if layers not in embedding.LAYERS:
+            raise DataError(f"unknown layers {layers!r}; valid: {', '.join(embedding.LAYERS)}")
         xt = self.inputs(x)
         y = self.model.labels_named(label, len(xt))
         with self._inference():
-            latent = self.model.infer(xt.to(self._device), _on(y, self._device))[0]
+            latents = self.model.infer(xt.to(self._device), _on(y, self._device), mean=layers == "all")
+            chosen = latents[:1] if layers == "top" else latents
             try:
-                logvar = latent.qz_x.variance.log().cpu()
+                logvar = torch.cat([latent.qz_x.variance.log() for latent in chosen], dim=-1).cpu()
             except NotImplementedError:
                 logvar = None
-            return latent.mean.cpu(), logvar
+            return torch.cat([latent.mean for latent in chosen], dim=-1).cpu(), logvar
 
     def reconstruct(self, x: Sequence[Any], label: str | None = None) -> Tensor:
         """E[x|z = mu(x)] for each input; (N, *shape) in data units."""
@@ -146,15 +151,15 @@ class ModelService:
         """Anomaly scores (anomaly.py's, seeded), flags against the stored threshold when it is for this score,
         and with ``details`` each input's reconstruction and per-pixel (per-feature) contribution."""
         method = method or (self.threshold.score if self.threshold else "elbo")
-        if method not in anomaly.SCORES:
-            raise DataError(f"unknown anomaly score {method!r}; valid scores: {', '.join(anomaly.SCORES)}")
+        name, _ = anomaly.parse_score(method, len(self.model.layers))
         xt = self.inputs(x)
-        if method == "nll" and len(xt) > NLL_MAX_BATCH:
-            raise DataError(f"the nll score takes at most {NLL_MAX_BATCH} inputs per request, got {len(xt)}")
+        most = {"nll": NLL_MAX_BATCH, "llr": LLR_MAX_BATCH}.get(name)
+        if most is not None and len(xt) > most:
+            raise DataError(f"the {method} score takes at most {most} inputs per request, got {len(xt)}")
         y = self.model.labels_named(label, len(xt))
         thr = self.threshold if self.threshold is not None and self.threshold.score == method else None
         with self._inference():
-            samples = NLL_SAMPLES if method == "nll" else thr.n_samples if thr else ELBO_SAMPLES
+            samples = NLL_SAMPLES if name == "nll" else thr.n_samples if thr else None  # None: the score's default
             scores = anomaly.score(self.model, xt, method, samples, y=y)
             out: dict[str, Any] = {"scores": scores, "method": method, "threshold": thr,
                                    "flags": None if thr is None else (scores > thr.value)}
@@ -210,6 +215,8 @@ class ModelService:
             "standardized": self.preprocess is not None,
             "threshold": None if self.threshold is None else dataclasses.asdict(self.threshold),
             "latent_ranking": {"dims": self.ranking, "kl": self.kl, "ranked_by": self.ranked_by},
+            "layers": [layer.latent_dim for layer in self.model.layers],
+            "scores": anomaly.available_scores(len(self.model.layers)),
             "examples": 0 if self.examples is None else len(self.examples.x),
             "examples_source": None if self.examples is None else self.examples.source,
         }

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from vaekit.config import TrainConfig
 from vaekit.model import VAE, likelihoods
 from vaekit.model.posteriors import LOGVAR_MAX, LOGVAR_MIN
-from vaekit.objectives import ELBOTerms
+from vaekit.objectives import ELBOTerms, FreeBits, per_layer
 
 # the parts whose gradients this step writes out: (arch, stochastic layers, posterior, prior)
 PARTS = ("mlp", 1, "diagonal-gaussian", "standard-normal")
@@ -111,8 +111,8 @@ class FusedELBO:
     posterior and its KL come from the model's own parts.
     """
 
-    def __init__(self, model: VAE, free_bits: float = 0.0) -> None:
-        self.model, self.free_bits = model, free_bits
+    def __init__(self, model: VAE, free_bits: FreeBits = 0.0) -> None:
+        self.model, (self.free_bits,) = model, per_layer(free_bits, 1)
         self.encoder, self.decoder = _Dense(model.encoder), _Dense(model.decoder)
         self.layer = model.layers[0]
         self.nll_and_grad = likelihoods.get(model.config.likelihood).nll_and_grad

@@ -154,7 +154,7 @@ def _epoch(run: Run, epoch: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     step_terms = run_epoch(run, epoch)
     try:
-        means = epoch_means(step_terms, run.bounds, epoch, skip=run.config.train.nonfinite == "skip")
+        means = epoch_means(step_terms, run.bounds, epoch, skip=run.config.train.skips_steps)
         _check_skips(run, means.get("skipped_steps", 0), epoch)
         _check_weights(run, epoch)
     except TrainingError as e:
@@ -189,15 +189,18 @@ def _share_weights_of_rank0(run: Run) -> None:
             dist.broadcast(t, src=0)
 
 
+_OUTLIER = " (or a gradient norm above train.grad_skip)"
+
+
 def _check_skips(run: Run, skipped: int, epoch: int) -> None:
     run.skipped += skipped
     limit = run.config.train.max_skipped_steps
     if run.skipped > limit:
-        raise TrainingError(f"{run.skipped} steps had a non-finite loss or gradient and were skipped by the end of "
-                            f"epoch {epoch}, more than train.max_skipped_steps = {limit}")
+        raise TrainingError(f"{run.skipped} steps had a non-finite loss or gradient{_OUTLIER} and were skipped by "
+                            f"the end of epoch {epoch}, more than train.max_skipped_steps = {limit}")
     if skipped:
-        log.warning("epoch %d: skipped %d step(s) with a non-finite loss or gradient (%d of at most %d so far)",
-                    epoch, skipped, run.skipped, limit)
+        log.warning("epoch %d: skipped %d step(s) with a non-finite loss or gradient%s (%d of at most %d so far)",
+                    epoch, skipped, _OUTLIER, run.skipped, limit)
 
 
 def _check_weights(run: Run, epoch: int) -> None:

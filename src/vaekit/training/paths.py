@@ -22,9 +22,9 @@ log = logging.getLogger(__name__)
 def choose(run: Run) -> None:
     """Set ``run.options`` (and ``run.static`` for the CUDA-graph step) for this run's model and device."""
     tc, device, world = run.config.train, run.x.device, run.ctx.world_size
-    options = StepOptions(objectives.Objective(tc.objective, tc.iw_k, tc.free_bits),
+    options = StepOptions(objectives.Objective(tc.objective, tc.iw_k, tc.free_bits_floor),
                           distributed.wrap(run.model, run.ctx, device), tc.precision == "bf16",
-                          tc.nonfinite == "skip")
+                          tc.skips_steps, grad_clip=tc.grad_clip, grad_skip=tc.grad_skip)
     blocker = graphs.fast_path_blocker(device, world, tc.cuda_graph)
     if blocker is None:
         run.options = options
@@ -33,7 +33,7 @@ def choose(run: Run) -> None:
     if device.type == "cuda":
         log.info("training step not captured as a CUDA graph: %s", blocker)
     elif (why_not := fused.blocker(run.model, tc, device, world)) is None:
-        options = dataclasses.replace(options, fused=fused.FusedELBO(run.model, tc.free_bits))
+        options = dataclasses.replace(options, fused=fused.FusedELBO(run.model, tc.free_bits_floor))
     else:
         log.info("gradients by autograd, not the fused CPU step: %s", why_not)
     run.options = options

@@ -121,8 +121,8 @@ def start(config: Config, splits: data.Splits, device: torch.device, ctx: distri
         torch.manual_seed(config.train.seed + ctx.rank)
     x, y = _on_device(splits.train, model, device)
     model.init_from_data(x, torch.Generator(device).manual_seed(config.train.seed))  # the same in every process
-    if config.train.free_bits > 0:
-        _check_free_bits(model, x, y, config.train.free_bits)
+    if any(objectives.per_layer(config.train.free_bits_floor, len(model.layers))):
+        _check_free_bits(model, x, y, config.train.free_bits_floor)
     bounds = _batch_bounds(len(x), config, ctx)
     x_val, y_val = _on_device(splits.val, model, device) if splits.val is not None and ctx.is_main else (None, None)
     gen = torch.Generator(device).manual_seed(config.train.seed)  # one permutation shared by all processes
@@ -149,7 +149,7 @@ def resolve(config: Config, splits: data.Splits) -> Config:
             raise TrainingError(f"a conditional model needs labelled data, and {config.data.dataset} has no "
                                 "labels (image folders get them from one sub-folder per class)")
         resolved["model.labels"] = list(splits.classes)
-    if config.train.objective == "iwae" and config.train.free_bits > 0:
+    if config.train.objective == "iwae" and (config.train.free_bits or config.train.free_bits_per_layer):
         raise TrainingError("train.free_bits applies to the ELBO objective; the iwae objective takes none")
     if config.train.early_stopping_patience and splits.val is None:
         raise TrainingError(f"train.early_stopping_patience = {config.train.early_stopping_patience} watches the "
@@ -158,7 +158,7 @@ def resolve(config: Config, splits: data.Splits) -> Config:
     return config.override(resolved)
 
 
-def _check_free_bits(model: VAE, x: Tensor, y: Tensor | None, free_bits: float) -> None:
+def _check_free_bits(model: VAE, x: Tensor, y: Tensor | None, free_bits: objectives.FreeBits) -> None:
     """Free bits floor each latent dimension's KL: refuse parts that define none, before the first step."""
     with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
         try:
@@ -186,7 +186,8 @@ def _batch_bounds(n: int, config: Config, ctx: distributed.Context) -> list[tupl
 
 def _optimizer(model: VAE, config: Config, device: torch.device, capturable: bool) -> torch.optim.Optimizer:
     opt = make_optimizer(model, config.train.lr, capturable=capturable)
-    if config.train.nonfinite == "skip" and not opt.defaults.get("fused"):
-        raise TrainingError(f"train.nonfinite = 'skip' cancels updates inside PyTorch's fused Adam, which this "
-                            f"PyTorch lacks on {device}; use train.nonfinite = 'stop'")
+    if config.train.skips_steps and not opt.defaults.get("fused"):
+        raise TrainingError(f"train.nonfinite = 'skip' and train.grad_skip cancel updates inside PyTorch's fused "
+                            f"Adam, which this PyTorch lacks on {device}; use train.nonfinite = 'stop' and "
+                            "train.grad_skip = 0")
     return opt

@@ -47,9 +47,10 @@ class StepOptions:
 
     ``forward`` replaces the model in the objective (a DistributedDataParallel wrapper); with ``bf16`` the
     networks run under bfloat16 autocast while distributions and the loss stay in fp32; with
-    ``skip_nonfinite`` (fused Adam only) a step whose loss or gradient is not finite leaves weights and Adam's
-    state untouched and returns NaN terms, decided on the device; ``fused`` computes the ELBO's gradients
-    without autograd (``training.fused``; fp32, one process).
+    ``skip_nonfinite`` (fused Adam only) a step whose loss or gradient is not finite, or whose gradient norm
+    exceeds ``grad_skip`` > 0, leaves weights and Adam's state untouched and returns NaN terms, decided on the
+    device; ``grad_clip`` > 0 rescales a gradient whose global L2 norm exceeds it to that norm; ``fused``
+    computes the ELBO's gradients without autograd (``training.fused``; fp32, one process).
     """
 
     objective: objectives.Objective = objectives.ELBO
@@ -57,6 +58,8 @@ class StepOptions:
     bf16: bool = False
     skip_nonfinite: bool = False
     fused: FusedELBO | None = None
+    grad_clip: float = 0.0
+    grad_skip: float = 0.0
 
 
 def train_step(model: VAE, opt: torch.optim.Optimizer, x: Tensor, beta: float | Tensor, y: Tensor | None = None,
@@ -70,8 +73,9 @@ def train_step(model: VAE, opt: torch.optim.Optimizer, x: Tensor, beta: float | 
     else:
         terms = _autograd_gradients(model, opt, x, beta, y, weight, options)
     stacked = torch.stack(terms).detach()  # (3,)
+    norm = _clip(opt, options.grad_clip) if options.grad_clip or options.grad_skip else None
     if options.skip_nonfinite:
-        ok = _cancel_if_nonfinite(opt, terms.loss)
+        ok = _cancel_if_nonfinite(opt, terms.loss, norm, options.grad_skip)
         opt.step()
         del opt.found_inf
         stacked = torch.where(ok, stacked, torch.full_like(stacked, math.nan))
@@ -91,15 +95,30 @@ def _autograd_gradients(model: VAE, opt: torch.optim.Optimizer, x: Tensor, beta:
     return terms
 
 
-def _cancel_if_nonfinite(opt: torch.optim.Optimizer, loss: Tensor) -> Tensor:
-    """Set ``opt.found_inf`` to 1.0 when the loss or a gradient is not finite; returns the device flag "finite".
+def _with_gradients(opt: torch.optim.Optimizer) -> list[Tensor]:
+    return [p for group in opt.param_groups for p in group["params"] if p.grad is not None]
+
+
+def _clip(opt: torch.optim.Optimizer, max_norm: float) -> Tensor:
+    """The gradient's global L2 norm before clipping (a device scalar), rescaling it to ``max_norm`` if larger
+    (0: measure only). On the device, without a host sync."""
+    return torch.nn.utils.clip_grad_norm_(_with_gradients(opt), max_norm or math.inf, foreach=True)
+
+
+def _cancel_if_nonfinite(opt: torch.optim.Optimizer, loss: Tensor, norm: Tensor | None = None,
+                         grad_skip: float = 0.0) -> Tensor:
+    """Set ``opt.found_inf`` to 1.0 when the loss or a gradient is not finite, or the gradient norm ``norm``
+    exceeds ``grad_skip`` > 0; returns the device flag "take this step".
 
     Fused Adam reads ``found_inf`` on the device and then neither moves the weights nor the moments, and takes
     back its step count (GradScaler's mechanism), so the check costs a few kernels and no host sync.
     """
-    grads = [p.grad for group in opt.param_groups for p in group["params"] if p.grad is not None]
-    largest = torch._foreach_norm(grads, math.inf) if grads else []  # max |g|: inf or NaN if any element is
-    ok = torch.isfinite(torch.stack([loss.detach().float(), *(g.float() for g in largest)])).all()
+    # the global norm, or else max |g| of each tensor: inf or NaN if any element is
+    grads = [p.grad for p in _with_gradients(opt)]
+    checked = [norm.float()] if norm is not None else torch._foreach_norm(grads, math.inf)
+    ok = torch.isfinite(torch.stack([loss.detach().float(), *(g.float() for g in checked)])).all()
+    if grad_skip > 0:
+        ok = ok & (norm <= grad_skip)
     opt.found_inf = (~ok).float()
     return ok
 
@@ -122,7 +141,7 @@ def epoch_means(step_terms: Tensor, bounds: list[tuple[int, int]], epoch: int,
     keep = ~bad_rows
     if not keep.any():
         raise TrainingError(f"every one of the {len(terms)} steps of epoch {epoch} had a non-finite loss or "
-                            "gradient and was skipped")
+                            "gradient (or a gradient norm above train.grad_skip) and was skipped")
     sizes = torch.tensor([b - a for a, b in bounds], dtype=torch.float64)[keep]
     means = (terms[keep].double() * sizes[:, None]).sum(0) / sizes.sum()
     loss, recon, kl = means.tolist()

@@ -97,7 +97,9 @@ async function fileToModelPng(file) {
 
 function describeModel() {
   const info = state.info;
-  const parts = [`data ${info.data_shape.join("×")}`, `latent ${info.latent_dim}`, `${info.likelihood} likelihood`];
+  const latent = info.layers.length > 1
+    ? `latent ${info.layers.join("/")} (${info.layers.length} layers, top first)` : `latent ${info.latent_dim}`;
+  const parts = [`data ${info.data_shape.join("×")}`, latent, `${info.likelihood} likelihood`];
   if (info.conditional) parts.push(`conditional on ${info.labels.length} labels`);
   if (info.threshold) parts.push(`anomaly threshold ${info.threshold.value.toFixed(2)} (${info.threshold.score})`);
   $("model-summary").textContent = parts.join(" · ");
@@ -237,7 +239,8 @@ function showScore(out) {
 
 async function scoreDrawing() {
   const x = [canvasToModelPng($("draw-canvas"))];
-  const out = await api("/v1/score", withLabel({ x, details: true, format: "png" }));
+  const method = $("draw-method").value;
+  const out = await api("/v1/score", withLabel({ x, details: true, format: "png", method }));
   $("draw-recon").src = pngUrl(out.reconstruction[0]);
   drawHeatmap(out.pixel_error[0]);
   showScore(out);
@@ -255,6 +258,12 @@ function setupDraw() {
   Object.assign(ctx, { strokeStyle: "white", lineCap: "round", lineJoin: "round" });
   ctx.lineWidth = Math.max(6, (2.2 * canvas.width) / w); // about two model pixels, like a pen stroke in MNIST
   const score = coalesce(scoreDrawing);
+  const methods = $("draw-method");
+  // the scores this model has (llr>K only for a hierarchy); the stored threshold's score first
+  const first = state.info.threshold ? state.info.threshold.score : "elbo";
+  const names = [first, ...state.info.scores.filter((name) => name !== first)];
+  methods.replaceChildren(...names.map((name) => new Option(name, name)));
+  methods.addEventListener("change", () => (state.drawn ? score() : undefined));
   const at = (event) => {
     const r = canvas.getBoundingClientRect();
     return [((event.clientX - r.left) * canvas.width) / r.width, ((event.clientY - r.top) * canvas.height) / r.height];
