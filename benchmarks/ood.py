@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import subprocess
 import time
 from pathlib import Path
 
@@ -75,11 +76,23 @@ def main() -> None:
     print("| score | ROC AUC |\n|---|---|")
     for method, auc in aucs.items():
         print(f"| {method} | {auc:.4f} |")
+    kl_per_layer = result.history[-1].get("kl_per_layer")
+    if kl_per_layer:
+        print(f"KL per layer, top first (last epoch): {', '.join(f'{v:.1f}' for v in kl_per_layer)} nats")
     record = {"preset": args.preset, "train": args.train, "ood": args.ood, "epochs": len(result.history),
               "minutes": args.minutes, "test_n": args.test_n, "iw_samples": args.iw_samples, "roc_auc": aucs,
+              "set": args.set, "kl_per_layer": kl_per_layer, "commit": _commit(),
               "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
     with args.results.open("a") as f:
         f.write(json.dumps(record) + "\n")
+
+
+def _commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 
 if __name__ == "__main__":

@@ -191,3 +191,33 @@ def test_serve_shows_a_family_model(tmp_path):
     for path in ("/v1/encode", "/v1/reconstruct", "/v1/score"):
         assert client.post(path, json={"x": x}).status_code == 200, path
     shutil.rmtree(tmp_path)
+
+
+ENGINE_RUNS = {  # every family, and a hierarchy with the guards its training may need
+    **FAMILIES,
+    "hvae": {"model.latent_dim": 3, "model.lower_latent_dims": [5, 6], "train.grad_clip": 5.0,
+             "train.free_bits_per_layer": [0.1, 0.0, 0.0]},
+}
+
+
+@pytest.mark.parametrize("name", ENGINE_RUNS)
+def test_each_family_trains_through_the_static_cuda_graph_step_like_the_plain_loop(name, monkeypatch):
+    """The step a CUDA graph captures, run eagerly on the CPU, is the ordinary step for every family."""
+    from vaekit.training import graphs
+
+    cfg = digits_config(**{**ENGINE_RUNS[name], "train.drop_last": True, "train.fused_step": False})
+    monkeypatch.setattr(graphs, "fast_path_blocker", lambda device, world, enabled: None)
+    static = vaekit.train(cfg)
+    monkeypatch.undo()
+    plain = vaekit.train(cfg)
+    for k, v in plain.model.state_dict().items():
+        assert torch.equal(static.model.state_dict()[k], v), k
+
+
+@pytest.mark.parametrize("name", ENGINE_RUNS)
+def test_each_family_trains_under_bf16_autocast_close_to_fp32(name):
+    cfg = digits_config(**{**ENGINE_RUNS[name], "train.epochs": 3})
+    fp32, bf16 = vaekit.train(cfg), vaekit.train(cfg.override({"train.precision": "bf16"}))
+    assert all(p.dtype == torch.float32 for p in bf16.model.parameters())
+    a, b = fp32.history[-1]["val_neg_elbo"], bf16.history[-1]["val_neg_elbo"]
+    assert math.isfinite(b) and abs(a - b) < 0.05 * a  # bf16 rounding, not a different model

@@ -244,6 +244,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model.lower_latent_dims": [32, 64], "model.likelihood": "bernoulli", "data.binarize": "dynamic",
         "train.lr": 1e-3, "train.batch_size": 128, "train.kl_warmup_epochs": 10.0,
     },
+    # The same hierarchy on the conv preset's networks: stride-2 convolutions of 16 and 32 channels and a
+    # 256-unit layer, in the encoder, the bottom-up path and (transposed) the decoder.
+    "hvae-conv": {
+        "model.arch": "conv", "model.channels": [16, 32], "model.hidden": [256], "model.activation": "relu",
+        "model.latent_dim": 16, "model.lower_latent_dims": [32, 64], "model.likelihood": "bernoulli",
+        "data.binarize": "dynamic", "train.lr": 1e-3, "train.batch_size": 128, "train.kl_warmup_epochs": 10.0,
+    },
     # Anomaly detection on standardized tables, trained on unlabelled and possibly contaminated data: a small
     # Gaussian VAE, briefly trained, with beta = 4. The heavier KL weight keeps the model smooth, so it does not
     # learn a cluster of outliers in its training data (benchmarks/anomaly_odds.py: ODDS ROC AUC 0.915 at

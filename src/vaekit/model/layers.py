@@ -1,6 +1,6 @@
 """Stochastic layers: the model's stack, top first. The top layer's prior is the model's p(z); each lower
-layer (a Ladder-style hierarchy, Sonderby et al. 2016) has a conditional prior p(z_l | z_{l+1}) and a posterior
-q(z_l | x, z_{l+1}) that share the top-down features of the generative path.
+layer (a Ladder-style hierarchy, Sonderby et al. 2016) has a conditional prior p(z_l | z_{>l}) and a posterior
+q(z_l | x, z_{>l}) that share the deterministic top-down state of the generative path.
 
 A layer's ``infer`` returns its ``Latent``: z is drawn from q (or, for the lowest layers of the bound behind the
 likelihood-ratio score, from the conditional prior), or set to the posterior mean for deterministic uses.
