@@ -140,6 +140,15 @@ def test_page_in_chromium(server_url, page, tmp_path):
     assert "threshold" in page.text_content("#draw-flag")
     assert page.get_attribute("#draw-recon", "src").startswith("data:image/png;base64,")
 
+    # the score selector offers this model's scores, the stored threshold's first; another score rescored
+    methods = page.locator("#draw-method option").all_text_contents()
+    assert methods == ["elbo", "nll", "recon"]  # one layer: no likelihood ratio
+    before = version(page, "draw-score")
+    page.select_option("#draw-method", "recon")
+    wait_for_update(page, "draw-score", before)
+    assert page.text_content("#draw-score").startswith("recon anomaly score")
+    assert "No threshold" in page.text_content("#draw-flag")  # the stored threshold is for elbo
+
     # a click on the latent map decodes that point
     latent_map = page.locator("#latent-map")
     latent_map.scroll_into_view_if_needed()
