@@ -56,12 +56,13 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--device", default="auto")
     p.add_argument("--set", action="append", default=[], help="extra config overrides KEY=VALUE")
+    p.add_argument("--out", type=Path, help="also keep the trained checkpoint here")
     p.add_argument("--results", type=Path, default=Path("benchmarks/results/ood.jsonl"))
     args = p.parse_args()
     config = vaekit.preset(args.preset).override({
         "data.dataset": args.train, "data.val_size": 0, "train.epochs": args.epochs, "train.seed": args.seed,
         "train.device": args.device, **dict(parse_assignment(a) for a in args.set)})
-    result = vaekit.train(config, callbacks=[Budget(args.minutes)])
+    result = vaekit.train(config, args.out, callbacks=[Budget(args.minutes)])
     model = result.model.eval()
     x_in, x_out = test_images(config, args.train, args.test_n), test_images(config, args.ood, args.test_n)
     truth = np.r_[np.zeros(len(x_in)), np.ones(len(x_out))]

@@ -83,7 +83,8 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, monkeypatc
 
 @pytest.mark.parametrize("overrides", [
     {"model.latent_dim": 3, "model.lower_latent_dims": [5], "train.grad_clip": 1.0},  # clipped after the all-reduce
-    {"model.prior": "vamp", "model.prior_components": 4, "model.posterior": "iaf", "model.flow_hidden": 16},
+    {"model.prior": "vamp", "model.prior_components": 4},
+    {"model.prior": "mog", "model.prior_components": 3, "model.posterior": "iaf", "model.flow_hidden": 16},
 ])
 def test_the_model_families_train_data_parallel_like_one_process(tmp_path, monkeypatch, overrides):
     mp.spawn(worker, args=(2, free_port(), str(tmp_path), overrides), nprocs=2, join=True)

@@ -89,3 +89,26 @@ def test_detector_defaults_are_the_outliers_preset():
         cfg.model.latent_dim, tuple(cfg.model.hidden), cfg.model.likelihood, cfg.model.obs_std, cfg.model.activation)
     assert (vae.epochs, vae.batch_size, vae.lr, vae.beta) == (
         cfg.train.epochs, cfg.train.batch_size, cfg.train.lr, cfg.train.beta)
+
+
+@pytest.mark.parametrize("family", [{"prior": "mog"}, {"prior": "vamp"}, {"posterior": "iaf"},
+                                    {"lower_latent_dims": (3,)}])
+def test_the_estimator_takes_every_model_family(family):
+    X = plane_data(120)
+    est = VAEEstimator(latent_dim=2, hidden=(16,), epochs=3, **family).fit(X)
+    assert est.get_params()[next(iter(family))] == next(iter(family.values()))
+    assert len(est.model_.layers) == 1 + len(family.get("lower_latent_dims", ()))
+    assert est.model_.config.prior == family.get("prior", "standard-normal")
+    assert est.model_.config.posterior == family.get("posterior", "diagonal-gaussian")
+    assert est.transform(X).shape == (120, 2) and est.inverse_transform(est.transform(X)).shape == X.shape
+    assert np.isfinite(est.score_samples(X)).all() and est.sample(4).shape == (4, 6)
+
+
+def test_the_detector_scores_the_likelihood_ratio_of_a_hierarchy():
+    X = np.vstack([plane_data(), np.random.default_rng(3).normal(scale=40, size=(15, 6)) + 100])
+    det = VAEAnomalyDetector(contamination=0.05, epochs=5, lower_latent_dims=(3,), score_method="llr>1").fit(X)
+    assert len(det.vae_.model_.layers) == 2
+    pred = det.predict(X)
+    assert abs((pred == -1).mean() - 0.05) < 0.02
+    with pytest.raises(Exception, match="this model has 1"):
+        VAEAnomalyDetector(epochs=1, score_method="llr").fit(X)

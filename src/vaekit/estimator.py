@@ -28,13 +28,19 @@ except ImportError:  # pragma: no cover - older scikit-learn
 
 class VAEEstimator(TransformerMixin, BaseEstimator):
     """A VAE on tabular data: ``transform`` gives posterior means, ``score_samples`` per-example log-likelihood
-    bounds (the ELBO, or the importance-sampled log-likelihood with ``score_method="nll"``).
+    bounds (the ELBO, or the importance-sampled log-likelihood with ``score_method="nll"``; for a hierarchy,
+    minus the likelihood ratio with ``"llr>K"``).
+
+    ``prior``, ``posterior`` and ``lower_latent_dims`` choose the model family (``vaekit.model.priors``,
+    ``vaekit.model.posteriors``; layers below the top one for a hierarchy), as ``model.*`` in a config.
     """
 
     def __init__(self, latent_dim: int = 8, hidden: tuple[int, ...] = (128,), activation: str = "relu",
                  likelihood: str = "gaussian", obs_std: float = 1.0, epochs: int = 50, batch_size: int = 128,
                  lr: float = 1e-3, beta: float = 1.0, standardize: bool = True, score_method: str = "elbo",
-                 n_score_samples: int = 10, device: str = "cpu", random_state: int | None = 0) -> None:
+                 n_score_samples: int = 10, device: str = "cpu", random_state: int | None = 0,
+                 prior: str = "standard-normal", posterior: str = "diagonal-gaussian",
+                 lower_latent_dims: tuple[int, ...] = ()) -> None:
         self.latent_dim = latent_dim
         self.hidden = hidden
         self.activation = activation
@@ -49,6 +55,9 @@ class VAEEstimator(TransformerMixin, BaseEstimator):
         self.n_score_samples = n_score_samples
         self.device = device
         self.random_state = random_state
+        self.prior = prior
+        self.posterior = posterior
+        self.lower_latent_dims = lower_latent_dims
 
     def __sklearn_tags__(self):  # scikit-learn >= 1.6
         tags = super().__sklearn_tags__()
@@ -62,7 +71,8 @@ class VAEEstimator(TransformerMixin, BaseEstimator):
         return Config().override({
             "model.latent_dim": self.latent_dim, "model.hidden": list(self.hidden),
             "model.activation": self.activation, "model.likelihood": self.likelihood,
-            "model.obs_std": self.obs_std, "model.data_shape": [n_features],
+            "model.obs_std": self.obs_std, "model.data_shape": [n_features], "model.prior": self.prior,
+            "model.posterior": self.posterior, "model.lower_latent_dims": list(self.lower_latent_dims),
             "train.epochs": self.epochs, "train.batch_size": self.batch_size, "train.lr": self.lr,
             "train.beta": self.beta, "train.device": self.device, "train.checkpoint_every": 0,
             "train.seed": 0 if self.random_state is None else int(self.random_state), "data.val_size": 0,
@@ -132,13 +142,14 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
     ``score_samples`` is minus the anomaly score (higher = more normal); ``decision_function`` is
     ``score_samples - offset_``, negative for outliers; ``predict`` returns +1 for inliers and -1 for
     outliers. ``threshold_`` is the anomaly score above which the ``contamination`` fraction of the
-    training data lies. The defaults are the ``outliers`` preset (a small Gaussian VAE with beta = 4).
+    training data lies. The defaults are the ``outliers`` preset (a small Gaussian VAE with beta = 4);
+    ``lower_latent_dims`` makes it a hierarchy, which the likelihood-ratio score ``"llr>K"`` needs.
     """
 
     def __init__(self, contamination: float = 0.1, score_method: str = "elbo", latent_dim: int = 4,
                  hidden: tuple[int, ...] = (64,), epochs: int = 5, batch_size: int = 64, lr: float = 1e-3,
                  beta: float = 4.0, n_score_samples: int = 10, device: str = "cpu",
-                 random_state: int | None = 0) -> None:
+                 random_state: int | None = 0, lower_latent_dims: tuple[int, ...] = ()) -> None:
         self.contamination = contamination
         self.score_method = score_method
         self.latent_dim = latent_dim
@@ -150,6 +161,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         self.n_score_samples = n_score_samples
         self.device = device
         self.random_state = random_state
+        self.lower_latent_dims = lower_latent_dims
 
     def fit(self, X: Any, y: Any = None) -> VAEAnomalyDetector:
         """Train on X (unlabelled, possibly contaminated) and set the threshold; y is ignored."""
@@ -157,7 +169,8 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
             raise ValueError(f"contamination must lie in (0, 0.5), got {self.contamination}")
         self.vae_ = VAEEstimator(self.latent_dim, tuple(self.hidden), epochs=self.epochs, batch_size=self.batch_size,
                                  lr=self.lr, beta=self.beta, device=self.device,
-                                 random_state=self.random_state).fit(X)
+                                 random_state=self.random_state,
+                                 lower_latent_dims=tuple(self.lower_latent_dims)).fit(X)
         self.n_features_in_ = self.vae_.n_features_in_
         anomaly_scores = -self.score_samples(X)
         self.threshold_ = float(np.quantile(anomaly_scores, 1 - self.contamination))

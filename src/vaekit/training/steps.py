@@ -113,9 +113,11 @@ def _cancel_if_nonfinite(opt: torch.optim.Optimizer, loss: Tensor, norm: Tensor 
     Fused Adam reads ``found_inf`` on the device and then neither moves the weights nor the moments, and takes
     back its step count (GradScaler's mechanism), so the check costs a few kernels and no host sync.
     """
-    # the global norm, or else max |g| of each tensor: inf or NaN if any element is
-    grads = [p.grad for p in _with_gradients(opt)]
-    checked = [norm.float()] if norm is not None else torch._foreach_norm(grads, math.inf)
+    if norm is not None:  # the global norm: inf or NaN if any element is
+        checked = [norm]
+    else:  # max |g| of each gradient, likewise
+        grads = [p.grad for p in _with_gradients(opt)]
+        checked = list(torch._foreach_norm(grads, math.inf)) if grads else []
     ok = torch.isfinite(torch.stack([loss.detach().float(), *(g.float() for g in checked)])).all()
     if grad_skip > 0:
         ok = ok & (norm <= grad_skip)
