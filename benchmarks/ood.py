@@ -7,6 +7,7 @@ Trains the preset on --train for a wall-clock budget, then scores the first --te
 score: elbo, nll, recon and, for a hierarchy, llr>K for each K. Prints a table and appends a JSON record.
 
     VAEKIT_DATA=../shared/data python benchmarks/ood.py --preset hvae --train fashion-mnist --ood mnist --minutes 10
+    VAEKIT_DATA=../shared/data python benchmarks/ood.py --from RUN --iw-samples 1000   # score a kept checkpoint
 """
 
 from __future__ import annotations
@@ -57,35 +58,52 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--set", action="append", default=[], help="extra config overrides KEY=VALUE")
     p.add_argument("--out", type=Path, help="also keep the trained checkpoint here")
+    p.add_argument("--from", dest="source", type=Path, help="score this checkpoint instead of training one")
     p.add_argument("--results", type=Path, default=Path("benchmarks/results/ood.jsonl"))
     args = p.parse_args()
+    model, config, history = trained(args)
+    x_in, x_out = test_images(config, args.train, args.test_n), test_images(config, args.ood, args.test_n)
+    aucs = roc_aucs(model, x_in, x_out, args.iw_samples)
+    print(f"\n{args.preset} trained on {args.train} ({len(history)} epochs); in: {len(x_in)} {args.train} test "
+          f"images, out: {len(x_out)} {args.ood} test images")
+    print("| score | ROC AUC |\n|---|---|")
+    for method, auc in aucs.items():
+        print(f"| {method} | {auc:.4f} |")
+    kl_per_layer = history[-1].get("kl_per_layer") if history else None
+    if kl_per_layer:
+        print(f"KL per layer, top first (last epoch): {', '.join(f'{v:.1f}' for v in kl_per_layer)} nats")
+    record = {"preset": args.preset, "train": args.train, "ood": args.ood, "epochs": len(history),
+              "minutes": None if args.source else args.minutes, "from": str(args.source) if args.source else None,
+              "test_n": args.test_n, "iw_samples": args.iw_samples, "roc_auc": aucs, "set": args.set,
+              "kl_per_layer": kl_per_layer, "commit": _commit(),
+              "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
+    with args.results.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def trained(args: argparse.Namespace) -> tuple[vaekit.VAE, vaekit.Config, list[dict]]:
+    """The model to score, its config and its epoch records: trained for the budget, or read from --from."""
+    if args.source is not None:
+        model, config = vaekit.load_run(args.source)
+        metrics = args.source / "metrics.jsonl"
+        history = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
+        return model.eval(), config, history
     config = vaekit.preset(args.preset).override({
         "data.dataset": args.train, "data.val_size": 0, "train.epochs": args.epochs, "train.seed": args.seed,
         "train.device": args.device, **dict(parse_assignment(a) for a in args.set)})
     result = vaekit.train(config, args.out, callbacks=[Budget(args.minutes)])
-    model = result.model.eval()
-    x_in, x_out = test_images(config, args.train, args.test_n), test_images(config, args.ood, args.test_n)
+    return result.model.eval(), result.config, result.history
+
+
+def roc_aucs(model: vaekit.VAE, x_in: torch.Tensor, x_out: torch.Tensor, iw_samples: int) -> dict[str, float]:
+    """ROC AUC of every score the model has, with x_out as the anomalies."""
     truth = np.r_[np.zeros(len(x_in)), np.ones(len(x_out))]
-    methods = ["elbo", "nll", "recon", *(f"llr>{k}" for k in range(1, len(model.layers)))]
     aucs = {}
-    for method in methods:
-        samples = args.iw_samples if method.startswith(("nll", "llr")) else None
+    for method in anomaly.available_scores(len(model.layers)):
+        samples = iw_samples if method.startswith(("nll", "llr")) else None
         scores = torch.cat([anomaly.score(model, x, method, samples) for x in (x_in, x_out)]).numpy()
         aucs[method] = anomaly.auc_scores(truth, scores)["roc_auc"]
-    print(f"\n{args.preset} trained on {args.train} ({len(result.history)} epochs, {args.minutes:g} min budget); "
-          f"in: {len(x_in)} {args.train} test images, out: {len(x_out)} {args.ood} test images")
-    print("| score | ROC AUC |\n|---|---|")
-    for method, auc in aucs.items():
-        print(f"| {method} | {auc:.4f} |")
-    kl_per_layer = result.history[-1].get("kl_per_layer")
-    if kl_per_layer:
-        print(f"KL per layer, top first (last epoch): {', '.join(f'{v:.1f}' for v in kl_per_layer)} nats")
-    record = {"preset": args.preset, "train": args.train, "ood": args.ood, "epochs": len(result.history),
-              "minutes": args.minutes, "test_n": args.test_n, "iw_samples": args.iw_samples, "roc_auc": aucs,
-              "set": args.set, "kl_per_layer": kl_per_layer, "commit": _commit(),
-              "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
-    with args.results.open("a") as f:
-        f.write(json.dumps(record) + "\n")
+    return aucs
 
 
 def _commit() -> str | None:

@@ -123,7 +123,10 @@ def test_page_in_chromium(server_url, page, tmp_path):
     sync_api.expect(slider).to_have_value("3")
     assert page.get_attribute("#latent-image", "src") != image_before
 
-    # a stroke on the canvas gets a reconstruction, a score against the threshold and a heatmap
+    # a stroke on the canvas gets a reconstruction, a score against the threshold and a heatmap; before it,
+    # the empty reconstruction shows no broken-image icon
+    visibility = 'e => getComputedStyle(e).visibility'
+    assert page.eval_on_selector("#draw-recon", visibility) == "hidden"
     canvas = page.locator("#draw-canvas")
     canvas.scroll_into_view_if_needed()
     box = canvas.bounding_box()
@@ -139,6 +142,7 @@ def test_page_in_chromium(server_url, page, tmp_path):
     assert page.get_attribute("#draw-flag", "data-flag") in ("true", "false")
     assert "threshold" in page.text_content("#draw-flag")
     assert page.get_attribute("#draw-recon", "src").startswith("data:image/png;base64,")
+    assert page.eval_on_selector("#draw-recon", visibility) == "visible"
 
     # the score selector offers this model's scores, the stored threshold's first; another score rescored
     methods = page.locator("#draw-method option").all_text_contents()

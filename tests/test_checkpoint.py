@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 import vaekit
 from vaekit import VAE, Config, checkpoint
 
-from conftest import tiny_model
+from conftest import digits_config, tiny_model
 
 FILES = ["config.json", "model.safetensors"]
 
@@ -491,3 +491,28 @@ def test_a_checkpoint_interrupted_anywhere_leaves_a_loadable_one(run_copy, monke
         assert old_weights.read_bytes() == old_bytes
     load_file(run_copy / "model.safetensors")  # the files at the top are whole, whichever checkpoint they are from
     json.loads((run_copy / "config.json").read_text())
+
+
+def test_written_files_get_the_permissions_a_plain_open_would_give(tmp_path):
+    import stat
+
+    from vaekit.fileio import atomic_write_bytes
+
+    def mode(p):
+        return stat.S_IMODE(os.stat(p).st_mode)
+
+    old = os.umask(0o022)
+    try:
+        vaekit.train(digits_config(**{"train.epochs": 1}), tmp_path / "run")
+        files = [p for p in (tmp_path / "run").rglob("*") if p.is_file()]
+        assert files and {p.name: mode(p) for p in files} == {p.name: 0o644 for p in files}
+        atomic_write_bytes(tmp_path / "a.bin", b"x")
+        assert mode(tmp_path / "a.bin") == 0o644
+        os.chmod(tmp_path / "a.bin", 0o600)  # a file the user made private stays private when rewritten
+        atomic_write_bytes(tmp_path / "a.bin", b"y")
+        assert mode(tmp_path / "a.bin") == 0o600
+        os.umask(0o077)
+        atomic_write_bytes(tmp_path / "b.bin", b"x")
+        assert mode(tmp_path / "b.bin") == 0o600
+    finally:
+        os.umask(old)

@@ -59,7 +59,7 @@ def test_existing_checkpoint_is_not_overwritten_without_asking(tmp_path, capsys)
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["train", "--dataset", "cifar"], "unknown dataset 'cifar'; valid datasets: digits, fashion-mnist, mnist"),
-    (["train", "--preset", "vq"], "unknown preset 'vq'; valid presets: conv, hvae, iaf, iwae, outliers, seed, vamp"),
+    (["train", "--preset", "vq"], "unknown preset 'vq'; valid presets: conv, hvae, hvae-conv, iaf, iwae, outliers, seed, vamp"),
     (["train", "--dataset", "digits", "--activation", "swishy"], "unknown activation 'swishy'"),
     (["train", "--dataset", "digits", "--likelihood", "poisson"], "unknown likelihood 'poisson'"),
     (["train", "--set", "model.depth=3"], "unknown config key 'model.depth'"),
@@ -131,3 +131,86 @@ def test_iwae_objective_from_the_command_line(tmp_path):
     run = tmp_path / "run"
     assert main(["train", *SMALL, "--objective", "iwae", "--k", "3", "--out", str(run)]) == 0
     assert (vaekit.load_config(run).train.objective, vaekit.load_config(run).train.iw_k) == ("iwae", 3)
+
+
+def test_version_is_printed_without_a_command(capsys):
+    import vaekit
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.startswith(f"vaekit {vaekit.__version__} (torch ")
+
+
+def test_threads_sets_pytorchs_cpu_threads(tmp_path, capsys):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert main(["--threads", "1", "train", "--dataset", "digits", "--epochs", "1", "--hidden", "8",
+                     "--latent-dim", "2", "--quiet", "--out", str(tmp_path / "run"), "--device", "cpu"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(SystemExit):
+        main(["--threads", "0", "train"])
+    assert "expected a whole number >= 1" in capsys.readouterr().err
+
+
+def test_presets_lists_each_presets_settings_against_the_defaults(capsys):
+    assert main(["presets", "hvae-conv"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("hvae-conv:")
+    assert "model.arch                   conv  (default mlp)" in out
+    assert "model.lower_latent_dims      32,64  (default none)" in out
+    assert main(["presets"]) == 0 and "outliers:" in capsys.readouterr().out
+    assert main(["presets", "nope"]) == 2
+    assert "valid presets" in capsys.readouterr().err
+
+
+def test_train_help_shows_defaults_and_examples(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert "(default 20)" in out and "examples:" in out and "vaekit presets" in out
+
+
+def test_the_epoch_line_fits_an_80_column_terminal():
+    from vaekit.cli.train import format_epoch
+
+    record = {"epoch": 12, "train_neg_elbo": 98.1234, "val_neg_elbo": 99.031, "train_kl": 18.0123, "beta": 1.0,
+              "active_units": 16, "latent_units": 50, "kl_per_dim": None, "time_s": 5.678}
+    line = format_epoch(record, 100)
+    assert line == "epoch  12/100  -ELBO 98.12 val 99.03  KL 18.01  beta 1  active 16/50  5.7s"
+    wide = {**record, "epoch": 120, "train_neg_elbo": 1234.5678, "val_neg_elbo": 1240.25, "latent_units": 112}
+    assert len(format_epoch(wide, 1000)) < 85  # four-digit bounds at a thousand epochs
+
+
+def test_evaluate_takes_a_limit(tmp_path, capsys):
+    run = str(tmp_path / "run")
+    assert main(["train", "--dataset", "digits", "--epochs", "1", "--hidden", "8", "--latent-dim", "2",
+                 "--quiet", "--out", run, "--device", "cpu"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", run, "--iw-samples", "2", "--limit", "7", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 7
+    assert main(["evaluate", run, "--limit", "0"]) == 2
+    assert "limit must be a count >= 1" in capsys.readouterr().err
+
+
+def test_plot_draws_a_runs_training_curves_and_names_a_bad_record(tmp_path, capsys):
+    from PIL import Image
+
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", "digits", "--epochs", "3", "--hidden", "8", "--latent-dim", "2",
+                 "--kl-warmup-epochs", "2", "--quiet", "--out", str(run), "--device", "cpu"]) == 0
+    assert main(["plot", str(run)]) == 0
+    with Image.open(run / "curves.png") as im:
+        assert im.size == (1100, 700)
+    assert main(["plot", str(run), "-o", str(tmp_path / "c.png")]) == 0 and (tmp_path / "c.png").stat().st_size
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write("{broken\n")
+    capsys.readouterr()
+    assert main(["plot", str(run)]) == 2
+    assert "metrics.jsonl, line 4: not a JSON record" in capsys.readouterr().err
+    assert main(["plot", str(tmp_path / "nowhere")]) == 2
+    assert "cannot read" in capsys.readouterr().err

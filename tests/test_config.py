@@ -42,7 +42,7 @@ def test_unknown_preset_lists_the_valid_ones():
     ("modle.latent_dim", 3, "unknown config key 'modle.latent_dim'"),
     ("model.latent_dim", "three", "model.latent_dim must be of type int"),
     ("model.latent_dim", 0, "model.latent_dim = 0 is invalid"),
-    ("model.hidden", 400, "model.hidden must be a list"),
+    ("model.hidden", {"width": 400}, "model.hidden must be a list"),
     ("train.lr", -1.0, "train.lr = -1.0 is invalid"),
     ("train.epochs", True, "train.epochs must be of type int"),
     ("data.binarize", "sometimes", "data.binarize = 'sometimes' is invalid"),
@@ -86,3 +86,14 @@ def test_parse_assignment():
     assert parse_assignment("train.lr=3e-4") == ("train.lr", 3e-4)
     with pytest.raises(ConfigError, match=r"section\.key=value"):
         parse_assignment("train.lr")
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("model.hidden=512,512", (512, 512)), ("model.hidden=[512,512]", (512, 512)), ("model.hidden=300", (300,)),
+    ("model.hidden=512, 256", (512, 256)), ("train.free_bits_per_layer=0.5", (0.5,))])
+def test_set_takes_lists_as_the_list_flags_do(text, expected):
+    key, value = parse_assignment(text)
+    cfg = Config().override({key: value})
+    assert cfg.to_dict()[key.split(".")[0]][key.split(".")[1]] == list(expected)
+    with pytest.raises(ConfigError, match=r"model\.hidden"):
+        Config().override({"model.hidden": "a,b"})

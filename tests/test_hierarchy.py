@@ -118,6 +118,8 @@ def test_convolutional_and_conditional_hierarchies_train_and_run_the_commands(tm
         ["evaluate", str(run), "--iw-samples", "4", "--device", "cpu"],
         ["sample", str(run), "-n", "4", "-o", str(tmp_path / "s.png"), *label],
         ["reconstruct", str(run), "-n", "4", "-o", str(tmp_path / "r.png")],
+        ["interpolate", str(run), "--from", "0", "--to", "5", "-o", str(tmp_path / "i.png"), *label],
+        ["traverse", str(run), "--dims", "2", "-o", str(tmp_path / "t.png"), *label],
         ["embed", str(run), "-o", str(tmp_path / "z.npz"), "--layers", "all"],
         ["anomaly", str(run), "-o", str(tmp_path / "l.csv"), "--score", "llr", "--k", "2", "--iw-samples", "4"],
     ]

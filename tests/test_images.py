@@ -109,6 +109,10 @@ def test_corrupt_file_is_skipped_with_one_warning_naming_it(tmp_path, caplog):
         images.read(tmp_path, strict=True)
     with pytest.raises(DataError, match=r"x\.png"):
         data.load(DataConfig(dataset=str(tmp_path), strict=True))
+    assert "(--strict, or data.strict, stops at the first instead)" in records[0].getMessage()
+    (tmp_path / "x.png").write_bytes(b"")
+    with pytest.raises(DataError, match=r"x\.png.*the file is empty \(0 bytes\)"):
+        images.read(tmp_path, strict=True)
 
 
 def test_many_corrupt_files_are_counted_and_the_first_few_named(tmp_path, caplog):
@@ -285,3 +289,22 @@ def test_cli_trains_on_a_folder(colour_folder, tmp_path, capsys):
     assert main(["train", "--dataset", str(colour_folder), "--epochs", "1", "--strict",
                  "--out", str(tmp_path / "strict"), "--quiet"]) == 2
     assert "broken.png" in capsys.readouterr().err
+
+
+def test_a_labelled_npz_trains_a_conditional_model_with_its_class_names(tmp_path):
+    x, y = np.random.default_rng(0).random((60, 8, 8)).astype(np.float32), np.repeat([0, 1, 2], 20)
+
+    def conditional(name: str, **arrays):
+        np.savez(tmp_path / name, x=x, **arrays)
+        cfg = vaekit.Config().override({"data.dataset": str(tmp_path / name), "model.conditional": True,
+                                        "model.hidden": [16], "model.latent_dim": 2, "train.epochs": 1,
+                                        "train.device": "cpu"})
+        return vaekit.train(cfg).config.model.labels
+
+    assert conditional("named.npz", y=y, classes=np.array(["cat", "dog", "eel"])) == ("cat", "dog", "eel")
+    assert conditional("numbered.npz", y=y) == ("0", "1", "2")  # the label values, as text
+    with pytest.raises(vaekit.TrainingError, match=r"class indices 0\.\.C-1 as labels; those of .* span -1\.\.1"):
+        conditional("negative.npz", y=y - 1)
+    with pytest.raises(DataError, match=r"array classes names 2 classes, so labels y must lie in 0\.\.1; they "
+                                        r"span 0\.\.2"):
+        conditional("short.npz", y=y, classes=np.array(["a", "b"]))

@@ -394,3 +394,15 @@ def test_two_processes_resume_exactly(tmp_path):
     for rank in (0, 1):
         assert_same_weights(load_file(f"{b}-rank{rank}.safetensors"), load_file(f"{a}-rank0.safetensors"))
     assert metrics(Path(b)) == metrics(Path(a))
+
+
+def test_resuming_a_run_that_never_completed_a_checkpoint_says_so_and_how_to_restart(tmp_path, capsys):
+    from vaekit.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("")  # what a run killed during its first epoch leaves behind
+    with pytest.raises(CheckpointError, match=r"holds no completed checkpoint .* without --resume"):
+        vaekit.resume(run)
+    assert main(["train", "--resume", str(run)]) == 2
+    assert "holds no completed checkpoint" in capsys.readouterr().err

@@ -176,3 +176,15 @@ def test_conditional_conv_model_trains_saves_and_evaluates(tmp_path):
     metrics = vaekit.evaluate(tmp_path, iw_samples=5, device="cpu")
     assert metrics["conditional"] and metrics["nll"] <= metrics["neg_elbo"] + 1e-3
     assert (tmp_path / "samples.png").exists()
+
+
+def test_an_image_run_of_few_optimizer_steps_says_it_will_end_undertrained(caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="vaekit"):
+        vaekit.train(digits_config(**{"train.epochs": 1}))
+    assert "this run takes only 21 optimizer steps (1 epochs of 21)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="vaekit"):
+        vaekit.train(digits_config(**{"train.epochs": 1, "train.batch_size": 2}))  # 647 steps
+    assert "optimizer steps" not in caplog.text

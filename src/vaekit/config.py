@@ -195,7 +195,7 @@ class Config:
                 raise ConfigError(f"unknown config key {key!r}: expected one of {_all_keys()}")
             if name not in d[section]:
                 raise ConfigError(f"unknown config key {key!r}: expected one of {_all_keys()}")
-            d[section][name] = value
+            d[section][name] = _as_list(value) if isinstance(d[section][name], list) else value
         return Config.from_dict(d)
 
 
@@ -294,6 +294,16 @@ def flatten(d: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"config section {section!r} must be an object, got {type(values).__name__}")
         out.update({f"{section}.{k}": v for k, v in values.items()})
     return out
+
+
+def _as_list(value: Any) -> Any:
+    """An override of a list key as the list flags take it: "512,512" -> [512, 512], 300 -> [300]. Files are
+    read strictly (``from_dict``); this leniency is for values typed by hand."""
+    if isinstance(value, str):
+        return [parse_assignment(f"_={v.strip()}")[1] for v in value.split(",") if v.strip()]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return [value]
+    return value
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:

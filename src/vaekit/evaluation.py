@@ -17,6 +17,7 @@ from torch import Tensor
 from vaekit import checkpoint, data, objectives
 from vaekit.batches import batched, sum_in_order
 from vaekit.devices import resolve_device
+from vaekit.errors import DataError
 from vaekit.model import VAE, likelihoods, nets
 
 
@@ -124,18 +125,22 @@ def evaluate_model(model: VAE, x: Tensor, iw_samples: int = 1000, seed: int = 0,
 
 
 def evaluate(directory: str | Path, split: str = "test", iw_samples: int = 1000, device: str = "auto",
-             data_overrides: dict[str, Any] | None = None, seed: int | None = None) -> dict[str, Any]:
-    """Evaluate the checkpoint in ``directory`` on a split of the data it was trained on.
+             data_overrides: dict[str, Any] | None = None, seed: int | None = None,
+             limit: int | None = None) -> dict[str, Any]:
+    """Evaluate the checkpoint in ``directory`` on a split of the data it was trained on (its first ``limit``
+    examples when given).
 
     ``data_overrides`` replaces data settings, e.g. ``{"data_dir": "/data"}``; the binarization of the
     evaluation set follows the run's config (a fixed, seeded sample for binarized runs).
     """
+    if limit is not None and limit < 1:
+        raise DataError(f"limit must be a count >= 1, got {limit}")
     model, config = checkpoint.load_run(directory, resolve_device(device))
     if data_overrides:
         config = config.override({f"data.{k}": v for k, v in data_overrides.items()})
     part = data.evaluation_split(data.load(config.data), split, config.data)
     y = model.labels_of(part.y, f"the {split} split of {config.data.dataset}")
-    x, y = part.x.to(model.device), None if y is None else y.to(model.device)
+    x, y = part.x[:limit].to(model.device), None if y is None else y[:limit].to(model.device)
     seed = config.data.eval_seed if seed is None else seed
     return evaluate_model(model, x, iw_samples, seed, y, config.train.eval_batch_size,
                           {"split": split, "binarization": part.binarization})

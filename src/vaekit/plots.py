@@ -173,3 +173,42 @@ def _save_figure(fig: plt.Figure, path: str | Path) -> Path:
         fig.savefig(tmp, format="png")
     plt.close(fig)
     return path
+
+
+def training_curves(history: list[dict], path: str | Path, title: str) -> Path:
+    """Four panels over the epochs of a run's ``metrics.jsonl`` records: the negative ELBO, its reconstruction
+    and KL parts (training, and validation where there is one) with the KL weight, and the KL of each latent
+    dimension (a heat map, dimensions by their final KL)."""
+    epochs = [r["epoch"] for r in history]
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7), dpi=100)
+    for ax, part, name in zip(axes.flat[:3], ("neg_elbo", "recon", "kl"), ("negative ELBO", "reconstruction",
+                                                                            "KL"), strict=True):
+        for split, style in (("train", "-"), ("val", "--")):
+            values = [r.get(f"{split}_{part}") for r in history]
+            if any(v is not None for v in values):
+                ax.plot(epochs, values, style, label=split)
+        ax.set_title(f"{name} (nats per example)")
+        ax.set_xlabel("epoch")
+        ax.legend(loc="upper right")
+    beta = axes[1, 0].twinx()
+    beta.plot(epochs, [r.get("beta", float("nan")) for r in history], ":", color="grey")
+    beta.set_ylabel("KL weight beta (dotted)")
+    _kl_heat_map(axes[1, 1], history)
+    fig.suptitle(title)
+    return _save_figure(fig, path)
+
+
+def _kl_heat_map(ax: plt.Axes, history: list[dict]) -> None:
+    rows = [r.get("kl_per_dim") for r in history]
+    if not rows or any(row is None for row in rows):
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, "no KL per latent dimension for this model", ha="center", va="center")
+        return
+    kl = np.asarray(rows, dtype=float).T  # (dims, epochs)
+    order = np.argsort(-kl[:, -1])  # the most used dimensions at the top
+    im = ax.imshow(kl[order], aspect="auto", cmap="viridis", interpolation="nearest",
+                   extent=(history[0]["epoch"] - 0.5, history[-1]["epoch"] + 0.5, len(kl) - 0.5, -0.5))
+    ax.set_title("KL per latent dimension (sorted by the last epoch's)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("dimension rank")
+    plt.colorbar(im, ax=ax, label="nats")

@@ -6,16 +6,24 @@ import argparse
 import logging
 import sys
 
-from vaekit.cli import analysis, images, serve, train
+import torch
+
+from vaekit import __version__
+from vaekit.cli import analysis, curves, images, serve, train
 from vaekit.errors import VaekitError
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vaekit", description="Variational autoencoders: train, evaluate, generate.")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    p.add_argument("--version", action="version", version=f"vaekit {__version__} (torch {torch.__version__})")
+    p.add_argument("--threads", type=_positive, metavar="N", help="CPU threads for PyTorch (default: its own "
+                   "choice, usually one per core)")
     sub = p.add_subparsers(dest="command", required=True)
     train.add_train(sub)
     train.add_evaluate(sub)
+    train.add_presets(sub)
+    curves.add_plot(sub)
     images.add_commands(sub)
     analysis.add_embed(sub)
     analysis.add_anomaly(sub)
@@ -23,10 +31,18 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number >= 1")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``vaekit`` console script; returns the exit status."""
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
         return args.func(args)
     except VaekitError as e:

@@ -166,7 +166,8 @@ def _anomaly_labels(labels, normal_label):
         return (y != normal_label).astype(int)
     if set(np.unique(y).tolist()) <= {0, 1}:
         return y.astype(int)
-    print("labels are not 0/1: pass --normal-label to score ROC/PR AUC", file=sys.stderr)
+    print("note: the labels are classes, not 0/1 anomaly labels, so no ROC/PR AUC is computed; "
+          "--normal-label C takes class C as normal and the others as anomalies", file=sys.stderr)
     return None
 
 

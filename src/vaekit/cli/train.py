@@ -12,7 +12,7 @@ from tqdm import tqdm
 from vaekit import checkpoint, evaluation, training
 from vaekit.config import PRESETS, Config, flatten, load_config_file, parse_assignment, preset
 from vaekit.errors import VaekitError
-from vaekit.model import posteriors, priors
+from vaekit.model import nets, posteriors, priors
 from vaekit.previews import PreviewWriter
 
 # flag dest -> dotted config key; a flag left unset keeps the preset's or the config file's value
@@ -58,15 +58,37 @@ def _image_size(text: str) -> list[int]:
     return [int(p) for p in parts]
 
 
+EXAMPLES = """examples:
+  vaekit train                                          the seed model on the embedded digits, in runs/digits
+  vaekit train --preset hvae-conv --dataset mnist       a preset: vaekit presets lists each one's settings
+  vaekit train --dataset photos/ --arch conv --epochs 40 --out runs/photos
+  vaekit train --resume runs/photos --epochs 80         continue (or extend) a run
+
+A flag left out keeps the value of the preset, else of --config, else the default shown."""
+
+
+def _default(key: str) -> Any:
+    """The built-in default of a dotted config key, as help texts show it."""
+    return _shown(flatten(Config().to_dict())[key])
+
+
+def _shown(value: Any) -> Any:
+    """A config value as a flag takes it: lists comma-separated ("none" when empty)."""
+    return (",".join(map(str, value)) or "none") if isinstance(value, list) else value
+
+
 def add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a VAE and write a checkpoint directory")
+    p = sub.add_parser("train", help="train a VAE and write a checkpoint directory", epilog=EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", help=f"start from a preset: {', '.join(PRESETS)}")
     p.add_argument("--config", type=Path, help="JSON or TOML file with model/data/train sections")
     p.add_argument("--dataset", help="mnist, digits (the default), a folder of PNG/JPEG images, "
                    "or a .csv/.npy/.npz/.mat file (a table, or an array of images)")
     p.add_argument("--data-dir", help="directory holding mnist/ (default: $VAEKIT_DATA, then the cache)")
     p.add_argument("--download", action="store_true", default=None, help="download MNIST if missing")
-    p.add_argument("--binarize", choices=["none", "dynamic", "static", "threshold"])
+    p.add_argument("--binarize", choices=["none", "dynamic", "static", "threshold"],
+                   help="grey levels as they are, or 0/1 pixels: resampled each epoch (dynamic), drawn once "
+                   f"(static) or at 0.5 (threshold) (default {_default('data.binarize')})")
     p.add_argument("--val-size", type=float, help="validation fraction (<1) or count (>=1) of the train set")
     p.add_argument("--image-size", type=_image_size, help="image data: resize to HEIGHTxWIDTH (default: the "
                    "size of the first image)")
@@ -78,20 +100,24 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--conv-channels", type=_hidden, help="conv: channels of each stride-2 layer, e.g. 32,64")
     p.add_argument("--conditional", action="store_true", default=None,
                    help="condition encoder and decoder on the class label (needs a labelled dataset)")
-    p.add_argument("--hidden", type=_hidden, help="hidden layer widths, e.g. 400 or 200,200")
-    p.add_argument("--activation")
-    p.add_argument("--latent-dim", type=int)
-    p.add_argument("--likelihood", help="bernoulli, gaussian, gaussian-learned, continuous-bernoulli, logistic")
+    p.add_argument("--hidden", type=_hidden, help=f"hidden layer widths, e.g. 400 or 200,200 (default "
+                   f"{_default('model.hidden')})")
+    p.add_argument("--activation", help=f"{', '.join(nets.ACTIVATIONS)} (default {_default('model.activation')})")
+    p.add_argument("--latent-dim", type=int, help=f"size of the (top) latent code z (default "
+                   f"{_default('model.latent_dim')})")
+    p.add_argument("--likelihood", help="bernoulli, gaussian, gaussian-learned, continuous-bernoulli, logistic "
+                   f"(default {_default('model.likelihood')})")
     p.add_argument("--obs-std", type=float, help="standard deviation of the fixed Gaussian likelihood")
     p.add_argument("--prior", help=f"p(z), a registered prior: {', '.join(priors.PRIORS)} (default standard-normal)")
     p.add_argument("--posterior", help=f"q(z|x), a registered posterior family: {', '.join(posteriors.POSTERIORS)} "
                    "(default diagonal-gaussian)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
+    p.add_argument("--epochs", type=int, help=f"passes over the training set (default {_default('train.epochs')})")
+    p.add_argument("--batch-size", type=int, help=f"examples per step (default {_default('train.batch_size')})")
+    p.add_argument("--lr", type=float, help=f"Adam's learning rate (default {_default('train.lr')})")
     _add_objective_flags(p)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--seed", type=int, help=f"seed of the weights, batches and draws (default "
+                   f"{_default('train.seed')})")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="auto: cuda when there is a GPU")
     p.add_argument("--precision", choices=["fp32", "bf16"], help="bf16: bfloat16 autocast, loss in fp32")
     p.add_argument("--checkpoint-every", type=int, help="checkpoint every N epochs (default 1; 0: only at the end)")
     p.add_argument("--early-stopping-patience", type=int, help="stop after N epochs without a better validation "
@@ -198,15 +224,16 @@ class ProgressBar(training.Callback):
 
 
 def format_epoch(r: dict[str, Any], epochs: int) -> str:
-    """One line per epoch: train (and validation) negative ELBO with its reconstruction and KL parts."""
-    line = (f"epoch {r['epoch']:>3}/{epochs}  train -ELBO {r['train_neg_elbo']:9.3f} "
-            f"(recon {r['train_recon']:9.3f}, KL {r['train_kl']:7.3f})")
+    """One short line per epoch (under 80 columns for MNIST-sized figures): the training and validation negative
+    ELBO, the KL, the KL weight and the active units; metrics.jsonl holds the full record."""
+    line = f"epoch {r['epoch']:>{len(str(epochs))}}/{epochs}  -ELBO {r['train_neg_elbo']:.2f}"
     if "val_neg_elbo" in r:
-        line += f"  val -ELBO {r['val_neg_elbo']:9.3f} (recon {r['val_recon']:9.3f}, KL {r['val_kl']:7.3f})"
+        line += f" val {r['val_neg_elbo']:.2f}"
+    line += f"  KL {r['train_kl']:.2f}"
     if "active_units" in r:
         units = r.get("latent_units", len(r["kl_per_dim"] or ()))
-        line += f"  beta {r['beta']:.3g}  active {r['active_units']}/{units}"
-    return line + f"  {r['time_s']:.2f}s"
+        line += f"  beta {r['beta']:.2g}  active {r['active_units']}/{units}"
+    return line + f"  {r['time_s']:.1f}s"
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -242,6 +269,7 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--download", action="store_true", default=None)
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--iw-samples", type=int, default=1000, help="importance samples K (0 skips the NLL)")
+    p.add_argument("--limit", type=int, metavar="N", help="evaluate the first N examples of the split only")
     p.add_argument("--seed", type=int, help="seed of the evaluation's posterior draws (default: the run's)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -251,7 +279,8 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("dataset", args.dataset), ("data_dir", args.data_dir),
                                    ("download", args.download)) if v is not None}
-    result = evaluation.evaluate(args.dir, args.split, args.iw_samples, args.device, overrides, args.seed)
+    result = evaluation.evaluate(args.dir, args.split, args.iw_samples, args.device, overrides, args.seed,
+                                 args.limit)
     if args.json:
         print(json.dumps(result))
         return 0
@@ -278,4 +307,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         per_layer = zip(result["kl_per_layer"], result["active_units_per_layer"], result["latent_dims"], strict=True)
         print("  KL per layer, top first: " + ", ".join(f"{kl:.2f} nats ({a}/{d} active)" for kl, a, d in per_layer))
     print(f"  ({result['seconds']:.1f} s)")
+    return 0
+
+
+def add_presets(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("presets", help="list the presets and the settings each one makes")
+    p.add_argument("name", nargs="?", help="show only this preset")
+    p.set_defaults(func=cmd_presets)
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    names = [args.name] if args.name else list(PRESETS)
+    defaults = flatten(Config().to_dict())
+    for name in names:
+        settings = flatten(preset(name).to_dict())  # an unknown name is refused here, with the valid ones
+        changed = {k: v for k, v in settings.items() if v != defaults[k]}
+        print(f"{name}:")
+        for key, value in changed.items():
+            print(f"  {key:<28} {_shown(value)}  (default {_default(key)})")
     return 0

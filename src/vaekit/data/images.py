@@ -147,14 +147,16 @@ def _decode_all(files: list[Path], image_size: Sequence[int] | None, channels: i
 def _warn_skipped(folder: Path, skipped: list[Path]) -> None:
     names = ", ".join(str(p.relative_to(folder)) for p in skipped[:NAMED_IN_WARNING])
     more = f" and {len(skipped) - NAMED_IN_WARNING} more" if len(skipped) > NAMED_IN_WARNING else ""
-    log.warning("skipped %d unreadable image file%s in %s: %s%s (set data.strict to stop at the first instead)",
+    log.warning("skipped %d unreadable image file%s in %s: %s%s (--strict, or data.strict, stops at the first instead)",
                 len(skipped), "" if len(skipped) == 1 else "s", folder, names, more)
 
 
 def open_image(path: Path) -> Image.Image:
     """The decoded image, turned upright as its EXIF orientation says (cameras store photos sideways)."""
+    stored = path.stat().st_size
+    if stored == 0:
+        raise ValueError("the file is empty (0 bytes)")
     with Image.open(path) as im:
-        stored = path.stat().st_size
         if im.width * im.height > MAX_PIXELS_PER_BYTE * max(stored, 1):  # checked before PIL allocates them
             raise ValueError(f"its header claims {im.width}x{im.height} pixels, more than a {stored}-byte file "
                              "can encode: the header is corrupt")
@@ -202,7 +204,7 @@ def read_array(path: str | Path, image_size: Sequence[int] | None = None,
                channels: int | None = None) -> ImageSet:
     """Images from an .npy file, or from an .npz file under x/X/images with optional labels y."""
     path = Path(path)
-    a, y = _load_array(path)
+    a, y, classes = _load_array(path)
     x = _unit_range(_channels_first(a, path), path)
     if channels is not None:
         x = convert_channels(x, channels)
@@ -210,21 +212,26 @@ def read_array(path: str | Path, image_size: Sequence[int] | None = None,
         x = _resize(x, tuple(image_size))
     if y is not None and len(y) != len(x):
         raise DataError(f"{path}: {len(x)} images but {len(y)} labels")
-    return ImageSet(x, y, None)
+    if classes is not None and (y is None or y.min() < 0 or y.max() >= len(classes)):
+        raise DataError(f"{path}: array classes names {len(classes)} classes, so labels y must lie in "
+                        f"0..{len(classes) - 1}" + ("" if y is None else f"; they span {y.min()}..{y.max()}"))
+    return ImageSet(x, y, classes)
 
 
-def _load_array(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+def _load_array(path: Path) -> tuple[np.ndarray, np.ndarray | None, tuple[str, ...] | None]:
+    """The image array, its labels (array y) and the names of the label values (array classes), if held."""
     try:
         loaded = tabular.load_array_file(path)  # no pickle, and no allocation a corrupt header asks for
         if isinstance(loaded, np.ndarray):
-            return loaded, None
+            return loaded, None, None
         with loaded:
             key = next((k for k in ARRAY_KEYS if k in loaded.files), None)
             if key is None:
                 raise DataError(f"{path} holds arrays {sorted(loaded.files)}; expected images under "
                                 f"{', '.join(ARRAY_KEYS)} (and optionally labels y)")
             y = tabular._labels(loaded["y"], f"{path}, array y") if "y" in loaded.files else None
-            return loaded[key], y
+            classes = tuple(str(c) for c in loaded["classes"].ravel()) if "classes" in loaded.files else None
+            return loaded[key], y, classes
     except DataError:
         raise
     except tabular.ARRAY_ERRORS as e:

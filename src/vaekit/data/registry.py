@@ -116,6 +116,19 @@ def _table(cfg: DataConfig) -> tuple[RawSplits, tabular.Standardizer | None]:
     return (x_train, y_train, x_test, y_test), std
 
 
+MAX_NUMBERED_CLASSES = 100_000  # labels beyond this are identifiers, not classes to condition on
+
+
+def numbered_classes(*ys: np.ndarray | None) -> tuple[str, ...] | None:
+    """Names for labels that come without any (an array's y, a table's label column): the values 0..C-1 as
+    text. None without labels, or when some label is negative or too large to be a class index."""
+    present = [y for y in ys if y is not None and len(y)]
+    if not present:
+        return None
+    lo, hi = min(int(y.min()) for y in present), max(int(y.max()) for y in present)
+    return tuple(str(i) for i in range(hi + 1)) if lo >= 0 and hi < MAX_NUMBERED_CLASSES else None
+
+
 def load(cfg: DataConfig) -> Splits:
     """Load ``cfg.dataset``, carve the validation split and binarize.
 
@@ -133,6 +146,8 @@ def load(cfg: DataConfig) -> Splits:
         raise DataError(f"unknown dataset {cfg.dataset!r}; valid datasets: {', '.join(sorted(DATASETS))}, "
                         f"a folder of {'/'.join(images.SUFFIXES)} images, or a path to a "
                         f"{'/'.join(tabular.SUFFIXES)} file")
+    if classes is None:
+        classes = numbered_classes(y_train, y_test)
     if cfg.train_classes is not None:
         x_train, y_train = _only_classes(x_train, y_train, cfg)
     train_idx, val_idx = _validation_split(len(x_train), cfg.val_size, cfg.split_seed)

@@ -110,6 +110,11 @@ class Run:
         return objectives.kl_weight(self.config.train.beta, self.step + 1, self.warmup_steps)
 
 
+# below this many optimizer steps an image model ends undertrained, and the run says so (tables are exempt: the
+# outliers preset is brief on purpose)
+FEW_STEPS = 500
+
+
 def start(config: Config, splits: data.Splits, device: torch.device, ctx: distributed.Context,
           callbacks: Sequence[Callback]) -> Run:
     """A run at epoch 0: the config resolved against the data, the model, optimiser and data on the device."""
@@ -132,6 +137,9 @@ def start(config: Config, splits: data.Splits, device: torch.device, ctx: distri
     run = Run(config, model, opt, x, y, x_val, y_val, bounds, gen, ctx, callbacks)
     tc = config.train
     run.warmup_steps = tc.kl_warmup_steps or round(tc.kl_warmup_epochs * len(run.bounds))
+    if ctx.is_main and len(model.data_shape) == 3 and tc.epochs * len(bounds) < FEW_STEPS:
+        log.warning("this run takes only %d optimizer steps (%d epochs of %d); a VAE usually needs thousands, "
+                    "so expect a blurry model: raise --epochs", tc.epochs * len(bounds), tc.epochs, len(bounds))
     if tc.early_stopping_patience and ctx.is_main:
         run.stopping = EarlyStopping(tc.early_stopping_patience)
     return run
@@ -145,9 +153,13 @@ def resolve(config: Config, splits: data.Splits) -> Config:
     if config.data.dataset not in data.DATASETS and images.is_image_path(config.data.dataset):
         resolved.update({"data.channels": splits.train.shape[0], "data.image_size": list(splits.train.shape[1:])})
     if config.model.conditional:
-        if splits.train.y is None or splits.classes is None:
+        if splits.train.y is None:
             raise TrainingError(f"a conditional model needs labelled data, and {config.data.dataset} has no "
-                                "labels (image folders get them from one sub-folder per class)")
+                                "labels (image folders get them from one sub-folder per class, .npz arrays "
+                                "from an array y, tables from data.label_column)")
+        if splits.classes is None:
+            raise TrainingError(f"a conditional model needs class indices 0..C-1 as labels; those of "
+                                f"{config.data.dataset} span {int(splits.train.y.min())}..{int(splits.train.y.max())}")
         resolved["model.labels"] = list(splits.classes)
     if config.train.objective == "iwae" and (config.train.free_bits or config.train.free_bits_per_layer):
         raise TrainingError("train.free_bits applies to the ELBO objective; the iwae objective takes none")

@@ -35,6 +35,11 @@ ADAM_STATE = frozenset({"step", "exp_avg", "exp_avg_sq"})
 
 def resume_config(directory: str | Path, overrides: dict[str, Any] | None = None) -> Config:
     """The saved config of the run in ``directory`` with ``overrides`` applied, refused if they change the run."""
+    if Path(directory).is_dir() and not (Path(directory) / checkpoint.CONFIG_FILE).exists() \
+            and not (Path(directory) / checkpoint.LATEST_FILE).exists():
+        raise CheckpointError(f"cannot resume {directory}: it holds no completed checkpoint (the run stopped "
+                              "before its first checkpoint was written, or this is not a run directory); start "
+                              "the run again with the same `vaekit train` command without --resume")
     saved = checkpoint.load_config(directory)
     return check_resume_config(saved, saved.override(dict(overrides or {})), directory)
 
