@@ -112,3 +112,17 @@ def test_the_detector_scores_the_likelihood_ratio_of_a_hierarchy():
     assert abs((pred == -1).mean() - 0.05) < 0.02
     with pytest.raises(Exception, match="this model has 1"):
         VAEAnomalyDetector(epochs=1, score_method="llr").fit(X)
+
+
+def test_the_detector_has_pyods_fitted_attributes_and_outlier_probabilities():
+    X = np.vstack([plane_data(), np.random.default_rng(3).normal(scale=40, size=(15, 6)) + 100])
+    det = VAEAnomalyDetector(contamination=0.05, epochs=20).fit(X)
+    np.testing.assert_allclose(det.decision_scores_, -det.score_samples(X))  # higher = more abnormal
+    np.testing.assert_array_equal(det.labels_, (det.predict(X) == -1).astype(int))
+    proba = det.predict_proba(X)
+    assert proba.shape == (len(X), 2) and np.allclose(proba.sum(1), 1) and proba.min() >= 0
+    order = np.argsort(det.decision_scores_)
+    assert np.all(np.diff(proba[order, 1]) >= 0)  # the outlier probability rises with the score
+    assert proba[order[0], 1] == 0 and proba[order[-1], 1] == 1
+    with pytest.raises(NotFittedError):
+        VAEAnomalyDetector().predict_proba(X)

@@ -144,6 +144,10 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
     outliers. ``threshold_`` is the anomaly score above which the ``contamination`` fraction of the
     training data lies. The defaults are the ``outliers`` preset (a small Gaussian VAE with beta = 4);
     ``lower_latent_dims`` makes it a hierarchy, which the likelihood-ratio score ``"llr>K"`` needs.
+
+    For PyOD users: ``decision_scores_`` (the training data's anomaly scores, higher = more abnormal),
+    ``labels_`` (their 0/1 outlier labels) and ``predict_proba`` are PyOD's; ``decision_function`` and
+    ``predict`` keep scikit-learn's signs (negative and -1 for outliers), where PyOD's differ.
     """
 
     def __init__(self, contamination: float = 0.1, score_method: str = "elbo", latent_dim: int = 4,
@@ -174,6 +178,8 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         self.n_features_in_ = self.vae_.n_features_in_
         anomaly_scores = -self.score_samples(X)
         self.threshold_ = float(np.quantile(anomaly_scores, 1 - self.contamination))
+        self.decision_scores_ = anomaly_scores  # PyOD's names: the training data's outlier scores ...
+        self.labels_ = (anomaly_scores > self.threshold_).astype(int)  # ... and its 0/1 outlier labels
         self.offset_ = -self.threshold_
         return self
 
@@ -193,3 +199,11 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
     def predict(self, X: Any) -> np.ndarray:
         """+1 for inliers, -1 for outliers."""
         return np.where(self.decision_function(X) < 0, -1, 1)
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """(n_samples, 2): the probability of being an inlier and an outlier, PyOD's "linear" conversion: the
+        anomaly score min-max scaled by the training data's scores (``decision_scores_``), clipped to [0, 1]."""
+        check_is_fitted(self, "decision_scores_")
+        lo, hi = float(self.decision_scores_.min()), float(self.decision_scores_.max())
+        outlier = np.clip((-self.score_samples(X) - lo) / ((hi - lo) or 1.0), 0.0, 1.0)
+        return np.column_stack([1.0 - outlier, outlier])
