@@ -14,6 +14,7 @@ from vaekit.config import PRESETS, Config, flatten, load_config_file, parse_assi
 from vaekit.errors import VaekitError
 from vaekit.model import nets, posteriors, priors
 from vaekit.previews import PreviewWriter
+from vaekit.tensorboard import TensorBoard
 
 # flag dest -> dotted config key; a flag left unset keeps the preset's or the config file's value
 TRAIN_FLAGS = {
@@ -130,10 +131,18 @@ def add_train(sub: argparse._SubParsersAction) -> None:
                    "other flags must repeat its config (--epochs may change, e.g. to extend a finished run)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any config value, e.g. --set train.eval_batch_size=500 (repeatable)")
+    _add_output_flags(p)
+    p.set_defaults(func=cmd_train)
+
+
+def _add_output_flags(p: argparse.ArgumentParser) -> None:
+    """Where the run goes and what it reports on the way."""
     p.add_argument("--out", type=Path, help="run directory (default: runs/<dataset>, numbered if taken)")
     p.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
-    p.set_defaults(func=cmd_train)
+    p.add_argument("--tensorboard", type=Path, metavar="DIR", help="also write TensorBoard logs to DIR: every "
+                   "epoch's metrics and KL, samples and reconstructions every 5 epochs (pip install "
+                   "'vaekit[tensorboard]')")
 
 
 def _add_objective_flags(p: argparse.ArgumentParser) -> None:
@@ -238,13 +247,14 @@ def format_epoch(r: dict[str, Any], epochs: int) -> str:
 
 def cmd_train(args: argparse.Namespace) -> int:
     progress = ProgressBar(args.quiet)
+    logs = [] if args.tensorboard is None else [TensorBoard(args.tensorboard)]
     if args.resume is not None:
         out = _resume_dir(args)
-        result = training.resume(out, given_assignments(args), callbacks=[progress, PreviewWriter(out)])
+        result = training.resume(out, given_assignments(args), callbacks=[progress, PreviewWriter(out), *logs])
     else:
         config = build_config(args)
         out = _run_dir(args, config)
-        result = training.train(config, out, callbacks=[progress, PreviewWriter(out)])
+        result = training.train(config, out, callbacks=[progress, PreviewWriter(out), *logs])
     if result.rank != 0:
         return 0
     final = result.history[-1]

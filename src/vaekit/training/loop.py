@@ -59,6 +59,7 @@ def train(config: Config, out_dir: str | Path | None = None, callbacks: Sequence
         paths.choose(run)
         for cb in run.callbacks:
             cb.on_train_start(run.config, len(run.bounds))
+            cb.on_model(run.model, splits.test)
         _attach_output(run, out_dir, splits.preprocess, resumed=state is not None)
         if state is not None:
             runstate.restore(run, state, Path(out_dir), saved_epochs)
