@@ -63,7 +63,7 @@ def test_conditional_traversal_decodes_with_the_base_examples_class():
     model = conditional_model()
     x, y = torch.rand(12, 1, 4, 4), torch.tensor([0, 1, 2] * 4)
     cond = generate.Conditioning(y, y[4:5])
-    grid, dims, _ = generate.traverse(model, x, x[4], n_dims=2, steps=3, span=1.0, cond=cond)
+    grid, dims = generate.traverse(model, x, x[4], n_dims=2, steps=3, span=1.0, cond=cond)[:2]
     z0 = model.encode(x[4:5], y[4:5]).mean.detach()[0]
     codes = z0.repeat(6, 1)
     codes[0:3, dims[0]] = torch.tensor([-1.0, 0.0, 1.0])
@@ -83,7 +83,7 @@ def test_traversal_ranks_dimensions_by_kl_and_sweeps_only_them():
     x = torch.rand(20, 1, 4, 4)
     expected_kl = torch.tensor([0.0, 2.0, 0.125], dtype=torch.float64)
     torch.testing.assert_close(generate.kl_per_dimension(model, x), expected_kl)
-    grid, dims, _ = generate.traverse(model, x, n_dims=2, steps=3, span=1.0)
+    grid, dims = generate.traverse(model, x, n_dims=2, steps=3, span=1.0)[:2]
     assert dims == [1, 2] and grid.shape == (6, 1, 4, 4)
     expected = torch.zeros(6, 3)
     expected[0:3, 1] = torch.tensor([-1.0, 0.0, 1.0])
@@ -131,3 +131,29 @@ def test_interpolate_from_image_files_checks_their_size(tmp_path, capsys):
     assert "is 8x9 pixels; the model takes 8x8" in capsys.readouterr().err
     assert main(["interpolate", str(run), "--from", "5000", "--to", "0"]) == 2
     assert "index 5000 is outside the test split of 359 examples" in capsys.readouterr().err
+
+
+def test_a_traversal_says_what_each_row_and_column_is():
+    torch.manual_seed(0)
+    model = vaekit.VAE(digits_config(**{"model.data_shape": [1, 8, 8]}).model)
+    x = torch.rand(30, 1, 8, 8)
+    t = generate.traverse(model, x, n_dims=3, steps=3, span=1.0)
+    assert t.values == [-1.0, 0.0, 1.0] and t.measure == "kl" and len(t.scores) == 3
+    assert t.scores == sorted(t.scores, reverse=True)  # the most informative dimension first
+    ranking = generate.rank_dimensions(model, x)
+    assert t.scores == pytest.approx([float(ranking.scores[d]) for d in t.dims])
+
+
+def test_a_labelled_grid_writes_its_labels_beside_the_images(tmp_path):
+    from PIL import Image
+
+    from vaekit import plots
+
+    images = torch.ones(6, 1, 8, 8)  # white tiles: any dark pixel outside them is text
+    plain = plots.labelled_grid(images, tmp_path / "plain.png", 3)
+    labelled = plots.labelled_grid(images, tmp_path / "l.png", 3, ["z[4]  kl 2.31", "z[0]  kl 1.02"],
+                                   ["-1", "+0", "+1"], "a title")
+    with Image.open(plain) as a, Image.open(labelled) as b:
+        assert b.width > a.width and b.height > a.height  # room for the row labels, column labels and title
+        left = np.asarray(b.convert("L"))[:, : b.width - a.width]
+        assert (left < 128).any()  # the row labels' text

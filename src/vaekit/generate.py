@@ -166,11 +166,15 @@ def rank_dimensions(model: VAE, x: Tensor, y: Tensor | None = None) -> Ranking:
 
 
 class Traversal(NamedTuple):
-    """A traversal grid (rows * steps, *data_shape), the dimension of each row, and how they were chosen."""
+    """A traversal grid (rows * steps, *data_shape), the dimension of each row, how they were chosen, each row's
+    ranking score (its ``measure``: "kl" or "variance") and the value of each column."""
 
     grid: Tensor
     dims: list[int]
     ranked_by: str
+    scores: list[float]
+    measure: str
+    values: list[float]
 
 
 @torch.no_grad()
@@ -194,5 +198,6 @@ def traverse(model: VAE, x: Tensor, base: Tensor | None = None, n_dims: int = 8,
     codes = z0.repeat(n, 1)  # (R*S, L)
     for row, d in enumerate(dims):
         codes[row * steps : (row + 1) * steps, d] = values
-    return Traversal(decode_mean(model, codes, y), dims, ranking.ranked_by)
+    scores = [float(ranking.scores[d]) for d in dims]
+    return Traversal(decode_mean(model, codes, y), dims, ranking.ranked_by, scores, ranking.measure, values.tolist())
 

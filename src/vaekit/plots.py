@@ -51,6 +51,27 @@ def save_grid(images: Tensor, path: str | Path, nrow: int = 8, scale: int | None
 
 
 @torch.no_grad()
+def labelled_grid(images: Tensor, path: str | Path, nrow: int, row_labels: list[str] | None = None,
+                  col_labels: list[str] | None = None, title: str | None = None) -> Path:
+    """An image grid (as ``grid``) with a label beside each row and under each column, and a title."""
+    canvas = grid(images, nrow)
+    _, c, h, w = images.shape
+    rows = math.ceil(len(images) / nrow)
+    scale = max(1.0, 48 / max(h, w))  # small images drawn at least 48 pixels across
+    fig_w = canvas.shape[1] * scale / 100 + (1.4 if row_labels else 0.2)
+    fig_h = canvas.shape[0] * scale / 100 + (0.35 if col_labels else 0.1) + (0.35 if title else 0)
+    fig, ax = plt.subplots(figsize=(fig_w, fig_h), dpi=100)
+    ax.imshow(canvas, cmap="gray" if c == 1 else None, vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks([1 + i * (w + 1) + w / 2 for i in range(nrow)] if col_labels else [], col_labels or [])
+    ax.set_yticks([1 + i * (h + 1) + h / 2 for i in range(rows)] if row_labels else [], row_labels or [])
+    ax.tick_params(length=0, labelsize=7)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    if title:
+        ax.set_title(title, fontsize=8)
+    return _save_figure(fig, path)
+
+
 def write_previews(model, x_test: Tensor, out: Path, n_recon: int = 8, n_samples: int = 64) -> list[Path]:
     """``reconstructions.png`` (inputs above their reconstructions) and ``samples.png`` from the prior."""
     if not is_image_shape(tuple(x_test.shape[1:])):

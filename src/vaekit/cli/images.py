@@ -73,8 +73,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if model.config.conditional and args.label is None:
         x = generate.sample_per_label(model, args.nrow, args.temperature, args.seed, gmm)
         print(f"one row per label: {', '.join(model.config.labels)}")
-    else:
-        x = generate.sample(model, args.n, args.temperature, args.seed, gmm, args.label)
+        print(f"wrote {plots.labelled_grid(x, args.output, args.nrow, list(model.config.labels))}")
+        return 0
+    x = generate.sample(model, args.n, args.temperature, args.seed, gmm, args.label)
     print(f"wrote {plots.save_grid(x, args.output, nrow=args.nrow)}")
     return 0
 
@@ -93,7 +94,10 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     if model.config.conditional:  # each end with its own class where the dataset says it
         y_ends = torch.tensor([_label_of(s, split, model, args.label) for s in (args.a, args.b)])
     frames = generate.interpolate(model, xa, xb, args.steps, args.method, args.label, y_ends)
-    print(f"wrote {plots.save_grid(frames, args.output, nrow=len(frames))}{_lower_note(model)}")
+    ends = ["A", *(f"{i / (len(frames) - 1):.2f}" for i in range(1, len(frames) - 1)), "B"]
+    path = plots.labelled_grid(frames, args.output, len(frames), col_labels=ends,
+                               title=f"{args.method} from A ({args.a}) to B ({args.b})")
+    print(f"wrote {path}{_lower_note(model)}")
     if args.gif:
         print(f"wrote {plots.save_gif(frames, args.gif)}")
     return 0
@@ -112,9 +116,12 @@ def cmd_traverse(args: argparse.Namespace) -> int:
     if model.config.conditional:
         y = model.labels_of(test.y, "the test split")
         cond = generate.Conditioning(y, None if args.base is None else y[[args.base]], args.label)
-    grid, dims, ranked_by = generate.traverse(model, test.x, base, args.dims, args.steps, args.span, cond)
-    print(f"wrote {plots.save_grid(grid, args.output, nrow=args.steps)} (rows: latent dimensions {dims}, by "
-          f"{ranked_by} of the test split; columns: -{args.span:g} to +{args.span:g}){_lower_note(model)}")
+    t = generate.traverse(model, test.x, base, args.dims, args.steps, args.span, cond)
+    rows = [f"z[{d}]  {t.measure} {s:.2f}" for d, s in zip(t.dims, t.scores, strict=True)]
+    title = f"latent dimensions by {t.ranked_by} of the test split; columns: the value of that dimension"
+    path = plots.labelled_grid(t.grid, args.output, args.steps, rows, [f"{v:+.2g}" for v in t.values], title)
+    print(f"wrote {path} (rows: latent dimensions {t.dims}, by {t.ranked_by} of the test split; columns: "
+          f"-{args.span:g} to +{args.span:g}){_lower_note(model)}")
     return 0
 
 

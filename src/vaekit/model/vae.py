@@ -75,7 +75,7 @@ class VAE(nn.Module):
 
     def decode(self, z: Tensor, y: Tensor | None = None) -> Distribution:
         """p(x|z) (or p(x|z, y)) with event shape ``data_shape`` for top-layer codes z (..., B, L); batch shape
-        (..., B). In a hierarchy each lower layer is set to its conditional prior's mean E[z_l | z_{l+1}]."""
+        (..., B). In a hierarchy each lower layer is set to its conditional prior's mean E[z_l | z_{>l}]."""
         h = None
         for layer in self.layers[1:]:
             z, h = layer.prior_mean(z, h)
