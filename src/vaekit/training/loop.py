@@ -53,6 +53,7 @@ def train(config: Config, out_dir: str | Path | None = None, callbacks: Sequence
         config, state, saved_epochs = runstate.resume_point(Path(out_dir), config)
     check_parts(config.model)
     ctx, device = distributed.from_env(resolve_device(config.train.device))
+    run = None
     try:
         splits = splits if splits is not None else data.load(config.data)
         run = start(config, splits, device, ctx, callbacks)
@@ -71,6 +72,7 @@ def train(config: Config, out_dir: str | Path | None = None, callbacks: Sequence
         best = run.stopping.best_epoch if run.stopping is not None else None
         return TrainResult(run.model, run.config, run.history, ctx.rank, best, run.stopped, run.skipped)
     finally:
+        del run  # the DDP wrapper, whose gloo work must be freed before the process group, not at exit
         distributed.close(ctx)
 
 
