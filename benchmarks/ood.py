@@ -24,6 +24,7 @@ import torch
 
 import vaekit
 from vaekit import anomaly, data
+from vaekit.cli.curves import read_metrics
 from vaekit.config import parse_assignment
 
 
@@ -85,9 +86,7 @@ def trained(args: argparse.Namespace) -> tuple[vaekit.VAE, vaekit.Config, list[d
     """The model to score, its config and its epoch records: trained for the budget, or read from --from."""
     if args.source is not None:
         model, config = vaekit.load_run(args.source)
-        metrics = args.source / "metrics.jsonl"
-        history = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
-        return model.eval(), config, history
+        return model.eval(), config, read_metrics(args.source / "metrics.jsonl")
     config = vaekit.preset(args.preset).override({
         "data.dataset": args.train, "data.val_size": 0, "train.epochs": args.epochs, "train.seed": args.seed,
         "train.device": args.device, **dict(parse_assignment(a) for a in args.set)})

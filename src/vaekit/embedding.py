@@ -15,7 +15,7 @@ from torch import Tensor
 from vaekit.batches import batched
 from vaekit.errors import DataError
 from vaekit.fileio import atomic_path
-from vaekit.model import VAE
+from vaekit.model import VAE, Latent
 
 PROJECTIONS = ("pca", "tsne")
 LAYERS = ("top", "all")
@@ -30,16 +30,21 @@ def posterior_means(model: VAE, x: Tensor, batch_size: int = 1000, y: Tensor | N
     ``layers = "all"`` joins every stochastic layer's posterior mean, top first, (N, sum of L): each lower
     layer's mean given the posterior means of the layers above it (for one layer, the same as "top").
     """
-    if layers not in LAYERS:
-        raise DataError(f"unknown layers {layers!r} to embed; valid: {', '.join(LAYERS)}")
     model.eval()
 
     def means(xb: Tensor, yb: Tensor | None) -> Tensor:
-        if layers == "top":
-            return model.infer(xb, yb)[0].mean.cpu()
-        return torch.cat([latent.mean for latent in model.infer(xb, yb, mean=True)], dim=-1).cpu()
+        return torch.cat([latent.mean for latent in layer_latents(model, xb, yb, layers)], dim=-1).cpu()
 
     return batched(means, x, y, batch_size, model.device)
+
+
+def layer_latents(model: VAE, x: Tensor, y: Tensor | None, layers: str) -> tuple[Latent, ...]:
+    """The latents that ``layers`` names: the top layer's, or every layer's, top first, each lower one given
+    the posterior means of the layers above it."""
+    if layers not in LAYERS:
+        raise DataError(f"unknown layers {layers!r} to embed; valid: {', '.join(LAYERS)}")
+    latents = model.infer(x, y, mean=layers == "all")
+    return latents[:1] if layers == "top" else latents
 
 
 @dataclass(frozen=True)

@@ -76,12 +76,18 @@ def write_previews(model, x_test: Tensor, out: Path, n_recon: int = 8, n_samples
     """``reconstructions.png`` (inputs above their reconstructions) and ``samples.png`` from the prior."""
     if not is_image_shape(tuple(x_test.shape[1:])):
         return []
+    pairs, samples = preview_images(model, x_test, n_recon, n_samples)
+    return [save_grid(pairs, out / "reconstructions.png", nrow=len(pairs) // 2),
+            save_grid(samples, out / "samples.png", nrow=8)]
+
+
+def preview_images(model, x_test: Tensor, n_recon: int, n_samples: int) -> tuple[Tensor, Tensor]:
+    """The first ``n_recon`` test inputs above their reconstructions (2 * n_recon images), and ``n_samples``
+    draws from the prior under a fixed seed."""
     device = next(model.parameters()).device
     x = x_test[:n_recon].to(device)
-    pairs = torch.cat([x, model.reconstruct(x)])
     g = torch.Generator(device).manual_seed(0)
-    return [save_grid(pairs, out / "reconstructions.png", nrow=len(x)),
-            save_grid(model.sample(n_samples, generator=g), out / "samples.png", nrow=8)]
+    return torch.cat([x, model.reconstruct(x)]), model.sample(n_samples, generator=g)
 
 
 def scatter_2d(points: np.ndarray, labels: np.ndarray | None, path: str | Path, title: str,

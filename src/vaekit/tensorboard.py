@@ -65,7 +65,6 @@ class TensorBoard(Callback):
         self.writer.flush()
 
     def on_train_end(self, model: VAE, test: data.Split) -> None:
-        self.model, self.test = model, test
         self._images(None)
         self.writer.close()
 
@@ -78,14 +77,10 @@ class TensorBoard(Callback):
         was_training = model.training
         model.eval()
         with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
-            gen = torch.Generator(model.device).manual_seed(0)
-            x = test.x[: self.n_images].to(model.device)
-            samples = model.sample(self.n_images ** 2 // 2, generator=gen)
-            recon = torch.cat([x, model.reconstruct(x)])
+            recon, samples = plots.preview_images(model, test.x, self.n_images, self.n_images ** 2 // 2)
         model.train(was_training)
-        step = epoch if epoch is not None else 0
         suffix = "" if epoch is not None else "_final"
-        self.writer.add_image(f"samples{suffix}", torch.from_numpy(plots.grid(samples.cpu(), self.n_images)), step,
-                              dataformats="HW" if samples.shape[1] == 1 else "HWC")
-        self.writer.add_image(f"reconstructions{suffix}", torch.from_numpy(plots.grid(recon.cpu(), self.n_images)),
-                              step, dataformats="HW" if x.shape[1] == 1 else "HWC")
+        for name, images in (("samples", samples), ("reconstructions", recon)):
+            tiled = plots.grid(images.cpu(), self.n_images)  # (H, W) grey or (H, W, C)
+            self.writer.add_image(name + suffix, torch.from_numpy(tiled), epoch or 0,
+                                  dataformats="HW" if tiled.ndim == 2 else "HWC")

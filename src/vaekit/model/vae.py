@@ -71,7 +71,7 @@ class VAE(nn.Module):
 
     def encode(self, x: Tensor, y: Tensor | None = None) -> Distribution:
         """q(z|x) for x of shape (B, *data_shape); q(z|x, y) given labels y (B,)."""
-        return self.layers[0].posterior(self._features(x, y))
+        return self.layers[0].posterior(self._features(x, self.condition(y, len(x))))
 
     def decode(self, z: Tensor, y: Tensor | None = None) -> Distribution:
         """p(x|z) (or p(x|z, y)) with event shape ``data_shape`` for top-layer codes z (..., B, L); batch shape
@@ -106,10 +106,10 @@ class VAE(nn.Module):
         """``infer``'s latents and the bottom layer's top-down state (None for one layer)."""
         k = len(eps) if eps is not None else k
         noise = self._split(eps)
-        latents, h = [self.layers[0].infer(self._features(x, y), self.prior(), k, noise[0], mean)], None
+        c = self.condition(y, len(x))  # checked once: a label check reads the labels back from the device
+        latents, h = [self.layers[0].infer(self._features(x, c), self.prior(), k, noise[0], mean)], None
         if len(self.layers) > 1:
-            features = self.bottom_up(x.flatten(1) if self.config.arch == "mlp" else x,
-                                      self.condition(y, len(x)))  # (B, hidden)
+            features = self.bottom_up(self._net_input(x), c)  # (B, hidden)
             for i, layer in enumerate(self.layers[1:], start=1):
                 from_prior = i >= len(self.layers) - prior_below
                 latent, h = layer.infer(latents[-1].z, h, features, noise[i], mean, from_prior)
@@ -197,14 +197,18 @@ class VAE(nn.Module):
                             f"got {int(y.min())}..{int(y.max())}")
         return nn.functional.one_hot(y.long(), self.n_classes).to(self._anchor.dtype)
 
-    def _features(self, x: Tensor, y: Tensor | None) -> Tensor:
-        """The encoder's output h (B, n_inputs) for x (B, *data_shape), in the model's dtype under autocast."""
+    def _features(self, x: Tensor, c: Tensor | None) -> Tensor:
+        """The encoder's output h (B, n_inputs) for x (B, *data_shape) and the one-hot condition c, in the
+        model's dtype under autocast."""
+        return self.encoder(self._net_input(x), c).to(self._anchor.dtype)
+
+    def _net_input(self, x: Tensor) -> Tensor:
+        """x (B, *data_shape) as the networks take it: flat for an MLP, as images for convolutions."""
         if tuple(x.shape[1:]) != self.data_shape:
             raise DataError(
                 f"input has shape {tuple(x.shape)}, expected (batch, {', '.join(map(str, self.data_shape))})"
             )
-        h = x.flatten(1) if self.config.arch == "mlp" else x
-        return self.encoder(h, self.condition(y, len(x))).to(self._anchor.dtype)
+        return x.flatten(1) if self.config.arch == "mlp" else x
 
 
 def check_parts(config: ModelConfig) -> None:

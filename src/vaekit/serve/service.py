@@ -113,13 +113,10 @@ class ModelService:
         """The posterior q(z|x) of each input: its mean and log-variance, each (N, L); the log-variance is None
         for a posterior family without a closed-form variance (a flow). ``layers = "all"``: every layer's,
         top first, each given the posterior means above it, (N, sum of L)."""
-        if layers not in embedding.LAYERS:
-            raise DataError(f"unknown layers {layers!r}; valid: {', '.join(embedding.LAYERS)}")
         xt = self.inputs(x)
         y = self.model.labels_named(label, len(xt))
         with self._inference():
-            latents = self.model.infer(xt.to(self._device), _on(y, self._device), mean=layers == "all")
-            chosen = latents[:1] if layers == "top" else latents
+            chosen = embedding.layer_latents(self.model, xt.to(self._device), _on(y, self._device), layers)
             try:
                 logvar = torch.cat([latent.qz_x.variance.log() for latent in chosen], dim=-1).cpu()
             except NotImplementedError:
