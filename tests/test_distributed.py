@@ -68,6 +68,7 @@ def single_process(overrides: dict, monkeypatch) -> tuple[dict, list]:
     # the model families; the hierarchy's gradient is clipped after the all-reduce
     {"model.latent_dim": 3, "model.lower_latent_dims": [5], "train.grad_clip": 1.0},
     {"model.prior": "vamp", "model.prior_components": 4},
+    {"model.arch": "conv", "model.channels": [4, 8], "model.latent_dim": 3, "model.latent_channels": 2},
     {"model.prior": "mog", "model.prior_components": 3, "model.posterior": "iaf", "model.flow_hidden": 16},
 ])
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path, monkeypatch, overrides):

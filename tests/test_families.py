@@ -197,6 +197,8 @@ ENGINE_RUNS = {  # every family, and a hierarchy with the guards its training ma
     **FAMILIES,
     "hvae": {"model.latent_dim": 3, "model.lower_latent_dims": [5, 6], "train.grad_clip": 5.0,
              "train.free_bits_per_layer": [0.1, 0.0, 0.0]},
+    "spatial": {"model.arch": "conv", "model.channels": [4, 8], "model.latent_dim": 3, "model.latent_channels": 2,
+                "train.grad_clip": 5.0},
 }
 
 

@@ -15,11 +15,19 @@ from vaekit.cli import main
 from conftest import digits_config
 
 LADDER = {"model.lower_latent_dims": [5, 6], "model.latent_dim": 3}
+# a spatial bottom layer: 2 channels at half the 8 x 8 digits' size, 32 dimensions, below two vector layers
+SPATIAL = {"model.arch": "conv", "model.channels": [4, 8], "model.latent_dim": 3, "model.lower_latent_dims": [5],
+           "model.latent_channels": 2}
 
 
 def ladder(**extra) -> vaekit.VAE:
     torch.manual_seed(0)
     return vaekit.VAE(digits_config(**{**LADDER, "model.data_shape": [1, 8, 8], **extra}).model)
+
+
+def spatial(shape=(1, 8, 8), **extra) -> vaekit.VAE:
+    torch.manual_seed(0)
+    return vaekit.VAE(digits_config(**{**SPATIAL, "model.data_shape": list(shape), **extra}).model)
 
 
 def test_a_pass_has_a_latent_per_layer_and_the_kl_adds_up():
@@ -33,8 +41,9 @@ def test_a_pass_has_a_latent_per_layer_and_the_kl_adds_up():
     assert k.latents[-1].z.shape == (7, 4, 6) and k.log_weights(x).shape == (7, 4)
 
 
-def test_the_iwae_bound_with_one_sample_averages_to_the_elbo():
-    model, x = ladder(), torch.rand(3, 1, 8, 8)
+@pytest.mark.parametrize("build", [ladder, spatial], ids=["vector", "spatial"])
+def test_the_iwae_bound_with_one_sample_averages_to_the_elbo(build):
+    model, x = build(), torch.rand(3, 1, 8, 8)
     reps = x.repeat(3000, 1, 1, 1)
     torch.manual_seed(1)
     l1 = objectives.iwae_bound(model, reps, k=1).view(3000, 3)
@@ -107,12 +116,16 @@ def test_a_hierarchy_trains_saves_loads_resumes_and_runs_every_command(tmp_path,
 
 
 @pytest.mark.parametrize("variant", [{"model.arch": "conv", "model.channels": [4, 8]},
-                                     {"model.conditional": True}])
+                                     {"model.conditional": True},
+                                     {**SPATIAL, "model.lower_latent_dims": [5, 6]},
+                                     {**SPATIAL, "model.conditional": True}], ids=["conv", "conditional",
+                                                                                  "spatial", "spatial-conditional"])
 def test_convolutional_and_conditional_hierarchies_train_and_run_the_commands(tmp_path, variant):
     run = tmp_path / "run"
     vaekit.train(digits_config(**{**LADDER, **variant, "train.epochs": 1}), run)
     model = vaekit.load(run)
-    assert len(model.layers) == 3
+    settings = {**LADDER, **variant}
+    assert len(model.layers) == 1 + len(settings["model.lower_latent_dims"]) + ("model.latent_channels" in variant)
     label = ["--label", "3"] if variant.get("model.conditional") else []
     commands = [
         ["evaluate", str(run), "--iw-samples", "4", "--device", "cpu"],
@@ -194,3 +207,53 @@ def test_the_cli_embeds_every_layer(tmp_path, capsys):
     assert main(["embed", str(tmp_path / "run"), "-o", str(tmp_path / "z.npz"), "--layers", "all", "--probe"]) == 0
     printed = capsys.readouterr().out
     assert "(359 x 14 posterior means of all 3 layers, test)" in printed and "VAE latent (14-d)" in printed
+
+
+def test_a_spatial_bottom_layer_is_a_map_at_half_the_image_size():
+    model, x = spatial(), torch.rand(4, 1, 8, 8)
+    out = model(x)
+    assert [latent.z.shape for latent in out.latents] == [(4, 3), (4, 5), (4, 2 * 4 * 4)]
+    assert model.noise_dim == 3 + 5 + 32 and model.latent_dim == 3
+    torch.testing.assert_close(out.kl_per_dimension().sum(-1), out.kl)
+    assert model(x, k=6).log_weights(x).shape == (6, 4)
+    odd = spatial(shape=(1, 7, 9))  # odd sizes: the map is 4 x 5 and the decoder restores 7 x 9
+    assert odd.layers[-1].latent_dim == 2 * 4 * 5
+    assert odd.reconstruct(torch.rand(3, 1, 7, 9)).shape == (3, 1, 7, 9)
+    assert odd.sample(2).shape == (2, 1, 7, 9)
+
+
+def test_flat_maps_are_channel_major_so_joining_them_joins_channels():
+    """Spatial latents travel flat like vector ones: the networks' reading of them must be the image layout."""
+    from vaekit.model import nets
+
+    torch.manual_seed(0)
+    net = nets.MapNet(3, (4,), 2, (5, 6), "relu")
+    a, b = torch.randn(7, 1, 5, 6), torch.randn(7, 2, 5, 6)
+    joined = torch.cat([a.flatten(1), b.flatten(1)], dim=-1)
+    torch.testing.assert_close(net(joined), net.convs(torch.cat([a, b], dim=1)).flatten(1))
+    torch.testing.assert_close(net(joined.expand(3, 7, -1)), net(joined).expand(3, 7, -1))  # sample dimensions
+
+
+def test_the_spatial_layer_is_the_one_drawn_from_its_prior_in_the_likelihood_ratio():
+    model, x = spatial(), torch.rand(4, 1, 8, 8)
+    out = model(x, k=5, prior_below=1)
+    assert [latent.from_prior for latent in out.latents] == [False, False, True]
+    above = out.latents[:2]
+    expected = out.px_z.log_prob(x) + sum(lat.log_p - lat.log_q for lat in above)
+    torch.testing.assert_close(out.log_weights(x), expected)
+    assert anomaly.score(model, x, "llr>1", 6).shape == (4,)
+
+
+def test_a_spatial_layer_needs_convolutions_and_counts_as_a_layer():
+    with pytest.raises(vaekit.ConfigError, match=r"model\.latent_channels = 4 .* unless model\.arch = conv"):
+        digits_config(**{"model.latent_channels": 4})
+    with pytest.raises(vaekit.ConfigError, match=r"one number per stochastic layer \(3"):
+        digits_config(**SPATIAL, **{"train.free_bits_per_layer": [0.1, 0.1]})
+    assert digits_config(**SPATIAL).model.n_layers == 3
+
+
+def test_the_decoder_of_a_spatial_model_reads_the_top_down_map():
+    model = spatial()
+    z1 = torch.randn(4, 32)
+    a, b = (model._likelihood(z1, m, None).mean for m in (torch.zeros(4, 4 * 16), torch.ones(4, 4 * 16)))
+    assert not torch.allclose(a, b)

@@ -41,7 +41,8 @@ class ModelConfig:
     channels: tuple[int, ...] = (32, 64)  # conv: output channels of each stride-2 layer of the encoder
     activation: str = "relu"
     latent_dim: int = 20  # the top stochastic layer's size
-    lower_latent_dims: tuple[int, ...] = ()  # a hierarchy: layers below the top, top-down (mlp, unconditional)
+    lower_latent_dims: tuple[int, ...] = ()  # a hierarchy: layers below the top, top-down
+    latent_channels: int = 0  # conv: a spatial bottom layer of this many channels at half the image size
     likelihood: str = "bernoulli"  # p(x|z): a name registered in vaekit.model.likelihoods
     posterior: str = "diagonal-gaussian"  # q(z|x): a name registered in vaekit.model.posteriors
     prior: str = "standard-normal"  # p(z): a name registered in vaekit.model.priors
@@ -60,12 +61,21 @@ class ModelConfig:
         _require(all(d >= 1 for d in self.lower_latent_dims), "model.lower_latent_dims", self.lower_latent_dims,
                  "positive layer sizes")
         _require(all(h >= 1 for h in self.hidden), "model.hidden", self.hidden, "positive layer widths")
+        _require(self.latent_channels >= 0, "model.latent_channels", self.latent_channels,
+                 "an integer >= 0 (0: no spatial layer)")
+        _require(self.latent_channels == 0 or self.arch == "conv", "model.latent_channels", self.latent_channels,
+                 "0 unless model.arch = conv (a spatial layer is a convolutional map)")
         _require(self.obs_std > 0, "model.obs_std", self.obs_std, "a positive number")
         _require(self.prior_components >= 1, "model.prior_components", self.prior_components, "an integer >= 1")
         _require(self.flow_steps >= 1, "model.flow_steps", self.flow_steps, "an integer >= 1")
         _require(self.flow_hidden >= 1, "model.flow_hidden", self.flow_hidden, "an integer >= 1")
         if self.data_shape is not None:
             _require(all(d >= 1 for d in self.data_shape), "model.data_shape", self.data_shape, "positive sizes")
+
+    @property
+    def n_layers(self) -> int:
+        """Stochastic layers: the top one, the lower vector layers and the spatial one if any."""
+        return 1 + len(self.lower_latent_dims) + (self.latent_channels > 0)
 
 
 @dataclass(frozen=True)
@@ -172,10 +182,10 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
-        layers = 1 + len(self.model.lower_latent_dims)
+        layers = self.model.n_layers
         _require(len(self.train.free_bits_per_layer) in (0, layers), "train.free_bits_per_layer",
-                 self.train.free_bits_per_layer, f"one number per stochastic layer ({layers}: model.latent_dim "
-                 "and each of model.lower_latent_dims)")
+                 self.train.free_bits_per_layer, f"one number per stochastic layer ({layers}: model.latent_dim, "
+                 "each of model.lower_latent_dims and a spatial layer of model.latent_channels)")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dictionary (tuples become lists)."""

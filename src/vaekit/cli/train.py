@@ -31,7 +31,8 @@ TRAIN_FLAGS = {
     "seed": "train.seed", "device": "train.device", "checkpoint_every": "train.checkpoint_every",
     "precision": "train.precision", "early_stopping_patience": "train.early_stopping_patience",
     "nonfinite": "train.nonfinite", "max_skipped_steps": "train.max_skipped_steps",
-    "lower_latent_dims": "model.lower_latent_dims", "free_bits_per_layer": "train.free_bits_per_layer",
+    "lower_latent_dims": "model.lower_latent_dims", "latent_channels": "model.latent_channels",
+    "free_bits_per_layer": "train.free_bits_per_layer",
     "grad_clip": "train.grad_clip", "grad_skip": "train.grad_skip",
 }
 
@@ -152,6 +153,8 @@ def _add_objective_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kl-warmup-steps", type=int, help="raise beta linearly from 0 over this many steps")
     p.add_argument("--lower-latent-dims", type=_hidden, help="a hierarchy: the sizes of the stochastic layers "
                    "below the top one (--latent-dim), top-down, e.g. 32,64")
+    p.add_argument("--latent-channels", type=int, help="conv hierarchies: a spatial bottom layer, a map of this "
+                   "many channels at half the image size (Havtorn et al. 2021's low-level layer)")
     p.add_argument("--free-bits", type=float, help="nats: floor on each latent dimension's KL (Kingma 2016)")
     p.add_argument("--free-bits-per-layer", type=_numbers, help="nats: that floor for each stochastic layer, top "
                    "first, e.g. 0.25,0,0")

@@ -19,6 +19,8 @@ from vaekit.model.latent import Latent
 class LatentLayer(nn.Module):
     """The top stochastic layer: the posterior family q(z|h) over its ``latent_dim`` dimensions."""
 
+    spatial = False
+
     def __init__(self, posterior: posteriors.Posterior) -> None:
         super().__init__()
         self.posterior = posterior
@@ -40,6 +42,8 @@ class ConditionalLayer(nn.Module):
     h_l = h_{l+1} + f_l(z_{l+1}, h_{l+1}) further down (a residual cell). p(z_l | z_{>l}) = N(head_p(h_l)) and
     q(z_l | x, z_{>l}) = N(head_q(h_l, d(x))) with d(x) the model's bottom-up features: inference shares the
     generative path. Both are diagonal Gaussians with bounded log-variances."""
+
+    spatial = False  # reads the bottom-up feature vector, not a feature map
 
     def __init__(self, d_above: int, d: int, hidden: int, act: str, first: bool) -> None:
         super().__init__()
@@ -94,3 +98,25 @@ class ConditionalLayer(nn.Module):
         """E[z_l | z_{>l}] and h_l: how a code of the layers above is decoded without drawing this layer."""
         h = self.descend(z_above, h_above)
         return self.conditional_prior(h, z_above.dtype).mean, h
+
+
+class SpatialLayer(ConditionalLayer):
+    """A bottom layer whose z is a map of ``channels`` x h x w (held flat, channel-major, like a vector layer):
+    the low-level features Havtorn et al. (2021) separate from the semantic ones above them. The vector state
+    h_l of the layers above is projected to a map m_l; p(z_l | z_{>l}) = N(conv(m_l)) and
+    q(z_l | x, z_{>l}) = N(conv(m_l, d(x))) with d(x) the bottom-up path's first feature map. The state handed
+    to the decoder is m_l."""
+
+    spatial = True
+
+    def __init__(self, d_above: int, channels: int, size: tuple[int, int], hidden: int, width: int, act: str,
+                 first: bool) -> None:
+        super().__init__(d_above, channels * size[0] * size[1], hidden, act, first)
+        self.shape = (channels, *size)
+        self.to_map = nn.Sequential(nn.Linear(hidden, width * size[0] * size[1]), nets.activation(act))
+        self.prior_head = nets.MapNet(width, (width,), 2 * channels, size, act)
+        self.posterior_head = nets.MapNet(2 * width, (width,), 2 * channels, size, act)
+
+    def descend(self, z_above: Tensor, h_above: Tensor | None) -> Tensor:
+        """The top-down map m_l (..., B, width * h * w) from the layer above's z and vector state."""
+        return self.to_map(super().descend(z_above, h_above))

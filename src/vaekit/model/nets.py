@@ -86,6 +86,11 @@ class ConvEncoder(nn.Module):
     def forward(self, x: Tensor, c: Tensor | None = None) -> Tensor:
         return self.head(self.convs(x).flatten(1), c)  # (B, d_out)
 
+    def with_map(self, x: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The output (B, d_out) and the first convolution's feature map, flat (B, channels[0] * h * w)."""
+        first = self.convs[:2](x)  # the first stride-2 convolution and its activation
+        return self.head(self.convs[2:](first).flatten(1), c), first.flatten(1)
+
 
 class ConvDecoder(nn.Module):
     """(..., d_in) -> MLP -> (C_last, h, w) -> stride-2 transposed convolutions -> (..., n_out * H * W).
@@ -116,3 +121,61 @@ class ConvDecoder(nn.Module):
         h = self.head_act(self.head(z, c)).reshape(-1, *self.start)  # (N, C_last, h, w)
         return self.convs(h).reshape(*lead, -1)  # (..., n_out * H * W)
 
+
+
+class MapNet(nn.Module):
+    """Flat maps (..., C_in * h * w) -> same-size 3x3 convolutions with activations between them ->
+    (..., C_out * h * w). Spatial latents travel through the model flat, channel-major, like vector ones, so a
+    concatenation of two flat maps is their concatenation along the channels."""
+
+    def __init__(self, c_in: int, widths: tuple[int, ...], c_out: int, size: tuple[int, int], act: str) -> None:
+        super().__init__()
+        self.shape = (c_in, *size)
+        chans = (c_in, *widths, c_out)
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(itertools.pairwise(chans)):
+            layers.append(nn.Conv2d(a, b, kernel_size=3, padding=1))
+            if i < len(chans) - 2:
+                layers.append(activation(act))
+        self.convs = nn.Sequential(*layers)
+
+    def forward(self, h: Tensor) -> Tensor:
+        lead = h.shape[:-1]
+        return self.convs(h.reshape(-1, *self.shape)).reshape(*lead, -1)
+
+
+class ResidualBlock(nn.Module):
+    """x + conv(act(conv(act(x)))): two same-size 3x3 convolutions around a skip connection."""
+
+    def __init__(self, channels: int, act: str) -> None:
+        super().__init__()
+        self.body = nn.Sequential(activation(act), nn.Conv2d(channels, channels, 3, padding=1), activation(act),
+                                  nn.Conv2d(channels, channels, 3, padding=1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x)
+
+
+class MapDecoder(nn.Module):
+    """The decoder of a model whose bottom layer is a spatial map: flat maps (..., C_in * h * w) (the latent
+    map and the top-down state's map) and a condition -> a 3x3 convolution to ``width`` channels -> residual
+    blocks -> stride-2 transposed convolutions up to the image size -> (..., n_out * H * W)."""
+
+    def __init__(self, c_in: int, shape: tuple[int, int, int], level: int, width: int, n_out: int, act: str,
+                 d_cond: int = 0, blocks: int = 2) -> None:
+        super().__init__()
+        sizes = downsampled(shape[1:], level)
+        self.shape, self.d_cond = (c_in, *sizes[-1]), d_cond
+        layers: list[nn.Module] = [nn.Conv2d(c_in + d_cond, width, 3, padding=1)]
+        layers += [ResidualBlock(width, act) for _ in range(blocks)]
+        for i in range(level, 0, -1):  # from size level i to i - 1
+            layers += [activation(act), _deconv(width, width if i > 1 else n_out, sizes[i], sizes[i - 1])]
+        self.convs = nn.Sequential(*layers)
+
+    def forward(self, code: Tensor, c: Tensor | None = None) -> Tensor:
+        lead = code.shape[:-1]
+        maps = code.reshape(-1, *self.shape)  # (N, C_in, h, w)
+        if c is not None:  # the condition as constant channels, one copy per posterior sample
+            c = c.expand(*lead, c.shape[-1]).reshape(-1, c.shape[-1], 1, 1)
+            maps = torch.cat([maps, c.to(maps.dtype).expand(-1, -1, *self.shape[1:])], dim=1)
+        return self.convs(maps).reshape(*lead, -1)

@@ -18,7 +18,7 @@ from vaekit.config import ModelConfig
 from vaekit.errors import ConfigError, DataError
 from vaekit.model import likelihoods, nets, posteriors, priors
 from vaekit.model.latent import Latent, Pass
-from vaekit.model.layers import ConditionalLayer, LatentLayer
+from vaekit.model.layers import ConditionalLayer, LatentLayer, SpatialLayer
 from vaekit.model.registry import lookup
 
 
@@ -39,9 +39,8 @@ class VAE(nn.Module):
         self.prior = priors.build(config.prior, config.latent_dim, config)
         self.layers = nn.ModuleList([LatentLayer(posteriors.build(config.posterior, config.latent_dim, config)),
                                      *_lower_layers(config)])
-        d_code = self.layers[-1].latent_dim + (config.hidden[-1] if len(self.layers) > 1 else 0)  # z_1 and h_1
         self.encoder, self.decoder = _networks(config, self.data_shape, self.layers[0].posterior.n_inputs,
-                                               d_code, self.n_params, self.n_classes)
+                                               _code_width(config, self.layers), self.n_params, self.n_classes)
         if len(self.layers) > 1:  # the bottom-up features d(x) that the lower layers' posteriors read
             self.bottom_up = _encoder(config, self.data_shape, config.hidden[:-1], config.hidden[-1],
                                       self.n_classes)
@@ -109,12 +108,19 @@ class VAE(nn.Module):
         c = self.condition(y, len(x))  # checked once: a label check reads the labels back from the device
         latents, h = [self.layers[0].infer(self._features(x, c), self.prior(), k, noise[0], mean)], None
         if len(self.layers) > 1:
-            features = self.bottom_up(self._net_input(x), c)  # (B, hidden)
+            features = self._bottom_up(x, c)
             for i, layer in enumerate(self.layers[1:], start=1):
                 from_prior = i >= len(self.layers) - prior_below
-                latent, h = layer.infer(latents[-1].z, h, features, noise[i], mean, from_prior)
+                latent, h = layer.infer(latents[-1].z, h, features[layer.spatial], noise[i], mean, from_prior)
                 latents.append(latent)
         return tuple(latents), h
+
+    def _bottom_up(self, x: Tensor, c: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """The bottom-up features d(x) the lower layers' posteriors read: a vector (B, hidden) and, where the
+        bottom layer is spatial, the first convolution's map (B, channels[0] * h * w)."""
+        if not self.layers[-1].spatial:
+            return self.bottom_up(self._net_input(x), c), None
+        return self.bottom_up.with_map(x, c)
 
     def forward(self, x: Tensor, y: Tensor | None = None, k: int | None = None, eps: Tensor | None = None,
                 mean: bool = False, prior_below: int = 0) -> Pass:
@@ -219,16 +225,37 @@ def check_parts(config: ModelConfig) -> None:
 
 
 def _lower_layers(config: ModelConfig) -> list[ConditionalLayer]:
-    """The layers below the top one, top-down, for ``model.lower_latent_dims``."""
+    """The layers below the top one, top-down: ``model.lower_latent_dims``, then a spatial bottom layer of
+    ``model.latent_channels`` channels at the first convolution's resolution."""
     dims = (config.latent_dim, *config.lower_latent_dims)
-    return [ConditionalLayer(above, d, config.hidden[-1], config.activation, first=i == 0)
-            for i, (above, d) in enumerate(itertools.pairwise(dims))]
+    layers = [ConditionalLayer(above, d, config.hidden[-1], config.activation, first=i == 0)
+              for i, (above, d) in enumerate(itertools.pairwise(dims))]
+    if config.latent_channels:
+        if config.arch != "conv" or config.data_shape is None or len(config.data_shape) != 3:
+            raise ConfigError("model.latent_channels (a spatial bottom layer) needs model.arch = conv and "
+                              "images of shape (channels, height, width)")
+        size = nets.downsampled(tuple(config.data_shape[1:]), 1)[1]
+        layers.append(SpatialLayer(dims[-1], config.latent_channels, size, config.hidden[-1],
+                                   config.channels[0], config.activation, first=not layers))
+    return layers
+
+
+def _code_width(config: ModelConfig, layers: nn.ModuleList) -> int:
+    """Width of what the decoder reads: the bottom layer's z and, in a hierarchy, its top-down state."""
+    bottom = layers[-1]
+    if bottom.spatial:
+        return bottom.latent_dim + config.channels[0] * bottom.shape[1] * bottom.shape[2]
+    return bottom.latent_dim + (config.hidden[-1] if len(layers) > 1 else 0)
 
 
 def _networks(config: ModelConfig, shape: tuple[int, ...], d_h: int, d_z: int, n_params: int,
               d_c: int) -> tuple[nn.Module, nn.Module]:
     """Encoder x -> h (B, d_h) and decoder code (the bottom layer's z and state, d_z) -> likelihood parameters."""
     encoder = _encoder(config, shape, config.hidden, d_h, d_c)
+    if config.latent_channels:  # the bottom layer is a map at the first convolution's resolution
+        width = config.channels[0]
+        return encoder, nets.MapDecoder(config.latent_channels + width, shape, 1, width, n_params * shape[0],
+                                        config.activation, d_c)
     if config.arch == "mlp":
         return encoder, nets.MLP(d_z + d_c, tuple(reversed(config.hidden)), n_params * math.prod(shape),
                                  config.activation)
