@@ -60,7 +60,7 @@ def test_existing_checkpoint_is_not_overwritten_without_asking(tmp_path, capsys)
 @pytest.mark.parametrize(("argv", "message"), [
     (["train", "--dataset", "cifar"], "unknown dataset 'cifar'; valid datasets: digits, fashion-mnist, mnist"),
     (["train", "--preset", "vq"],
-     "unknown preset 'vq'; valid presets: conv, hvae, hvae-conv, iaf, iwae, outliers, seed, vamp"),
+     "unknown preset 'vq'; valid presets: conv, hvae, hvae-conv, hvae-spatial, iaf, iwae, outliers, seed, vamp"),
     (["train", "--dataset", "digits", "--activation", "swishy"], "unknown activation 'swishy'"),
     (["train", "--dataset", "digits", "--likelihood", "poisson"], "unknown likelihood 'poisson'"),
     (["train", "--set", "model.depth=3"], "unknown config key 'model.depth'"),

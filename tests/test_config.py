@@ -31,10 +31,11 @@ def test_iwae_preset_is_burda_et_al():
 
 
 def test_unknown_preset_lists_the_valid_ones():
-    with pytest.raises(ConfigError, match="valid presets: conv, hvae, hvae-conv, iaf, iwae, outliers, seed, vamp"):
+    with pytest.raises(ConfigError, match="valid presets: conv, hvae, hvae-conv, hvae-spatial, iaf, iwae, "
+                                          "outliers, seed, vamp"):
         preset("nope")
     assert set(PRESETS) == {"seed", "iwae", "conv", "outliers", "vamp", "iaf", "hvae",
-                            "hvae-conv"}
+                            "hvae-conv", "hvae-spatial"}
 
 
 @pytest.mark.parametrize(("key", "value", "message"), [

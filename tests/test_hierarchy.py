@@ -257,3 +257,27 @@ def test_the_decoder_of_a_spatial_model_reads_the_top_down_map():
     z1 = torch.randn(4, 32)
     a, b = (model._likelihood(z1, m, None).mean for m in (torch.zeros(4, 4 * 16), torch.ones(4, 4 * 16)))
     assert not torch.allclose(a, b)
+
+
+@pytest.mark.parametrize("method", ["elbo", "llr>1"])
+def test_sampled_scores_pass_their_draws_through_the_decoder_in_bounded_chunks(method, monkeypatch):
+    """Memory stays bounded for any number of draws, and chunking changes nothing but the summation order."""
+    model, x = spatial(), torch.rand(6, 1, 8, 8)
+    noise = torch.randn(50, model.noise_dim, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        if method == "elbo":
+            out = model(x, eps=noise)
+            expected = -out.px_z.log_prob(x).mean(0) + out.kl
+        else:
+            lse = [torch.logsumexp(model(x, eps=noise, prior_below=b).log_weights(x), 0) for b in (0, 1)]
+            expected = lse[0] - lse[1]
+    seen, forward = [], model.forward
+
+    def spy(*args, **kwargs):
+        seen.append(len(kwargs["eps"] if "eps" in kwargs else args[3]))  # forward(x, y, k, eps, ...)
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", spy)
+    monkeypatch.setattr(evaluation, "sample_chunk", lambda *args: 7)
+    torch.testing.assert_close(anomaly.score(model, x, method, 50), expected, rtol=1e-5, atol=1e-4)
+    assert max(seen) == 7 and sum(seen) == 50 * (1 if method == "elbo" else 2)

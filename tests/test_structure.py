@@ -16,7 +16,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "vaekit"
 # stage of the flow -> module prefixes; a module may import its own stage and earlier ones only
 STAGES = [
-    ("base", ("vaekit.errors", "vaekit.config", "vaekit.fileio", "vaekit.batches", "vaekit.devices")),
+    ("base", ("vaekit.errors", "vaekit.config", "vaekit.fileio", "vaekit.batches", "vaekit.devices",
+              "vaekit.progress")),
     ("data", ("vaekit.data",)),
     ("model", ("vaekit.model",)),
     ("objectives", ("vaekit.objectives",)),

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vaekit import checkpoint, evaluation
+from vaekit import checkpoint, evaluation, objectives
 from vaekit.batches import batched
 from vaekit.errors import CheckpointError, ConfigError
 from vaekit.fileio import atomic_write_bytes
@@ -54,9 +54,15 @@ def score(model: VAE, x: Tensor, method: str = "elbo", samples: int | None = Non
     noise = torch.randn(k, model.noise_dim, generator=torch.Generator().manual_seed(seed)).to(model.device)  # (k, D)
     if name == "nll":
         return evaluation.importance_sampled_nll(model, x, k, eps=noise, y=y).cpu()
+    if name == "recon":
+        return batched(lambda xb, yb: (xb - model.reconstruct(xb, yb)).pow(2).flatten(1).sum(1), x, y,
+                       batch_size).cpu()
+    # the draws of a batch go through the decoder a chunk at a time: memory stays bounded for any count
+    chunk = evaluation.sample_chunk(model, batch_size, x.device)
     if name == "llr":
-        return batched(lambda xb, yb: _likelihood_ratio(model, xb, below, noise, yb), x, y, batch_size).cpu()
-    return batched(lambda xb, yb: _batch_score(model, xb, name, noise, yb), x, y, batch_size).cpu()
+        return batched(lambda xb, yb: _likelihood_ratio(model, xb, below, noise, yb, chunk), x, y,
+                       batch_size).cpu()
+    return batched(lambda xb, yb: _negative_elbo(model, xb, noise, yb, chunk), x, y, batch_size).cpu()
 
 
 def available_scores(layers: int) -> list[str]:
@@ -76,19 +82,21 @@ def parse_score(method: str, layers: int) -> tuple[str, int]:
     return name, k
 
 
-def _likelihood_ratio(model: VAE, x: Tensor, below: int, noise: Tensor, y: Tensor | None) -> Tensor:
+def _likelihood_ratio(model: VAE, x: Tensor, below: int, noise: Tensor, y: Tensor | None, chunk: int) -> Tensor:
     """L - L^{>K} per input (B,): both importance-weighted over the same shared noise."""
-    def bound(prior_below: int) -> Tensor:
-        return torch.logsumexp(model(x, y, eps=noise, prior_below=prior_below).log_weights(x), dim=0)
+    k = len(noise)
+    return (objectives.iwae_bound(model, x, k, chunk, noise, y)
+            - objectives.iwae_bound(model, x, k, chunk, noise, y, prior_below=below))
 
-    return bound(0) - bound(below)  # the log(1/S) of the two bounds cancels
 
-
-def _batch_score(model: VAE, x: Tensor, method: str, eps: Tensor, y: Tensor | None) -> Tensor:
-    if method == "recon":
-        return (x - model.reconstruct(x, y)).pow(2).flatten(1).sum(1)
-    out = model(x, y, eps=eps)  # z: (S, B, L)
-    return -out.px_z.log_prob(x).mean(0) + out.kl  # (B,)
+def _negative_elbo(model: VAE, x: Tensor, eps: Tensor, y: Tensor | None, chunk: int) -> Tensor:
+    """-log p(x|z) averaged over the draws of ``eps`` (S, D), plus the KL; (B,)."""
+    total = x.new_zeros(len(x))
+    for start in range(0, len(eps), chunk):
+        part = eps[start : start + chunk]
+        out = model(x, y, eps=part)  # z: (s, B, L)
+        total = total - out.px_z.log_prob(x).sum(0) + len(part) * out.kl
+    return total / len(eps)
 
 
 def pixel_map(model: VAE, x: Tensor, method: str = "elbo", y: Tensor | None = None) -> Tensor:

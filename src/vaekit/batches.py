@@ -9,6 +9,8 @@ from typing import TypeVar
 import torch
 from torch import Tensor
 
+from vaekit import progress
+
 T = TypeVar("T")
 
 
@@ -24,8 +26,13 @@ def batched(fn: Callable[[Tensor, Tensor | None], T], x: Tensor, y: Tensor | Non
     def on(t: Tensor | None) -> Tensor | None:
         return t if t is None or device is None else t.to(device)
 
-    return combine([fn(on(x[s : s + batch_size]), on(None if y is None else y[s : s + batch_size]))
-                    for s in range(0, len(x), batch_size)])
+    parts = []
+    with progress.loop(len(x)) as bar:  # reports only inside a command's progress.report block
+        for s in range(0, len(x), batch_size):
+            parts.append(fn(on(x[s : s + batch_size]), on(None if y is None else y[s : s + batch_size])))
+            if bar is not None:
+                bar.update(min(batch_size, len(x) - s))
+    return combine(parts)
 
 
 def sum_in_order(parts: Sequence[Tensor]) -> Tensor:

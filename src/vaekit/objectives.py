@@ -129,29 +129,33 @@ def kl_weight(beta: float, step: int, warmup_steps: int) -> float:
     return beta * min(1.0, step / warmup_steps) if warmup_steps > 0 else beta
 
 
-def log_weights(model: VAE, x: Tensor, k: int, eps: Tensor | None = None, y: Tensor | None = None) -> Tensor:
+def log_weights(model: VAE, x: Tensor, k: int, eps: Tensor | None = None, y: Tensor | None = None,
+                prior_below: int = 0) -> Tensor:
     """log w_i = log p(x, z_i) - log q(z_i|x) for k reparameterised z_i ~ q(z|x); shape (k, B).
 
     With ``eps`` (k, L), the z_i come from the same standard-normal draws for every input (common random
-    numbers), so an input's value does not depend on the batch it is in.
+    numbers), so an input's value does not depend on the batch it is in. ``prior_below`` draws the lowest
+    layers of a hierarchy from their conditional priors (the weights of Havtorn et al.'s bound L^{>K}).
     """
-    return model(x, y, k, eps).log_weights(x)
+    return model(x, y, k, eps, prior_below=prior_below).log_weights(x)
 
 
 def iwae_bound(model: VAE, x: Tensor, k: int, chunk: int | None = None, eps: Tensor | None = None,
-               y: Tensor | None = None) -> Tensor:
+               y: Tensor | None = None, prior_below: int = 0) -> Tensor:
     """Importance-weighted bound L_k = log (1/k) sum_i w_i (Burda et al. 2015, eq. 8); shape (B,).
 
     L_1 is the one-sample ELBO and L_k rises towards log p(x) as k grows. Samples are drawn ``chunk`` at
     a time (default: all k) and combined with a log-sum-exp, so memory stays bounded for large k.
-    ``eps`` (k, L) fixes the standard-normal draws, shared by all inputs (see ``log_weights``).
+    ``eps`` (k, L) fixes the standard-normal draws, shared by all inputs (see ``log_weights``);
+    ``prior_below`` = K gives L^{>K}, the bound with the lowest K layers from their conditional priors.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     chunk = k if chunk is None else max(1, min(chunk, k))
     partial = [
         torch.logsumexp(log_weights(model, x, min(chunk, k - start),
-                                    None if eps is None else eps[start : start + chunk], y), dim=0)  # (B,)
+                                    None if eps is None else eps[start : start + chunk], y, prior_below),
+                        dim=0)  # (B,)
         for start in range(0, k, chunk)
     ]
     return torch.logsumexp(torch.stack(partial), dim=0) - math.log(k)

@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from vaekit import __version__
+from vaekit import __version__, progress
 from vaekit.cli import analysis, curves, images, serve, train
 from vaekit.errors import VaekitError
 
@@ -44,7 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        return args.func(args)
+        if args.command == "serve":  # requests are answered, not reported on the server's terminal
+            return args.func(args)
+        with progress.report(args.command):  # the long loops over data sets say how far they are
+            return args.func(args)
     except VaekitError as e:
         print(f"vaekit: error: {e}", file=sys.stderr)
         return 2

@@ -13,6 +13,8 @@ from vaekit import anomaly, checkpoint, data, embedding, plots
 from vaekit.cli.common import data_config
 from vaekit.errors import VaekitError
 
+TSNE_POINTS = 5000  # the default subset of a t-SNE map
+
 
 def add_embed(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("embed", help="posterior means as features (.npz/.csv), a 2-D map, a kNN probe")
@@ -24,6 +26,8 @@ def add_embed(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plot", type=Path, help="also draw a 2-D map coloured by label (PNG)")
     p.add_argument("--projection", default="pca", choices=list(embedding.PROJECTIONS),
                    help="how a latent of more than 2 dimensions is mapped to 2-D")
+    p.add_argument("--plot-points", type=int, metavar="N", help="draw a seeded random subset of N inputs on the "
+                   f"map (default: all for pca, {TSNE_POINTS} for tsne, whose time grows with the count)")
     p.add_argument("--probe", action="store_true",
                    help="kNN accuracy (train -> test split) of the embedding and of PCA with as many dimensions")
     p.add_argument("--k", type=int, default=1, help="neighbours of the probe")
@@ -44,10 +48,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     print(f"wrote {embedding.save(args.output, z, part.y)} ({len(z)} x {z.shape[1]} posterior means{which}, "
           f"{args.split})")
     if args.plot:
-        points, axes = embedding.project_2d(z.numpy(), args.projection)
-        title = f"{cfg.dataset} {args.split}: posterior means (z = {z.shape[1]})"
-        labels = None if part.y is None else part.y.numpy()
-        print(f"wrote {plots.scatter_2d(points, labels, args.plot, title, axes)}")
+        _plot_map(args, z.numpy(), None if part.y is None else part.y.numpy(), f"{cfg.dataset} {args.split}")
     if args.probe:
         train = data.evaluation_split(splits, "train", cfg)
         if train.y is None or part.y is None:
@@ -56,6 +57,22 @@ def cmd_embed(args: argparse.Namespace) -> int:
         print(f"{r.k}-NN accuracy on {args.split} ({r.n_test} examples, fitted on {r.n_train}): "
               f"VAE latent ({r.dim}-d) {r.vae_accuracy:.4f}, PCA-{r.dim} {r.pca_accuracy:.4f}")
     return 0
+
+
+def _plot_map(args: argparse.Namespace, z: np.ndarray, labels: np.ndarray | None, name: str) -> None:
+    """The 2-D map of ``--plot``, drawn from at most ``--plot-points`` inputs."""
+    limit = args.plot_points if args.plot_points is not None else TSNE_POINTS if args.projection == "tsne" else None
+    if limit is not None and limit < 1:
+        raise VaekitError(f"--plot-points must be >= 1, got {limit}")
+    shown = f"all {len(z)}"
+    if limit is not None and limit < len(z):
+        keep = np.sort(np.random.default_rng(0).choice(len(z), limit, replace=False))
+        z, labels, shown = z[keep], None if labels is None else labels[keep], f"{limit} of {len(z)} (seeded)"
+    if args.projection == "tsne" and z.shape[1] > 2:
+        print(f"t-SNE of {len(z)} points ...", flush=True)
+    points, axes = embedding.project_2d(z, args.projection)
+    title = f"{name}: posterior means (z = {z.shape[1]}), {shown} inputs"
+    print(f"wrote {plots.scatter_2d(points, labels, args.plot, title, axes)} ({shown} inputs)")
 
 
 def add_anomaly(sub: argparse._SubParsersAction) -> None:

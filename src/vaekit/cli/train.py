@@ -9,7 +9,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from vaekit import checkpoint, evaluation, training
+from vaekit import checkpoint, evaluation, progress, training
 from vaekit.config import PRESETS, Config, flatten, load_config_file, parse_assignment, preset
 from vaekit.errors import VaekitError
 from vaekit.model import nets, posteriors, priors
@@ -211,7 +211,8 @@ def _run_dir(args: argparse.Namespace, config: Config) -> Path:
 
 
 class ProgressBar(training.Callback):
-    """A tqdm bar per epoch and one line of metrics at each epoch's end."""
+    """Each epoch's steps (a bar on a terminal, a line every 30 seconds otherwise) and one line of metrics at
+    each epoch's end."""
 
     def __init__(self, quiet: bool) -> None:
         self.quiet, self.bar, self.epochs, self.steps = quiet, None, 0, 0
@@ -223,8 +224,7 @@ class ProgressBar(training.Callback):
         if self.quiet:
             return
         if self.bar is None:
-            self.bar = tqdm(total=self.steps, desc=f"epoch {epoch}/{self.epochs}", leave=False, unit="step",
-                            disable=None)  # no bar when stderr is not a terminal
+            self.bar = progress.Progress(f"epoch {epoch}/{self.epochs}", self.steps, unit="step")
         self.bar.update(1)
 
     def on_epoch_end(self, record: dict[str, Any]) -> None:

@@ -59,7 +59,8 @@ def downsampled(size: tuple[int, int], n: int) -> list[tuple[int, int]]:
     return sizes
 
 
-def _conv(c_in: int, c_out: int) -> nn.Conv2d:
+def down_conv(c_in: int, c_out: int) -> nn.Conv2d:
+    """A stride-2 3x3 convolution: half the size, rounding up."""
     return nn.Conv2d(c_in, c_out, kernel_size=3, stride=2, padding=1)
 
 
@@ -78,7 +79,7 @@ class ConvEncoder(nn.Module):
         widths = (shape[0], *channels)
         layers: list[nn.Module] = []
         for a, b in itertools.pairwise(widths):
-            layers += [_conv(a, b), activation(act)]
+            layers += [down_conv(a, b), activation(act)]
         self.convs = nn.Sequential(*layers)
         h, w = downsampled(shape[1:], len(channels))[-1]
         self.head = MLP(channels[-1] * h * w + d_cond, hidden, d_out, act)
@@ -157,19 +158,19 @@ class ResidualBlock(nn.Module):
 
 
 class MapDecoder(nn.Module):
-    """The decoder of a model whose bottom layer is a spatial map: flat maps (..., C_in * h * w) (the latent
-    map and the top-down state's map) and a condition -> a 3x3 convolution to ``width`` channels -> residual
-    blocks -> stride-2 transposed convolutions up to the image size -> (..., n_out * H * W)."""
+    """The decoder of a model whose bottom layer is a spatial map at half the image size: flat maps
+    (..., C_in * h * w) (the latent map and the top-down state's map) and a condition -> a 3x3 convolution to
+    ``width`` channels -> residual blocks -> a stride-2 transposed convolution to the image size ->
+    (..., n_out * H * W)."""
 
-    def __init__(self, c_in: int, shape: tuple[int, int, int], level: int, width: int, n_out: int, act: str,
+    def __init__(self, c_in: int, shape: tuple[int, int, int], width: int, n_out: int, act: str,
                  d_cond: int = 0, blocks: int = 2) -> None:
         super().__init__()
-        sizes = downsampled(shape[1:], level)
-        self.shape, self.d_cond = (c_in, *sizes[-1]), d_cond
+        full, half = downsampled(shape[1:], 1)
+        self.shape = (c_in, *half)
         layers: list[nn.Module] = [nn.Conv2d(c_in + d_cond, width, 3, padding=1)]
         layers += [ResidualBlock(width, act) for _ in range(blocks)]
-        for i in range(level, 0, -1):  # from size level i to i - 1
-            layers += [activation(act), _deconv(width, width if i > 1 else n_out, sizes[i], sizes[i - 1])]
+        layers += [activation(act), _deconv(width, n_out, half, full)]
         self.convs = nn.Sequential(*layers)
 
     def forward(self, code: Tensor, c: Tensor | None = None) -> Tensor:

@@ -42,8 +42,7 @@ class VAE(nn.Module):
         self.encoder, self.decoder = _networks(config, self.data_shape, self.layers[0].posterior.n_inputs,
                                                _code_width(config, self.layers), self.n_params, self.n_classes)
         if len(self.layers) > 1:  # the bottom-up features d(x) that the lower layers' posteriors read
-            self.bottom_up = _encoder(config, self.data_shape, config.hidden[:-1], config.hidden[-1],
-                                      self.n_classes)
+            self.bottom_up = _bottom_up(config, self.data_shape, self.n_classes, self.layers)
         self.prior.bind(self.encode)
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)  # the model's device and dtype
 
@@ -108,10 +107,11 @@ class VAE(nn.Module):
         c = self.condition(y, len(x))  # checked once: a label check reads the labels back from the device
         latents, h = [self.layers[0].infer(self._features(x, c), self.prior(), k, noise[0], mean)], None
         if len(self.layers) > 1:
-            features = self._bottom_up(x, c)
+            vector, grid = self._bottom_up(x, c)
             for i, layer in enumerate(self.layers[1:], start=1):
                 from_prior = i >= len(self.layers) - prior_below
-                latent, h = layer.infer(latents[-1].z, h, features[layer.spatial], noise[i], mean, from_prior)
+                features = grid if layer.spatial else vector
+                latent, h = layer.infer(latents[-1].z, h, features, noise[i], mean, from_prior)
                 latents.append(latent)
         return tuple(latents), h
 
@@ -120,6 +120,8 @@ class VAE(nn.Module):
         bottom layer is spatial, the first convolution's map (B, channels[0] * h * w)."""
         if not self.layers[-1].spatial:
             return self.bottom_up(self._net_input(x), c), None
+        if len(self.layers) == 2:  # the spatial layer alone below the top: the map is all it reads
+            return None, self.bottom_up(self._net_input(x)).flatten(1)
         return self.bottom_up.with_map(x, c)
 
     def forward(self, x: Tensor, y: Tensor | None = None, k: int | None = None, eps: Tensor | None = None,
@@ -240,6 +242,15 @@ def _lower_layers(config: ModelConfig) -> list[ConditionalLayer]:
     return layers
 
 
+def _bottom_up(config: ModelConfig, shape: tuple[int, ...], d_c: int, layers: nn.ModuleList) -> nn.Module:
+    """The bottom-up path: a copy of the encoder's kind ending in ``hidden[-1]`` features for vector layers; only
+    the first convolution when a spatial layer is the only one below the top (nothing would read the rest, and
+    parameters without gradients break DistributedDataParallel)."""
+    if len(layers) == 2 and layers[-1].spatial:
+        return nn.Sequential(nets.down_conv(shape[0], config.channels[0]), nets.activation(config.activation))
+    return _encoder(config, shape, config.hidden[:-1], config.hidden[-1], d_c)
+
+
 def _code_width(config: ModelConfig, layers: nn.ModuleList) -> int:
     """Width of what the decoder reads: the bottom layer's z and, in a hierarchy, its top-down state."""
     bottom = layers[-1]
@@ -254,7 +265,7 @@ def _networks(config: ModelConfig, shape: tuple[int, ...], d_h: int, d_z: int, n
     encoder = _encoder(config, shape, config.hidden, d_h, d_c)
     if config.latent_channels:  # the bottom layer is a map at the first convolution's resolution
         width = config.channels[0]
-        return encoder, nets.MapDecoder(config.latent_channels + width, shape, 1, width, n_params * shape[0],
+        return encoder, nets.MapDecoder(config.latent_channels + width, shape, width, n_params * shape[0],
                                         config.activation, d_c)
     if config.arch == "mlp":
         return encoder, nets.MLP(d_z + d_c, tuple(reversed(config.hidden)), n_params * math.prod(shape),
