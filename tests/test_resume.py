@@ -406,3 +406,28 @@ def test_resuming_a_run_that_never_completed_a_checkpoint_says_so_and_how_to_res
         vaekit.resume(run)
     assert main(["train", "--resume", str(run)]) == 2
     assert "holds no completed checkpoint" in capsys.readouterr().err
+
+
+def test_sigterm_stops_training_saying_where_the_last_checkpoint_is(tmp_path):
+    """A scheduler's or container's SIGTERM unwinds like Ctrl-C: exit 143, the last checkpoint named, resumable."""
+    import signal
+    import time
+
+    from vaekit.cli.train import _where_to_resume
+
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "vaekit", *TRAIN[:4], "100000", *TRAIN[5:], "--out", str(run)],
+                            stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while not (run / "latest.json").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    epoch = checkpoint.load_state(run).epoch
+    assert f"the last checkpoint is epoch {epoch} in {run}; continue with `vaekit train --resume {run}`" in err
+    assert err.rstrip().endswith("vaekit: terminated (SIGTERM)") and "Traceback" not in err
+    resumed = vaekit_cli(["train", "--resume", str(run), "--epochs", str(epoch + 1), "--quiet"])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "no checkpoint of this run was completed" in _where_to_resume(tmp_path / "never")

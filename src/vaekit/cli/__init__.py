@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 
 import torch
 
@@ -43,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
+    previous = _on_sigterm(_terminate)
     try:
         if args.command == "serve":  # requests are answered, not reported on the server's terminal
             return args.func(args)
@@ -51,6 +54,27 @@ def main(argv: list[str] | None = None) -> int:
     except VaekitError as e:
         print(f"vaekit: error: {e}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("vaekit: terminated (SIGTERM)", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("vaekit: interrupted", file=sys.stderr)
         return 130
+    finally:
+        _on_sigterm(previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a job scheduler, `kill`, a container stopping), unwound like Ctrl-C: a command says where it
+    stopped and what it kept, and no file is left half-written (every output is written atomically)."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+def _on_sigterm(handler: object) -> object:
+    """Install ``handler`` for SIGTERM where Python can (the main thread); the previous handler."""
+    if handler is None or threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, handler)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -253,11 +255,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     logs = [] if args.tensorboard is None else [TensorBoard(args.tensorboard)]
     if args.resume is not None:
         out = _resume_dir(args)
-        result = training.resume(out, given_assignments(args), callbacks=[progress, PreviewWriter(out), *logs])
+        run = functools.partial(training.resume, out, given_assignments(args))
     else:
         config = build_config(args)
         out = _run_dir(args, config)
-        result = training.train(config, out, callbacks=[progress, PreviewWriter(out), *logs])
+        run = functools.partial(training.train, config, out)
+    try:
+        result = run(callbacks=[progress, PreviewWriter(out), *logs])
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the epoch in progress is lost, the checkpoints are not
+        print(f"vaekit: stopped; {_where_to_resume(out)}", file=sys.stderr)
+        raise
     if result.rank != 0:
         return 0
     final = result.history[-1]
@@ -272,6 +279,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         if (out / name).exists():
             print(f"wrote {out / name}")
     return 0
+
+
+def _where_to_resume(out: Path) -> str:
+    """Where a stopped run's last checkpoint is and how to continue it, or that it has none."""
+    try:
+        ckpt_id = checkpoint.resolve(out).checkpoint_id if checkpoint.exists(out) else None
+    except VaekitError:
+        ckpt_id = None
+    if ckpt_id is None:
+        return f"no checkpoint of this run was completed in {out}: start it again with the same command"
+    return (f"the last checkpoint is epoch {int(ckpt_id.split('-')[0])} in {out}; continue with "
+            f"`vaekit train --resume {out}`")
 
 
 def add_evaluate(sub: argparse._SubParsersAction) -> None:
