@@ -188,3 +188,13 @@ def test_an_image_run_of_few_optimizer_steps_says_it_will_end_undertrained(caplo
     with caplog.at_level(logging.WARNING, logger="vaekit"):
         vaekit.train(digits_config(**{"train.epochs": 1, "train.batch_size": 2}))  # 647 steps
     assert "optimizer steps" not in caplog.text
+
+
+def test_a_run_length_in_steps_becomes_whole_epochs_and_resumes_by_epochs(tmp_path):
+    result = vaekit.train(digits_config(**{"train.steps": 50, "train.epochs": 7}), tmp_path / "run")
+    assert len(result.history) == 3  # 50 steps of 21 an epoch, rounded up; the step count decides, not epochs
+    assert (result.config.train.epochs, result.config.train.steps) == (3, 0)
+    assert vaekit.load_run(tmp_path / "run")[1].train.epochs == 3
+    assert len(vaekit.resume(tmp_path / "run", {"train.epochs": 4}).history) == 4
+    with pytest.raises(vaekit.ConfigError, match=r"train\.steps = -1 .* an integer >= 0"):
+        digits_config(**{"train.steps": -1})

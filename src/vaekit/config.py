@@ -112,6 +112,7 @@ class TrainConfig:
     """Optimisation: epochs, batch, Adam learning rate, beta weight on the KL, seed and device."""
 
     epochs: int = 50
+    steps: int = 0  # run length in optimizer steps instead, rounded up to whole epochs; 0 = train.epochs decides
     batch_size: int = 128
     lr: float = 1e-3
     beta: float = 1.0
@@ -137,6 +138,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "train.epochs", self.epochs, "an integer >= 1")
+        _require(self.steps >= 0, "train.steps", self.steps, "an integer >= 0 (0: train.epochs decides)")
         _require(self.batch_size >= 1, "train.batch_size", self.batch_size, "an integer >= 1")
         _require(self.eval_batch_size >= 1, "train.eval_batch_size", self.eval_batch_size, "an integer >= 1")
         _require(self.lr > 0, "train.lr", self.lr, "a positive number")

@@ -28,7 +28,7 @@ TRAIN_FLAGS = {
     "kl_warmup_steps": "train.kl_warmup_steps", "free_bits": "train.free_bits",
     "hidden": "model.hidden", "activation": "model.activation", "latent_dim": "model.latent_dim",
     "likelihood": "model.likelihood", "obs_std": "model.obs_std", "prior": "model.prior",
-    "posterior": "model.posterior",
+    "posterior": "model.posterior", "steps": "train.steps",
     "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr", "beta": "train.beta",
     "seed": "train.seed", "device": "train.device", "checkpoint_every": "train.checkpoint_every",
     "precision": "train.precision", "early_stopping_patience": "train.early_stopping_patience",
@@ -116,6 +116,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--posterior", help=f"q(z|x), a registered posterior family: {', '.join(posteriors.POSTERIORS)} "
                    "(default diagonal-gaussian)")
     p.add_argument("--epochs", type=int, help=f"passes over the training set (default {_default('train.epochs')})")
+    p.add_argument("--steps", type=int, help="the run's length in optimizer steps instead of epochs, rounded up "
+                   "to whole epochs (for small data sets, whose epochs are a few steps each)")
     p.add_argument("--batch-size", type=int, help=f"examples per step (default {_default('train.batch_size')})")
     p.add_argument("--lr", type=float, help=f"Adam's learning rate (default {_default('train.lr')})")
     _add_objective_flags(p)

@@ -4,6 +4,7 @@ hooks (``Callback``) and result (``TrainResult``) it reports through."""
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,6 +132,7 @@ def start(config: Config, splits: data.Splits, device: torch.device, ctx: distri
     if any(objectives.per_layer(config.train.free_bits_floor, len(model.layers))):
         _check_free_bits(model, x, y, config.train.free_bits_floor)
     bounds = _batch_bounds(len(x), config, ctx)
+    config = _steps_as_epochs(config, len(bounds))
     x_val, y_val = _on_device(splits.val, model, device) if splits.val is not None and ctx.is_main else (None, None)
     gen = torch.Generator(device).manual_seed(config.train.seed)  # one permutation shared by all processes
     callbacks = callbacks if ctx.is_main else ()
@@ -141,10 +143,21 @@ def start(config: Config, splits: data.Splits, device: torch.device, ctx: distri
     run.warmup_steps = tc.kl_warmup_steps or round(tc.kl_warmup_epochs * len(run.bounds))
     if ctx.is_main and len(model.data_shape) == 3 and tc.epochs * len(bounds) < FEW_STEPS:
         log.warning("this run takes only %d optimizer steps (%d epochs of %d); a VAE usually needs thousands, "
-                    "so expect a blurry model: raise --epochs", tc.epochs * len(bounds), tc.epochs, len(bounds))
+                    "so expect a blurry model: raise --epochs or set --steps", tc.epochs * len(bounds), tc.epochs,
+                    len(bounds))
     if tc.early_stopping_patience and ctx.is_main:
         run.stopping = EarlyStopping(tc.early_stopping_patience)
     return run
+
+
+def _steps_as_epochs(config: Config, steps_per_epoch: int) -> Config:
+    """``train.steps`` turned into whole epochs: the run, its checkpoints and a resume count epochs."""
+    steps = config.train.steps
+    if not steps:
+        return config
+    epochs = math.ceil(steps / steps_per_epoch)
+    log.info("train.steps = %d: %d epochs of %d steps", steps, epochs, steps_per_epoch)
+    return config.override({"train.epochs": epochs, "train.steps": 0})
 
 
 def resolve(config: Config, splits: data.Splits) -> Config:
