@@ -308,3 +308,30 @@ def test_a_labelled_npz_trains_a_conditional_model_with_its_class_names(tmp_path
     with pytest.raises(DataError, match=r"array classes names 2 classes, so labels y must lie in 0\.\.1; they "
                                         r"span 0\.\.2"):
         conditional("short.npz", y=y, classes=np.array(["a", "b"]))
+
+
+def test_a_separate_test_folder_is_the_test_set_at_the_training_images_size(tmp_path):
+    write_images(tmp_path / "train" / "cat", 4, 6, 5, 3)
+    write_images(tmp_path / "train" / "dog", 4, 6, 5, 3, prefix="d")
+    expected = write_images(tmp_path / "test" / "cat", 2, 6, 5, 3, prefix="t")
+    write_images(tmp_path / "test" / "dog", 1, 12, 10, 1, prefix="u")  # another size and grey: converted
+    s = data.load(DataConfig(dataset=str(tmp_path / "train"), test_dataset=str(tmp_path / "test"), val_size=2))
+    assert (len(s.train), len(s.val), len(s.test)) == (6, 2, 3)  # all 8 training images train or validate
+    assert s.test.x.shape == (3, 3, 6, 5) and s.test.y.tolist() == [0, 0, 1]
+    torch.testing.assert_close(s.test.x[:2], torch.from_numpy(np.stack(expected)))
+    write_images(tmp_path / "test" / "bird", 1, 6, 5, 3, prefix="b")
+    with pytest.raises(DataError, match=r"has classes \['bird', 'cat', 'dog'\] but the training set .* has "
+                                        r"\['cat', 'dog'\]"):
+        data.load(DataConfig(dataset=str(tmp_path / "train"), test_dataset=str(tmp_path / "test")))
+    with pytest.raises(DataError, match="digits comes with its own test set"):
+        data.load(DataConfig(dataset="digits", test_dataset=str(tmp_path / "test")))
+
+
+def test_a_test_size_may_be_a_count(tmp_path):
+    write_images(tmp_path, 20, 6, 5, 1)
+    s = data.load(DataConfig(dataset=str(tmp_path), test_size=7, val_size=0))
+    assert (len(s.train), len(s.test)) == (13, 7)
+    with pytest.raises(DataError, match=r"data.test_size = 20 leaves no training data out of the 20 examples"):
+        data.load(DataConfig(dataset=str(tmp_path), test_size=20))
+    with pytest.raises(vaekit.ConfigError, match=r"data.test_size = 2.5 .* a fraction in \(0, 1\) or a whole count"):
+        DataConfig(test_size=2.5)

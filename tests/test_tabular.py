@@ -116,3 +116,18 @@ def test_bernoulli_on_a_table_says_what_to_do(tmp_path):
     cfg = vaekit.Config().override({"data.dataset": str(tmp_path / "t.npy"), "train.epochs": 1})
     with pytest.raises(DataError, match="choose --likelihood gaussian"):
         vaekit.train(cfg)
+
+
+def test_a_separate_test_table_is_standardized_with_the_training_statistics(tmp_path):
+    train = write_csv(tmp_path / "train.csv", "a,b,label\n1,10,0\n3,30,1\n5,50,0\n")
+    test = write_csv(tmp_path / "test.csv", "a,b,label\n3,30,1\n7,70,0\n")
+    cfg = vaekit.Config().override({"data.dataset": str(train), "data.test_dataset": str(test),
+                                    "data.label_column": "label", "data.val_size": 0}).data
+    s = vaekit.data.load(cfg)
+    assert (len(s.train), len(s.test)) == (3, 2) and s.test.y.tolist() == [1, 0]
+    torch.testing.assert_close(s.test.x[0], torch.zeros(2))  # the training mean, standardized
+    assert s.test.x[1, 0] > 1
+    wide = write_csv(tmp_path / "wide.csv", "a,b,c,label\n1,2,3,0\n4,5,6,1\n")
+    with pytest.raises(DataError, match=r"test table .*wide.csv has 3 features and labels, the training table "
+                                        r".*train.csv 2 and labels: they must match"):
+        vaekit.data.load(cfg.__class__(**{**cfg.__dict__, "test_dataset": str(wide)}))

@@ -89,7 +89,8 @@ class DataConfig:
     val_size: float = 0.1  # a fraction of the training set (< 1) or a number of examples (>= 1)
     split_seed: int = 0  # seeds the validation split, independent of the training seed
     eval_seed: int = 0  # seeds the fixed binarization of evaluation sets
-    test_size: float = 0.2  # tables: the held-out test fraction (seeded by split_seed)
+    test_size: float = 0.2  # tables and images: the held-out test fraction (< 1) or count (>= 1), seeded
+    test_dataset: str | None = None  # tables and images: a separate test file or folder; all of dataset trains
     label_column: str | None = None  # tables from CSV: the column holding labels, if any
     standardize: bool = True  # tables: (x - mean) / std with statistics of the training split
     train_classes: tuple[int, ...] | None = None  # train and validate on these labels only; test keeps all
@@ -100,7 +101,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         _require(self.binarize in BINARIZATIONS, "data.binarize", self.binarize, f"one of {BINARIZATIONS}")
         _require(self.val_size >= 0, "data.val_size", self.val_size, "a fraction in [0, 1) or a count")
-        _require(0 < self.test_size < 1, "data.test_size", self.test_size, "a fraction in (0, 1)")
+        _require(self.test_size > 0 and (self.test_size < 1 or float(self.test_size).is_integer()),
+                 "data.test_size", self.test_size, "a fraction in (0, 1) or a whole count")
         if self.image_size is not None:
             _require(len(self.image_size) == 2 and min(self.image_size) >= 1, "data.image_size", self.image_size,
                      "[height, width]")

@@ -16,8 +16,11 @@ def require_images(model: Any, what: str) -> None:
 
 
 def data_config(config: Config, data_dir: str | None = None, dataset: str | None = None) -> DataConfig:
-    """The run's data settings with the command's --data-dir and --dataset, where given."""
+    """The run's data settings with the command's --data-dir and --dataset, where given (another dataset brings
+    its own test split: the run's separate test set belongs to the run's data)."""
     overrides = {f"data.{k}": v for k, v in (("dataset", dataset), ("data_dir", data_dir)) if v}
+    if dataset:
+        overrides["data.test_dataset"] = None
     return config.override(overrides).data if overrides else config.data
 
 

@@ -21,7 +21,8 @@ from vaekit.tensorboard import TensorBoard
 # flag dest -> dotted config key; a flag left unset keeps the preset's or the config file's value
 TRAIN_FLAGS = {
     "dataset": "data.dataset", "data_dir": "data.data_dir", "download": "data.download",
-    "binarize": "data.binarize", "val_size": "data.val_size",
+    "binarize": "data.binarize", "val_size": "data.val_size", "test_size": "data.test_size",
+    "test_dataset": "data.test_dataset",
     "image_size": "data.image_size", "channels": "data.channels", "strict": "data.strict",
     "arch": "model.arch", "conv_channels": "model.channels", "conditional": "model.conditional",
     "objective": "train.objective", "k": "train.iw_k", "kl_warmup_epochs": "train.kl_warmup_epochs",
@@ -94,6 +95,10 @@ def add_train(sub: argparse._SubParsersAction) -> None:
                    help="grey levels as they are, or 0/1 pixels: resampled each epoch (dynamic), drawn once "
                    f"(static) or at 0.5 (threshold) (default {_default('data.binarize')})")
     p.add_argument("--val-size", type=float, help="validation fraction (<1) or count (>=1) of the train set")
+    p.add_argument("--test-size", type=float, help="tables and your images: the seeded test fraction (<1) or count "
+                   f"(>=1) (default {_default('data.test_size')})")
+    p.add_argument("--test-dataset", help="tables and your images: a separate test file or folder in the same "
+                   "format; all of --dataset then trains")
     p.add_argument("--image-size", type=_image_size, help="image data: resize to HEIGHTxWIDTH (default: the "
                    "size of the first image)")
     p.add_argument("--channels", type=int, choices=[1, 3, 4], help="image data: 1 grey, 3 RGB, 4 RGBA "

@@ -89,30 +89,59 @@ CLASSES: dict[str, tuple[str, ...]] = {
 
 
 def _test_split(n: int, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded (train, test) indices for data that comes without a test set: tables and the user's images."""
+    """Seeded (train, test) indices for data that comes without a test set: tables and the user's images.
+
+    A permutation seeded by ``data.split_seed``; its first ``data.test_size`` examples (a fraction, rounded, at
+    least one; or a count) are the test set, the rest train. Both index lists come back sorted.
+    """
     if n < 2:
         raise DataError(f"{cfg.dataset} holds {n} example(s); need at least 2, one to train on and one to test")
+    n_test = max(1, round(cfg.test_size * n)) if cfg.test_size < 1 else int(cfg.test_size)
+    if n_test >= n:
+        raise DataError(f"data.test_size = {cfg.test_size:g} leaves no training data out of the {n} examples of "
+                        f"{cfg.dataset}")
     perm = np.random.default_rng(cfg.split_seed).permutation(n)
-    n_test = max(1, round(cfg.test_size * n))
     return np.sort(perm[n_test:]), np.sort(perm[:n_test])
 
 
 def _images(cfg: DataConfig) -> tuple[RawSplits, tuple[str, ...] | None]:
-    """A folder or array of images: a seeded test split, and no standardization (pixels are in [0, 1])."""
+    """A folder or array of images: a seeded test split or a separate test set, and no standardization
+    (pixels are in [0, 1])."""
     s = images.read(cfg.dataset, cfg.image_size, cfg.channels, cfg.strict)
+    if cfg.test_dataset is not None:  # the test images are made the training images' size and channels
+        t = images.read(cfg.test_dataset, s.x.shape[2:], s.x.shape[1], cfg.strict)
+        _same_classes(s.classes, t.classes, cfg)
+        return (s.x, s.y, t.x, t.y), s.classes
     train, test = _test_split(len(s.x), cfg)
     y_train, y_test = (None, None) if s.y is None else (s.y[train], s.y[test])
     return (s.x[train], y_train, s.x[test], y_test), s.classes
 
 
+def _same_classes(train: tuple[str, ...] | None, test: tuple[str, ...] | None, cfg: DataConfig) -> None:
+    if train != test:
+        raise DataError(f"the test set {cfg.test_dataset} has classes {list(test or [])} but the training set "
+                        f"{cfg.dataset} has {list(train or [])}: they must name the same classes")
+
+
 def _table(cfg: DataConfig) -> tuple[RawSplits, tabular.Standardizer | None]:
+    """A table: a seeded test split or a separate test table, standardized with the training part's
+    statistics."""
     t = tabular.read(cfg.dataset, cfg.label_column)
-    train, test = _test_split(len(t.x), cfg)
-    y_train, y_test = (None, None) if t.y is None else (t.y[train], t.y[test])
+    if cfg.test_dataset is not None:
+        u = tabular.read(cfg.test_dataset, cfg.label_column)
+        if u.x.shape[1] != t.x.shape[1] or (u.y is None) != (t.y is None):
+            raise DataError(f"the test table {cfg.test_dataset} has {u.x.shape[1]} features"
+                            f"{' and labels' if u.y is not None else ''}, the training table {cfg.dataset} "
+                            f"{t.x.shape[1]}{' and labels' if t.y is not None else ''}: they must match")
+        x_train, y_train, x_test, y_test = t.x, t.y, u.x, u.y
+    else:
+        train, test = _test_split(len(t.x), cfg)
+        x_train, x_test = t.x[train], t.x[test]
+        y_train, y_test = (None, None) if t.y is None else (t.y[train], t.y[test])
     if not cfg.standardize:
-        return (t.x[train], y_train, t.x[test], y_test), None
-    std = tabular.Standardizer.fit(torch.from_numpy(t.x[train]))
-    x_train, x_test = (std(torch.from_numpy(t.x[i])).numpy() for i in (train, test))
+        return (x_train, y_train, x_test, y_test), None
+    std = tabular.Standardizer.fit(torch.from_numpy(x_train))
+    x_train, x_test = (std(torch.from_numpy(x)).numpy() for x in (x_train, x_test))
     return (x_train, y_train, x_test, y_test), std
 
 
@@ -136,6 +165,9 @@ def load(cfg: DataConfig) -> Splits:
     name wins over a folder of the same name: write ``./mnist`` for the folder.
     """
     preprocess, classes = None, CLASSES.get(cfg.dataset)
+    if cfg.dataset in DATASETS and cfg.test_dataset is not None:
+        raise DataError(f"data.test_dataset is for tables and image folders or arrays; {cfg.dataset} comes with "
+                        "its own test set")
     if cfg.dataset in DATASETS:
         x_train, y_train, x_test, y_test = DATASETS[cfg.dataset](cfg)
     elif images.is_image_path(cfg.dataset):  # before tables: .npy/.npz arrays of 3+ axes are images
