@@ -74,18 +74,29 @@ class VAE(nn.Module):
     def decode(self, z: Tensor, y: Tensor | None = None) -> Distribution:
         """p(x|z) (or p(x|z, y)) with event shape ``data_shape`` for top-layer codes z (..., B, L); batch shape
         (..., B). In a hierarchy each lower layer is set to its conditional prior's mean E[z_l | z_{>l}]."""
+        return self.likelihood_from(self.likelihood_params(z, y))
+
+    def likelihood_params(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        """The parameters of ``decode(z, y)`` as one tensor (..., B, P, *data_shape), e.g. Bernoulli logits
+        (P = 1): what an exported decoder returns."""
         h = None
         for layer in self.layers[1:]:
             z, h = layer.prior_mean(z, h)
-        return self._likelihood(z, h, y)
+        return self._params(z, h, y)
 
     def _likelihood(self, z: Tensor, h: Tensor | None, y: Tensor | None) -> Distribution:
         """p(x | z) from the bottom layer's z (..., B, L_bottom) and, in a hierarchy, its top-down state h
         (..., B, hidden), through which the decoder reads the layers above directly."""
+        return self.likelihood_from(self._params(z, h, y))
+
+    def _params(self, z: Tensor, h: Tensor | None, y: Tensor | None) -> Tensor:
         c = self.condition(y, z.shape[-2] if z.dim() > 1 else 1)
         code = z if h is None else torch.cat([z, h.to(z.dtype)], dim=-1)
         params = self.decoder(code, c).to(self._anchor.dtype)  # (..., P*D); likelihood in the model's dtype
-        params = params.unflatten(-1, (self.n_params, *self.data_shape))  # (..., P, *shape)
+        return params.unflatten(-1, (self.n_params, *self.data_shape))  # (..., P, *shape)
+
+    def likelihood_from(self, params: Tensor) -> Distribution:
+        """p(x|z) from its parameters (..., P, *data_shape), as ``likelihood_params`` gives them."""
         return likelihoods.px_z(self.config.likelihood, params, len(self.data_shape), self.config.obs_std)
 
     def infer(self, x: Tensor, y: Tensor | None = None, k: int | None = None, eps: Tensor | None = None,
@@ -197,9 +208,9 @@ class VAE(nn.Module):
             raise ConfigError(f"this model is conditional: pass the labels ({', '.join(self.config.labels)})")
         if y.shape != (batch,) or y.dtype not in (torch.int64, torch.int32):
             raise DataError(f"labels must be integers of shape ({batch},), got {y.dtype} {tuple(y.shape)}")
-        # reading the range back syncs the host, which a CUDA graph being captured forbids; the training data's
-        # labels were checked when the graph's inputs were built
-        capturing = y.is_cuda and torch.cuda.is_current_stream_capturing()
+        # reading the range back syncs the host, which a CUDA graph being captured forbids (the training data's
+        # labels were checked when the graph's inputs were built), and a traced export would bake it in
+        capturing = (y.is_cuda and torch.cuda.is_current_stream_capturing()) or torch.jit.is_tracing()
         if len(y) and not capturing and (int(y.min()) < 0 or int(y.max()) >= self.n_classes):
             raise DataError(f"labels must lie in 0..{self.n_classes - 1} ({', '.join(self.config.labels)}), "
                             f"got {int(y.min())}..{int(y.max())}")
