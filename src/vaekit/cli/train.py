@@ -87,24 +87,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", help=f"start from a preset: {', '.join(PRESETS)}")
     p.add_argument("--config", type=Path, help="JSON or TOML file with model/data/train sections")
-    p.add_argument("--dataset", help="mnist, digits (the default), a folder of PNG/JPEG images, "
-                   "or a .csv/.npy/.npz/.mat file (a table, or an array of images)")
-    p.add_argument("--data-dir", help="directory holding mnist/ (default: $VAEKIT_DATA, then the cache)")
-    p.add_argument("--download", action="store_true", default=None, help="download MNIST if missing")
-    p.add_argument("--binarize", choices=["none", "dynamic", "static", "threshold"],
-                   help="grey levels as they are, or 0/1 pixels: resampled each epoch (dynamic), drawn once "
-                   f"(static) or at 0.5 (threshold) (default {_default('data.binarize')})")
-    p.add_argument("--val-size", type=float, help="validation fraction (<1) or count (>=1) of the train set")
-    p.add_argument("--test-size", type=float, help="tables and your images: the seeded test fraction (<1) or count "
-                   f"(>=1) (default {_default('data.test_size')})")
-    p.add_argument("--test-dataset", help="tables and your images: a separate test file or folder in the same "
-                   "format; all of --dataset then trains")
-    p.add_argument("--image-size", type=_image_size, help="image data: resize to HEIGHTxWIDTH (default: the "
-                   "size of the first image)")
-    p.add_argument("--channels", type=int, choices=[1, 3, 4], help="image data: 1 grey, 3 RGB, 4 RGBA "
-                   "(default: those of the first image)")
-    p.add_argument("--strict", action="store_true", default=None,
-                   help="image folders: stop at an unreadable file (default: skip it with a warning)")
+    _add_data_flags(p)
     p.add_argument("--arch", choices=["mlp", "conv"], help="network type (conv: any HxWxC image)")
     p.add_argument("--conv-channels", type=_hidden, help="conv: channels of each stride-2 layer, e.g. 32,64")
     p.add_argument("--conditional", action="store_true", default=None,
@@ -143,6 +126,28 @@ def add_train(sub: argparse._SubParsersAction) -> None:
                    help="any config value, e.g. --set train.eval_batch_size=500 (repeatable)")
     _add_output_flags(p)
     p.set_defaults(func=cmd_train)
+
+
+def _add_data_flags(p: argparse.ArgumentParser) -> None:
+    """What the model is trained and tested on, and how it is prepared."""
+    p.add_argument("--dataset", help="mnist, digits (the default), a folder of PNG/JPEG images, "
+                   "or a .csv/.npy/.npz/.mat file (a table, or an array of images)")
+    p.add_argument("--data-dir", help="directory holding mnist/ (default: $VAEKIT_DATA, then the cache)")
+    p.add_argument("--download", action="store_true", default=None, help="download MNIST if missing")
+    p.add_argument("--binarize", choices=["none", "dynamic", "static", "threshold"],
+                   help="grey levels as they are, or 0/1 pixels: resampled each epoch (dynamic), drawn once "
+                   f"(static) or at 0.5 (threshold) (default {_default('data.binarize')})")
+    p.add_argument("--val-size", type=float, help="validation fraction (<1) or count (>=1) of the train set")
+    p.add_argument("--test-size", type=float, help="tables and your images: the seeded test fraction (<1) or count "
+                   f"(>=1) (default {_default('data.test_size')})")
+    p.add_argument("--test-dataset", help="tables and your images: a separate test file or folder in the same "
+                   "format; all of --dataset then trains")
+    p.add_argument("--image-size", type=_image_size, help="image data: resize to HEIGHTxWIDTH (default: the "
+                   "size of the first image)")
+    p.add_argument("--channels", type=int, choices=[1, 3, 4], help="image data: 1 grey, 3 RGB, 4 RGBA "
+                   "(default: those of the first image)")
+    p.add_argument("--strict", action="store_true", default=None,
+                   help="image folders: stop at an unreadable file (default: skip it with a warning)")
 
 
 def _add_output_flags(p: argparse.ArgumentParser) -> None:
