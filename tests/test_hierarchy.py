@@ -281,3 +281,20 @@ def test_sampled_scores_pass_their_draws_through_the_decoder_in_bounded_chunks(m
     monkeypatch.setattr(evaluation, "sample_chunk", lambda *args: 7)
     torch.testing.assert_close(anomaly.score(model, x, method, 50), expected, rtol=1e-5, atol=1e-4)
     assert max(seen) == 7 and sum(seen) == 50 * (1 if method == "elbo" else 2)
+
+
+def test_serve_answers_for_a_spatial_hierarchy(tmp_path):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from vaekit.serve import create_app
+
+    vaekit.train(digits_config(**{**SPATIAL, "train.epochs": 1}), tmp_path)
+    client = TestClient(create_app(tmp_path, n_examples=10))
+    info = client.get("/v1/info").json()
+    assert info["layers"] == [3, 5, 32] and "llr>1" in info["scores"]
+    x = client.get("/v1/examples", params={"n": 2}).json()["x"]
+    assert len(client.post("/v1/encode", json={"x": x, "layers": "all"}).json()["mu"][0]) == 40
+    for path, body in [("/v1/score", {"x": x, "method": "llr>1"}), ("/v1/reconstruct", {"x": x}),
+                       ("/v1/sample", {"n": 2}), ("/v1/decode", {"z": [[0.0] * 3]})]:
+        assert client.post(path, json=body).status_code == 200, path

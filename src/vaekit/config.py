@@ -265,11 +265,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model.latent_dim": 16, "model.lower_latent_dims": [32, 64], "model.likelihood": "bernoulli",
         "data.binarize": "dynamic", "train.lr": 1e-3, "train.batch_size": 128, "train.kl_warmup_epochs": 10.0,
     },
-    # The layer sizes of Havtorn et al. 2021 for out-of-distribution detection on the hvae-conv networks: 8 and 16
-    # units above a spatial bottom layer, a map of 8 channels at half the image size, which holds the low-level
-    # features that the likelihood-ratio score (--score llr --k 1) leaves out.
+    # The layer sizes of Havtorn et al. 2021 for out-of-distribution detection: 8 and 16 units above a spatial
+    # bottom layer, a map of 8 channels at half the image size, which holds the low-level features that the
+    # likelihood-ratio score (--score llr --k 1) leaves out; convolutions of 32 and 64 channels (theirs have 64).
     "hvae-spatial": {
-        "model.arch": "conv", "model.channels": [16, 32], "model.hidden": [256], "model.activation": "relu",
+        "model.arch": "conv", "model.channels": [32, 64], "model.hidden": [256], "model.activation": "relu",
         "model.latent_dim": 8, "model.lower_latent_dims": [16], "model.latent_channels": 8,
         "model.likelihood": "bernoulli", "data.binarize": "dynamic", "train.lr": 1e-3, "train.batch_size": 128,
         "train.kl_warmup_epochs": 10.0,
