@@ -408,6 +408,7 @@ def test_resuming_a_run_that_never_completed_a_checkpoint_says_so_and_how_to_res
     assert "holds no completed checkpoint" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_sigterm_stops_training_saying_where_the_last_checkpoint_is(tmp_path):
     """A scheduler's or container's SIGTERM unwinds like Ctrl-C: exit 143, the last checkpoint named, resumable."""
     import signal

@@ -123,7 +123,6 @@ class ConvDecoder(nn.Module):
         return self.convs(h).reshape(*lead, -1)  # (..., n_out * H * W)
 
 
-
 class MapNet(nn.Module):
     """Flat maps (..., C_in * h * w) -> same-size 3x3 convolutions with activations between them ->
     (..., C_out * h * w). Spatial latents travel through the model flat, channel-major, like vector ones, so a
