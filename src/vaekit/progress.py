@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TextIO
 
 from tqdm import tqdm
@@ -65,7 +65,7 @@ class _Reporting:
     what: str
     stream: TextIO | None
     interval: float | None
-    depth: int = field(default=0)
+    depth: int = 0  # loops running inside the block: only the outermost reports
 
 
 _active: ContextVar[_Reporting | None] = ContextVar("vaekit_progress", default=None)

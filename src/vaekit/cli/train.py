@@ -296,13 +296,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _where_to_resume(out: Path) -> str:
     """Where a stopped run's last checkpoint is and how to continue it, or that it has none."""
     try:
-        ckpt_id = checkpoint.resolve(out).checkpoint_id if checkpoint.exists(out) else None
+        epoch = checkpoint.load_state(out).epoch if checkpoint.exists(out) else None
     except VaekitError:
-        ckpt_id = None
-    if ckpt_id is None:
+        epoch = None
+    if epoch is None:
         return f"no checkpoint of this run was completed in {out}: start it again with the same command"
-    return (f"the last checkpoint is epoch {int(ckpt_id.split('-')[0])} in {out}; continue with "
-            f"`vaekit train --resume {out}`")
+    return f"the last checkpoint is epoch {epoch} in {out}; continue with `vaekit train --resume {out}`"
 
 
 def add_evaluate(sub: argparse._SubParsersAction) -> None:
