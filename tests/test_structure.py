@@ -21,7 +21,7 @@ STAGES = [
     ("data", ("vaekit.data",)),
     ("model", ("vaekit.model",)),
     ("objectives", ("vaekit.objectives",)),
-    ("checkpoint", ("vaekit.checkpoint",)),
+    ("checkpoint", ("vaekit.checkpoint", "vaekit.hub")),
     ("training", ("vaekit.training",)),
     ("uses", ("vaekit",)),  # evaluation, generate, embedding, anomaly, plots, previews, estimator, serve, cli
 ]

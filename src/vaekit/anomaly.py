@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vaekit import checkpoint, evaluation, objectives
+from vaekit import checkpoint, evaluation, hub, objectives
 from vaekit.batches import batched
 from vaekit.errors import CheckpointError, ConfigError
 from vaekit.fileio import atomic_write_bytes
@@ -145,9 +145,11 @@ def save_threshold(directory: str | Path, t: Threshold) -> Path:
 
     That is ``t.model_sha256`` when set, else the directory's current model: the caller fitted it just now.
     """
+    directory = checkpoint.resolve(directory).directory  # a Hub id: the downloaded folder, refused just below
+    hub.refuse_write(directory, THRESHOLD_FILE)
     if t.model_sha256 is None:
         t = replace(t, model_sha256=checkpoint.model_digest(directory))
-    path = Path(directory) / THRESHOLD_FILE
+    path = directory / THRESHOLD_FILE
     atomic_write_bytes(path, (json.dumps(asdict(t), indent=2) + "\n").encode())
     return path
 

@@ -19,6 +19,9 @@ Two layouts are read, and loading reads JSON and safetensors only, so a checkpoi
 A load resolves ``latest.json`` once (``resolve``, a ``CheckpointSet``) and reads every file it needs against
 that one pointer, so a load racing a writer gets the config, weights, standardization and training state of
 one checkpoint, or a CheckpointError saying the checkpoint was replaced while it was read; never a mixture.
+
+Every reader also takes a Hugging Face Hub id, ``hf://owner/name[@revision]`` (``vaekit.hub``): the repository
+is a run directory uploaded as is, read from the local Hub cache after downloading what a model needs.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save as to_bytes
 from safetensors.torch import save_file
 
+from vaekit import hub
 from vaekit.config import Config
 from vaekit.data.tabular import Standardizer
 from vaekit.errors import CheckpointError, ConfigError
@@ -201,7 +205,7 @@ class CheckpointSet:
         return None if self.pointer is None else self.pointer["checkpoint"]
 
 
-Source = str | Path | CheckpointSet  # what the readers take: a directory, or a set already resolved from one
+Source = str | Path | CheckpointSet  # what the readers take: a directory (or hf:// id), or a set resolved from one
 
 
 def resolve(source: Source) -> CheckpointSet:
@@ -213,7 +217,7 @@ def resolve(source: Source) -> CheckpointSet:
     """
     if isinstance(source, CheckpointSet):
         return source
-    directory = Path(source)
+    directory = hub.snapshot(source) if hub.is_hub_id(source) else Path(source)
     if not directory.is_dir():
         raise CheckpointError(f"checkpoint directory {directory} does not exist")
     path = directory / LATEST_FILE

@@ -10,7 +10,7 @@ import threading
 
 import torch
 
-from vaekit import __version__, progress
+from vaekit import __version__, hub, progress
 from vaekit.cli import analysis, curves, exporting, images, serve, train
 from vaekit.errors import VaekitError
 
@@ -30,6 +30,7 @@ def parser() -> argparse.ArgumentParser:
     analysis.add_embed(sub)
     analysis.add_anomaly(sub)
     exporting.add_export(sub)
+    exporting.add_card(sub)
     serve.add_serve(sub)
     return p
 
@@ -48,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     previous = _on_sigterm(_terminate)
     try:
+        if hub.is_hub_id(getattr(args, "dir", None)):  # downloaded once, then read as any directory
+            args.dir = hub.snapshot(args.dir)
         if args.command == "serve":  # requests are answered, not reported on the server's terminal
             return args.func(args)
         with progress.report(args.command):  # the long loops over data sets say how far they are

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vaekit import anomaly, checkpoint, data, embedding, plots
-from vaekit.cli.common import data_config
+from vaekit import anomaly, checkpoint, data, embedding, hub, plots
+from vaekit.cli.common import MODEL_HELP, data_config, model_source
 from vaekit.errors import VaekitError
 
 TSNE_POINTS = 5000  # the default subset of a t-SNE map
@@ -18,7 +18,7 @@ TSNE_POINTS = 5000  # the default subset of a t-SNE map
 
 def add_embed(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("embed", help="posterior means as features (.npz/.csv), a 2-D map, a kNN probe")
-    p.add_argument("dir", type=Path, help="checkpoint directory")
+    p.add_argument("dir", type=model_source, help=MODEL_HELP)
     p.add_argument("--dataset", help="embed another dataset of the same shape")
     p.add_argument("--data-dir")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
@@ -77,7 +77,7 @@ def _plot_map(args: argparse.Namespace, z: np.ndarray, labels: np.ndarray | None
 
 def add_anomaly(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("anomaly", help="anomaly scores per input, a stored threshold, ROC/PR AUC with labels")
-    p.add_argument("dir", type=Path, help="checkpoint directory")
+    p.add_argument("dir", type=model_source, help=MODEL_HELP)
     p.add_argument("--dataset", help="score another dataset (name or table file) in the model's data shape")
     p.add_argument("--input", type=Path, help="score the rows of this table file (standardized as in training)")
     p.add_argument("--data-dir")
@@ -104,6 +104,8 @@ def add_anomaly(sub: argparse._SubParsersAction) -> None:
 
 def cmd_anomaly(args: argparse.Namespace) -> int:
     ckpt = checkpoint.resolve(args.dir)  # one checkpoint set: the model scored is the one a threshold is fitted for
+    if args.contamination is not None or args.quantile is not None:  # before minutes of scoring, not after
+        hub.refuse_write(ckpt.directory, anomaly.THRESHOLD_FILE)
     model, config = checkpoint.load_run(ckpt)
     cfg = data_config(config, args.data_dir, args.dataset)
     if args.score == "llr":

@@ -5,9 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vaekit import data, plots
+from vaekit import data, hub, plots
 from vaekit.config import Config, DataConfig
 from vaekit.errors import VaekitError
+
+MODEL_HELP = "run or checkpoint directory, or a Hugging Face Hub id hf://owner/name[@revision]"
+
+
+def model_source(text: str) -> str | Path:
+    """A command's model argument: a Hub id stays a string (a Path would fold its '//'), a directory a Path."""
+    return text if hub.is_hub_id(text) else Path(text)
 
 
 def require_images(model: Any, what: str) -> None:

@@ -8,13 +8,13 @@ from pathlib import Path
 import torch
 
 from vaekit import checkpoint, data, generate, plots
-from vaekit.cli.common import data_config, input_example, require_images
+from vaekit.cli.common import MODEL_HELP, data_config, input_example, model_source, require_images
 from vaekit.errors import VaekitError
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="decode draws from the prior (or a mixture fitted to the data) into a PNG grid")
-    p.add_argument("dir", type=Path)
+    p.add_argument("dir", type=model_source, help=MODEL_HELP)
     p.add_argument("-n", type=int, default=64)
     p.add_argument("-o", "--output", type=Path, default=Path("samples.png"))
     p.add_argument("--temperature", type=float, default=1.0, help="scale of the draws around the prior/components")
@@ -28,7 +28,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--label", help="conditional models: the class to draw (default: one row of --nrow per class)")
     p.set_defaults(func=cmd_sample)
     p = sub.add_parser("interpolate", help="decode the path between two inputs' latent codes (PNG strip, GIF)")
-    p.add_argument("dir", type=Path)
+    p.add_argument("dir", type=model_source, help=MODEL_HELP)
     p.add_argument("--from", dest="a", required=True, help="an index into --split, or an image file")
     p.add_argument("--to", dest="b", required=True, help="an index into --split, or an image file")
     p.add_argument("--steps", type=int, default=10)
@@ -41,7 +41,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    "encoded with their own labels, image files with this one)")
     p.set_defaults(func=cmd_interpolate)
     p = sub.add_parser("traverse", help="sweep the most informative latent dimensions; one row each (PNG)")
-    p.add_argument("dir", type=Path)
+    p.add_argument("dir", type=model_source, help=MODEL_HELP)
     p.add_argument("--dims", type=int, default=8, help="how many dimensions, ranked by average KL")
     p.add_argument("--steps", type=int, default=9)
     p.add_argument("--span", type=float, default=3.0, help="sweep each dimension from -span to +span")
@@ -51,7 +51,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", type=Path, default=Path("traversal.png"))
     p.set_defaults(func=cmd_traverse)
     p = sub.add_parser("reconstruct", help="inputs above their reconstructions, as a PNG grid")
-    p.add_argument("dir", type=Path)
+    p.add_argument("dir", type=model_source, help=MODEL_HELP)
     p.add_argument("-n", type=int, default=16)
     p.add_argument("-o", "--output", type=Path, default=Path("reconstructions.png"))
     p.add_argument("--split", default="test", choices=["train", "val", "test"])

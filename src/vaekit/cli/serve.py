@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
+from vaekit.cli.common import MODEL_HELP, model_source
 from vaekit.errors import VaekitError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -13,7 +13,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 def add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="an HTTP API and a web page to explore a trained model's latent space")
-    p.add_argument("dir", type=Path, help="checkpoint directory")
+    p.add_argument("dir", type=model_source, help=MODEL_HELP)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: loopback only; 0.0.0.0 exposes the server to the network)")
     p.add_argument("--port", type=int, default=8000)

@@ -12,6 +12,7 @@ from typing import Any
 from tqdm import tqdm
 
 from vaekit import checkpoint, evaluation, progress, training
+from vaekit.cli.common import MODEL_HELP, model_source
 from vaekit.config import PRESETS, Config, flatten, load_config_file, parse_assignment, preset
 from vaekit.errors import VaekitError
 from vaekit.model import nets, posteriors, priors
@@ -306,7 +307,7 @@ def _where_to_resume(out: Path) -> str:
 
 def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="test negative ELBO, importance-sampled NLL and active units")
-    p.add_argument("dir", type=Path, help="checkpoint directory")
+    p.add_argument("dir", type=model_source, help=MODEL_HELP)
     p.add_argument("--dataset", help="evaluate on another dataset of the same shape")
     p.add_argument("--data-dir")
     p.add_argument("--download", action="store_true", default=None)

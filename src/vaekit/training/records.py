@@ -3,12 +3,15 @@ each latent dimension and the active units (where the model's parts define them)
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from vaekit import objectives
+from vaekit.errors import DataError
 from vaekit.model import NotAvailable
 from vaekit.training.run import Run
 
@@ -54,3 +57,23 @@ def latent_usage(run: Run, n: int = 1000) -> dict[str, Any]:
     out["active_units"] = sum(objectives.count_active(m) for m in means)
     out["latent_units"] = sum(m.shape[-1] for m in means)
     return out
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The epoch records of a run, in order; a DataError naming the file and line when one is unreadable."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            raise DataError(f"{path}, line {number}: not a JSON record") from None
+        if not isinstance(record, dict) or "epoch" not in record:
+            raise DataError(f"{path}, line {number}: not an epoch record")
+        records.append(record)
+    if not records:
+        raise DataError(f"{path} holds no epoch yet: the run has not finished its first epoch")
+    return records
