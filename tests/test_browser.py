@@ -114,6 +114,10 @@ def test_page_in_chromium(server_url, page, tmp_path):
     wait_for_update(page, "sample-grid", before)
     assert sources(page, "#sample-grid img") != first
 
+    # the decoded image sits beside the sliders, not below them leaving the card half empty
+    sliders, image = page.locator("#latent-sliders").bounding_box(), page.locator("#latent-image").bounding_box()
+    assert image["x"] >= sliders["x"] + sliders["width"] and image["y"] < sliders["y"] + sliders["height"]
+
     # a latent slider moved with the keyboard redraws the decoded image
     slider = page.locator(".latent-slider").first
     image_before, before = page.get_attribute("#latent-image", "src"), version(page, "latent-image")
@@ -127,6 +131,7 @@ def test_page_in_chromium(server_url, page, tmp_path):
     # the empty reconstruction shows no broken-image icon
     visibility = 'e => getComputedStyle(e).visibility'
     assert page.eval_on_selector("#draw-recon", visibility) == "hidden"
+    assert page.locator("#draw-recon").bounding_box()["height"] > 100  # its place is kept: nothing jumps later
     canvas = page.locator("#draw-canvas")
     canvas.scroll_into_view_if_needed()
     box = canvas.bounding_box()

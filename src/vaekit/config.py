@@ -28,6 +28,7 @@ BINARIZATIONS = ("none", "dynamic", "static", "threshold")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
 ARCHS = ("mlp", "conv")
+UPSAMPLES = ("transposed", "resize")
 OBJECTIVES = ("elbo", "iwae")
 NONFINITE = ("stop", "skip")
 
@@ -43,6 +44,7 @@ class ModelConfig:
     latent_dim: int = 20  # the top stochastic layer's size
     lower_latent_dims: tuple[int, ...] = ()  # a hierarchy: layers below the top, top-down
     latent_channels: int = 0  # conv: a spatial bottom layer of this many channels at half the image size
+    upsample: str = "transposed"  # conv decoders: stride-2 transposed convolutions, or resize (nearest) then conv
     likelihood: str = "bernoulli"  # p(x|z): a name registered in vaekit.model.likelihoods
     posterior: str = "diagonal-gaussian"  # q(z|x): a name registered in vaekit.model.posteriors
     prior: str = "standard-normal"  # p(z): a name registered in vaekit.model.priors
@@ -56,6 +58,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _require(self.arch in ARCHS, "model.arch", self.arch, f"one of {ARCHS}")
+        _require(self.upsample in UPSAMPLES, "model.upsample", self.upsample, f"one of {UPSAMPLES}")
         _require(all(c >= 1 for c in self.channels), "model.channels", self.channels, "positive channel counts")
         _require(self.latent_dim >= 1, "model.latent_dim", self.latent_dim, "an integer >= 1")
         _require(all(d >= 1 for d in self.lower_latent_dims), "model.lower_latent_dims", self.lower_latent_dims,

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from vaekit import checkpoint, evaluation, progress, training
 from vaekit.cli.common import MODEL_HELP, model_source
-from vaekit.config import PRESETS, Config, flatten, load_config_file, parse_assignment, preset
+from vaekit.config import PRESETS, UPSAMPLES, Config, flatten, load_config_file, parse_assignment, preset
 from vaekit.errors import VaekitError
 from vaekit.model import nets, posteriors, priors
 from vaekit.previews import PreviewWriter
@@ -36,6 +36,7 @@ TRAIN_FLAGS = {
     "precision": "train.precision", "early_stopping_patience": "train.early_stopping_patience",
     "nonfinite": "train.nonfinite", "max_skipped_steps": "train.max_skipped_steps",
     "lower_latent_dims": "model.lower_latent_dims", "latent_channels": "model.latent_channels",
+    "upsample": "model.upsample",
     "free_bits_per_layer": "train.free_bits_per_layer",
     "grad_clip": "train.grad_clip", "grad_skip": "train.grad_skip",
 }
@@ -170,6 +171,8 @@ def _add_objective_flags(p: argparse.ArgumentParser) -> None:
                    "below the top one (--latent-dim), top-down, e.g. 32,64")
     p.add_argument("--latent-channels", type=int, help="conv hierarchies: a spatial bottom layer, a map of this "
                    "many channels at half the image size (Havtorn et al. 2021's low-level layer)")
+    p.add_argument("--upsample", choices=UPSAMPLES, help="conv decoders: stride-2 transposed convolutions, or "
+                   "resize (nearest neighbour) then a 3x3 convolution, free of checkerboard artefacts")
     p.add_argument("--free-bits", type=float, help="nats: floor on each latent dimension's KL (Kingma 2016)")
     p.add_argument("--free-bits-per-layer", type=_numbers, help="nats: that floor for each stochastic layer, top "
                    "first, e.g. 0.25,0,0")

@@ -64,8 +64,14 @@ def down_conv(c_in: int, c_out: int) -> nn.Conv2d:
     return nn.Conv2d(c_in, c_out, kernel_size=3, stride=2, padding=1)
 
 
-def _deconv(c_in: int, c_out: int, size_in: tuple[int, int], size_out: tuple[int, int]) -> nn.ConvTranspose2d:
-    # ceil(s / 2) -> s: output_padding restores the row or column an odd size lost on the way down
+def up_conv(c_in: int, c_out: int, size_in: tuple[int, int], size_out: tuple[int, int],
+            method: str = "transposed") -> nn.Module:
+    """ceil(s / 2) -> s: a stride-2 3x3 transposed convolution (output_padding restores the row or column an odd
+    size lost on the way down), or "resize": nearest-neighbour resizing then a 3x3 convolution, where every
+    output pixel sums the same number of kernel taps, so there is no checkerboard pattern (Odena et al. 2016)
+    at four times the transposed convolution's multiply-adds."""
+    if method == "resize":
+        return nn.Sequential(nn.Upsample(size=size_out, mode="nearest"), nn.Conv2d(c_in, c_out, 3, padding=1))
     pad = tuple(o - (2 * i - 1) for i, o in zip(size_in, size_out, strict=True))
     return nn.ConvTranspose2d(c_in, c_out, kernel_size=3, stride=2, padding=1, output_padding=pad)
 
@@ -94,16 +100,16 @@ class ConvEncoder(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-    """(..., d_in) -> MLP -> (C_last, h, w) -> stride-2 transposed convolutions -> (..., n_out * H * W).
+    """(..., d_in) -> MLP -> (C_last, h, w) -> stride-2 upsampling convolutions -> (..., n_out * H * W).
 
-    The mirror of ConvEncoder: each transposed convolution doubles the size (restoring odd sizes exactly) and
-    the last one emits the ``n_out`` likelihood parameters per pixel, so no layer runs many channels at full
-    resolution (on a CPU that layer would cost more than all the others). The output is flat so that the
-    model treats both architectures alike.
+    The mirror of ConvEncoder: each upsampling convolution (``up_conv``) doubles the size (restoring odd sizes
+    exactly) and the last one emits the ``n_out`` likelihood parameters per pixel, so no layer runs many channels
+    at full resolution (on a CPU that layer would cost more than all the others). The output is flat so that
+    the model treats both architectures alike.
     """
 
     def __init__(self, d_in: int, shape: tuple[int, int, int], channels: tuple[int, ...], hidden: tuple[int, ...],
-                 n_out: int, act: str) -> None:
+                 n_out: int, act: str, upsample: str = "transposed") -> None:
         super().__init__()
         sizes = downsampled(shape[1:], len(channels))
         self.start = (channels[-1], *sizes[-1])
@@ -112,7 +118,7 @@ class ConvDecoder(nn.Module):
         layers: list[nn.Module] = []
         for i in range(len(channels), 0, -1):  # from size level i to i - 1
             c_out = channels[i - 2] if i > 1 else n_out
-            layers.append(_deconv(channels[i - 1], c_out, sizes[i], sizes[i - 1]))
+            layers.append(up_conv(channels[i - 1], c_out, sizes[i], sizes[i - 1], upsample))
             if i > 1:
                 layers.append(activation(act))
         self.convs = nn.Sequential(*layers)
@@ -159,17 +165,17 @@ class ResidualBlock(nn.Module):
 class MapDecoder(nn.Module):
     """The decoder of a model whose bottom layer is a spatial map at half the image size: flat maps
     (..., C_in * h * w) (the latent map and the top-down state's map) and a condition -> a 3x3 convolution to
-    ``width`` channels -> residual blocks -> a stride-2 transposed convolution to the image size ->
+    ``width`` channels -> residual blocks -> an upsampling convolution (``up_conv``) to the image size ->
     (..., n_out * H * W)."""
 
     def __init__(self, c_in: int, shape: tuple[int, int, int], width: int, n_out: int, act: str,
-                 d_cond: int = 0, blocks: int = 2) -> None:
+                 d_cond: int = 0, blocks: int = 2, upsample: str = "transposed") -> None:
         super().__init__()
         full, half = downsampled(shape[1:], 1)
         self.shape = (c_in, *half)
         layers: list[nn.Module] = [nn.Conv2d(c_in + d_cond, width, 3, padding=1)]
         layers += [ResidualBlock(width, act) for _ in range(blocks)]
-        layers += [activation(act), _deconv(width, n_out, half, full)]
+        layers += [activation(act), up_conv(width, n_out, half, full, upsample)]
         self.convs = nn.Sequential(*layers)
 
     def forward(self, code: Tensor, c: Tensor | None = None) -> Tensor:

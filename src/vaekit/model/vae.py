@@ -277,12 +277,12 @@ def _networks(config: ModelConfig, shape: tuple[int, ...], d_h: int, d_z: int, n
     if config.latent_channels:  # the bottom layer is a map at the first convolution's resolution
         width = config.channels[0]
         return encoder, nets.MapDecoder(config.latent_channels + width, shape, width, n_params * shape[0],
-                                        config.activation, d_c)
+                                        config.activation, d_c, upsample=config.upsample)
     if config.arch == "mlp":
         return encoder, nets.MLP(d_z + d_c, tuple(reversed(config.hidden)), n_params * math.prod(shape),
                                  config.activation)
     return encoder, nets.ConvDecoder(d_z + d_c, shape, config.channels, config.hidden, n_params * shape[0],
-                                     config.activation)
+                                     config.activation, config.upsample)
 
 
 def _encoder(config: ModelConfig, shape: tuple[int, ...], hidden: tuple[int, ...], d_out: int,
