@@ -9,6 +9,7 @@ over all power but the mean's, averaged over the samples (Odena et al. 2016 desc
 Prints one Markdown row per run and appends the records to --results.
 
     VAEKIT_DATA=../shared/data python benchmarks/upsampling.py --epochs 10 --seeds 1
+    VAEKIT_DATA=../shared/data python benchmarks/upsampling.py --epochs 20 --methods transposed  # equal time
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ def main() -> None:
     p.add_argument("--datasets", default="mnist,fashion-mnist")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--seeds", type=int, default=1, help="seeds 1..N")
+    p.add_argument("--methods", default="transposed,resize", help="which model.upsample values to train")
     p.add_argument("--iw-samples", type=int, default=1000)
     p.add_argument("--test-n", type=int, default=2000)
     p.add_argument("--device", default="cpu")
@@ -87,7 +89,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for dataset in args.datasets.split(","):
         for seed in range(1, args.seeds + 1):
-            for method in ("transposed", "resize"):
+            for method in args.methods.split(","):
                 t0 = time.perf_counter()
                 r = run(dataset, method, seed, args)
                 r["seconds"] = round(time.perf_counter() - t0, 1)

@@ -68,3 +68,16 @@ def test_a_flow_posterior_and_an_unknown_format_are_refused(tmp_path):
     with pytest.raises(vaekit.ConfigError, match="unknown export format 'tflite'"):
         export.export(flow, tmp_path, "tflite")
     assert not list(tmp_path.iterdir())
+
+
+def test_resize_upsampling_exports_to_onnx(tmp_path):
+    ort = pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    config = digits_config(**{"model.arch": "conv", "model.channels": [4, 8], "model.upsample": "resize",
+                              "model.data_shape": [1, 9, 7]})  # odd sizes: the resize goes to each exact size
+    model = vaekit.VAE(config.model).eval()
+    export.export(model, tmp_path, "onnx")
+    x, z = torch.rand(3, 1, 9, 7), torch.randn(3, model.latent_dim)
+    enc = ort.InferenceSession(str(tmp_path / "encoder.onnx")).run(None, {"x": x.numpy()})
+    dec = ort.InferenceSession(str(tmp_path / "decoder.onnx")).run(None, {"z": z.numpy()})
+    for got, want in zip([*enc, *dec], reference(model, x, z, None), strict=True):
+        np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, atol=1e-5)

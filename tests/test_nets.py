@@ -7,7 +7,7 @@ import torch
 
 from vaekit import VAE, ConfigError
 from vaekit.config import ModelConfig
-from vaekit.model.nets import ConvDecoder, ConvEncoder, downsampled
+from vaekit.model.nets import ConvDecoder, ConvEncoder, downsampled, up_conv
 
 
 def test_downsampled_sizes_halve_rounding_up():
@@ -17,12 +17,25 @@ def test_downsampled_sizes_halve_rounding_up():
 
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (3, 64, 64), (3, 30, 45), (1, 7, 5), (4, 9, 16)])
 @pytest.mark.parametrize("channels", [(8,), (8, 16), (4, 8, 16)])
-def test_conv_decoder_restores_every_image_size_exactly(shape, channels):
+@pytest.mark.parametrize("upsample", ["transposed", "resize"])
+def test_conv_decoder_restores_every_image_size_exactly(shape, channels, upsample):
     enc = ConvEncoder(shape, channels, (32,), d_out=6, act="relu")
-    dec = ConvDecoder(3, shape, channels, (32,), n_out=2 * shape[0], act="relu")
+    dec = ConvDecoder(3, shape, channels, (32,), n_out=2 * shape[0], act="relu", upsample=upsample)
     assert enc(torch.rand(5, *shape)).shape == (5, 6)
     out = dec(torch.randn(4, 5, 3))  # (k samples, batch, latent)
     assert out.shape == (4, 5, 2 * shape[0] * shape[1] * shape[2])
+
+
+def test_resize_upsampling_has_no_checkerboard():
+    """A constant map stays constant away from the border through resize-then-convolve, whatever the weights;
+    through a stride-2 transposed convolution it comes out 2x2-periodic (Odena et al. 2016)."""
+    torch.manual_seed(0)
+    flat = torch.ones(1, 4, 6, 6)
+    resized = up_conv(4, 1, (6, 6), (12, 12), "resize")(flat)[0, 0, 1:-1, 1:-1]
+    torch.testing.assert_close(resized, resized[0, 0].expand_as(resized))
+    transposed = up_conv(4, 1, (6, 6), (12, 12), "transposed")(flat)[0, 0, 1:-1, 1:-1]
+    torch.testing.assert_close(transposed[2:, 2:], transposed[:-2, :-2])  # periodic with period 2 ...
+    assert (transposed[:-1] - transposed[1:]).abs().max() > 1e-3  # ... and not constant: neighbours alternate
 
 
 def test_conv_vae_likelihood_broadcasts_over_posterior_samples():
@@ -52,3 +65,14 @@ def test_conv_arch_refuses_tables():
 def test_unknown_arch_is_refused_with_the_choices():
     with pytest.raises(ConfigError, match=r"model\.arch"):
         ModelConfig(arch="resnet")
+
+
+def test_upsample_reaches_every_conv_decoder_and_is_checked():
+    for extra in ({}, {"lower_latent_dims": (3,), "latent_channels": 2}):  # ConvDecoder, and MapDecoder
+        m = VAE(ModelConfig(arch="conv", data_shape=(3, 9, 7), channels=(4, 8), hidden=(16,), latent_dim=3,
+                            upsample="resize", **extra))
+        assert any(isinstance(layer, torch.nn.Upsample) for layer in m.modules())
+        assert not any(isinstance(layer, torch.nn.ConvTranspose2d) for layer in m.modules())
+        assert m(torch.rand(2, 3, 9, 7)).px_z.event_shape == (3, 9, 7)
+    with pytest.raises(ConfigError, match=r"model\.upsample"):
+        ModelConfig(upsample="bilinear")
