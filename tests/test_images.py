@@ -44,8 +44,8 @@ def test_folder_reads_every_image_exactly_in_sorted_order(tmp_path, h, w, c):
     expected = write_images(tmp_path, 5, h, w, c)
     (tmp_path / "notes.txt").write_text("not an image")
     s = images.read(tmp_path)
-    assert s.x.shape == (5, c, h, w) and s.x.dtype == np.float32
-    np.testing.assert_array_equal(s.x, np.stack(expected))
+    assert s.x.shape == (5, c, h, w) and s.x.dtype == np.uint8  # 8-bit images stay bytes
+    np.testing.assert_array_equal(images.values(s.x), np.stack(expected))
     assert s.y is None and s.classes is None
 
 
@@ -74,9 +74,8 @@ def test_images_of_other_sizes_and_modes_are_converted_to_the_first(tmp_path):
     Image.fromarray(pixels(8, 10, 1)).save(tmp_path / "c.png")  # grey
     Image.fromarray(pixels(4, 5, 4)).save(tmp_path / "d.png")  # RGBA, smaller
     s = images.read(tmp_path)
-    assert s.x.shape == (4, 3, 8, 10)
-    assert s.x.min() >= 0 and s.x.max() <= 1
-    np.testing.assert_allclose(s.x[2, 0], s.x[2, 1])  # grey became R = G = B
+    assert s.x.shape == (4, 3, 8, 10) and s.x.dtype == np.uint8  # PIL converts and resizes bytes
+    np.testing.assert_array_equal(s.x[2, 0], s.x[2, 1])  # grey became R = G = B
 
 
 def test_image_size_and_channels_are_honoured(tmp_path):
@@ -155,7 +154,7 @@ def test_folder_split_is_seeded_unstandardized_and_binarizable(tmp_path):
     assert (len(a.train), len(a.val), len(a.test)) == (12, 3, 5)
     assert torch.equal(a.test.x, b.test.x) and a.preprocess is None and a.classes is None
     every = torch.cat([a.train.x, a.val.x, a.test.x])
-    assert torch.equal(every.sort(0).values, torch.from_numpy(images.read(tmp_path).x).sort(0).values)
+    assert torch.equal(every.sort(0).values, torch.from_numpy(images.values(images.read(tmp_path).x)).sort(0).values)
     other = data.load(DataConfig(dataset=str(tmp_path), test_size=0.25, val_size=3, split_seed=1))
     assert not torch.equal(a.test.x, other.test.x)
     binary = data.load(DataConfig(dataset=str(tmp_path), binarize="static"))
@@ -188,8 +187,9 @@ def test_arrays_in_every_layout(tmp_path):
     np.save(tmp_path / "nchw.npy", expected.astype(np.float64))
     np.save(tmp_path / "grey.npy", nhwc[..., 0])
     for name in ("nhwc.npy", "nchw.npy"):
-        np.testing.assert_allclose(images.read(tmp_path / name).x, expected, rtol=1e-6)
-    np.testing.assert_allclose(images.read(tmp_path / "grey.npy").x, expected[:, :1])
+        np.testing.assert_allclose(images.values(images.read(tmp_path / name).x), expected, rtol=1e-6)
+    assert images.read(tmp_path / "nhwc.npy").x.dtype == np.uint8  # bytes stay bytes
+    np.testing.assert_array_equal(images.values(images.read(tmp_path / "grey.npy").x), expected[:, :1])
     np.save(tmp_path / "tie.npy", np.zeros((2, 3, 8, 3), np.uint8))  # both axes 1 and 3 could be channels
     assert images.read(tmp_path / "tie.npy").x.shape == (2, 3, 3, 8)  # channel-last wins
 

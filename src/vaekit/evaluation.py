@@ -146,7 +146,8 @@ def evaluate(directory: str | Path, split: str = "test", iw_samples: int = 1000,
         config = config.override({f"data.{k}": v for k, v in data_overrides.items()})
     part = data.evaluation_split(data.load(config.data), split, config.data)
     y = model.labels_of(part.y, f"the {split} split of {config.data.dataset}")
-    x, y = part.x[:limit].to(model.device), None if y is None else y[:limit].to(model.device)
+    # as stored (images as bytes, a quarter of float32 on the device): each batch is made values as it is scored
+    x, y = part.stored[:limit].to(model.device), None if y is None else y[:limit].to(model.device)
     seed = config.data.eval_seed if seed is None else seed
     return evaluate_model(model, x, iw_samples, seed, y, config.train.eval_batch_size,
                           {"split": split, "binarization": part.binarization})

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from vaekit import data, hub, plots
+from vaekit.batches import floats
 from vaekit.config import Config, DataConfig
 from vaekit.errors import VaekitError
 
@@ -37,5 +38,5 @@ def input_example(spec: str, split: data.Split, shape: tuple[int, ...]):
         i = int(spec)
         if not -len(split) <= i < len(split):
             raise VaekitError(f"index {i} is outside the {split.name} split of {len(split)} examples")
-        return split.x[i]
+        return floats(split.stored[i])  # the values of that one only
     return plots.read_image(Path(spec), shape)

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from vaekit import checkpoint, data, generate, plots
+from vaekit.batches import floats
 from vaekit.cli.common import MODEL_HELP, data_config, input_example, model_source, require_images
 from vaekit.errors import VaekitError
 
@@ -151,7 +152,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     require_images(model, "reconstruct")
     cfg = config.data if args.data_dir is None else config.override({"data.data_dir": args.data_dir}).data
     split = data.evaluation_split(data.load(cfg), args.split, cfg)
-    x = split.x[: args.n]
+    x = floats(split.stored[: args.n])  # the values of those n only
     y = model.labels_of(split.y, f"the {args.split} split")  # the true classes
     y = None if y is None else y[: args.n]
     nrow = min(len(x), 8)

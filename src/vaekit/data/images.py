@@ -1,7 +1,9 @@
 """The user's own images: a folder of PNG/JPEG files, or an .npy/.npz array of images.
 
-Either way the result is one float32 array (N, C, H, W) in [0, 1], every image at the same size and channel
-count: those asked for, or else those of the first image in sorted order. Other images are converted to it
+Either way the result is one array (N, C, H, W), every image at the same size and channel count: those asked
+for, or else those of the first image in sorted order. 8-bit images stay bytes (uint8, value byte / 255, a
+quarter of float32's memory); 16-bit images, and arrays that were resized or changed channels, are float32 in
+[0, 1]. Other images are converted to it
 (Lanczos resize to exactly H x W, so the aspect ratio is not kept; PIL's mode conversion for channels). A
 folder holds its images directly (unlabelled) or one level down, in one sub-folder per class (labelled;
 classes sorted by name). Hidden files and folders (names starting with ".", such as macOS ``._x.png``
@@ -47,7 +49,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ImageSet:
-    """Images ``x`` (N, C, H, W) float32 in [0, 1], optional labels ``y`` (N,) and the class names."""
+    """Images ``x`` (N, C, H, W), uint8 bytes or float32 in [0, 1], optional labels ``y`` (N,) and the class
+    names."""
 
     x: np.ndarray
     y: np.ndarray | None
@@ -133,8 +136,11 @@ def _decode_all(files: list[Path], image_size: Sequence[int] | None, channels: i
             im = open_image(f)
             if x is None:  # the first readable image settles what the caller left open
                 size = tuple(image_size) if image_size else (im.height, im.width)
-                x = np.empty((len(files), channels or channels_of(im), *size), np.float32)
-            x[len(kept)] = pixels(im, x.shape[2:], x.shape[1])
+                x = np.empty((len(files), channels or channels_of(im), *size), np.uint8)
+            a = stored_pixels(im, x.shape[2:], x.shape[1])
+            if a.dtype != x.dtype:  # a 16-bit image among 8-bit ones: every image becomes float32 values
+                x = values(x)
+            x[len(kept)] = a
         except UNREADABLE as e:
             if strict:
                 raise DataError(f"cannot read image {f}: {e}") from e
@@ -173,6 +179,12 @@ def channels_of(im: Image.Image) -> int:
 
 def pixels(im: Image.Image, size: Sequence[int], channels: int) -> np.ndarray:
     """One image as (channels, H, W) float32 in [0, 1] at ``size`` (H, W)."""
+    return values(stored_pixels(im, size, channels))
+
+
+def stored_pixels(im: Image.Image, size: Sequence[int], channels: int) -> np.ndarray:
+    """One image at ``size`` (H, W) as (channels, H, W): bytes (uint8) for 8-bit modes, whose conversion and
+    resizing PIL does in bytes; float32 in [0, 1] for 16-bit grey."""
     h, w = size
     if im.mode.startswith("I"):  # 16-bit grey: PIL's convert("L") would clip at 255, so scale it here
         grey = Image.fromarray(np.asarray(im, np.float32) / 65535)  # mode F keeps the full depth
@@ -181,7 +193,12 @@ def pixels(im: Image.Image, size: Sequence[int], channels: int) -> np.ndarray:
     im = im.convert(MODES[channels])
     if im.size != (w, h):
         im = im.resize((w, h), RESAMPLE)
-    return (np.asarray(im, np.float32) / 255).reshape(h, w, channels).transpose(2, 0, 1)
+    return np.asarray(im, np.uint8).reshape(h, w, channels).transpose(2, 0, 1)
+
+
+def values(x: np.ndarray) -> np.ndarray:
+    """Bytes -> float32 byte / 255 (as ``batches.floats`` does for tensors); float32 as it is."""
+    return x.astype(np.float32) / np.float32(255) if x.dtype == np.uint8 else x
 
 
 def convert_channels(x: np.ndarray, channels: int) -> np.ndarray:
@@ -206,10 +223,10 @@ def read_array(path: str | Path, image_size: Sequence[int] | None = None,
     path = Path(path)
     a, y, classes = _load_array(path)
     x = _unit_range(_channels_first(a, path), path)
-    if channels is not None:
-        x = convert_channels(x, channels)
+    if channels is not None and channels != x.shape[1]:
+        x = convert_channels(values(x), channels)
     if image_size is not None and tuple(image_size) != x.shape[2:]:
-        x = _resize(x, tuple(image_size))
+        x = _resize(values(x), tuple(image_size))
     if y is not None and len(y) != len(x):
         raise DataError(f"{path}: {len(x)} images but {len(y)} labels")
     if classes is not None and (y is None or y.min() < 0 or y.max() >= len(classes)):
@@ -274,11 +291,11 @@ def _channels_first(a: np.ndarray, path: Path) -> np.ndarray:
 
 
 def _unit_range(x: np.ndarray, path: Path) -> np.ndarray:
-    """uint8 -> /255; floats must already lie in [0, 1]: other scales are refused, not guessed."""
+    """uint8 stays bytes; floats must already lie in [0, 1]: other scales are refused, not guessed."""
     if x.size == 0:
         raise DataError(f"{path} holds no images (shape {x.shape})")
     if x.dtype == np.uint8:
-        return np.ascontiguousarray(x, np.float32) / np.float32(255)
+        return np.ascontiguousarray(x)
     if not np.issubdtype(x.dtype, np.floating):
         raise DataError(f"{path}: images have dtype {x.dtype}; expected uint8 (0..255) or floats in [0, 1]")
     x = np.ascontiguousarray(x, np.float32)

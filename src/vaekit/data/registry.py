@@ -1,7 +1,8 @@
 """Dataset registry, train/validation/test splits and binarization.
 
-Every split is one float32 tensor (N, *shape); training moves it to the device once and slices batches
-from it, so no per-sample Python runs while training.
+Every split is one tensor (N, *shape): 8-bit images as their bytes (uint8), everything else float32. Training
+moves it to the device once and slices batches from it, so no per-sample Python runs while training; a batch
+of bytes becomes values (``batches.floats``) on the device.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from vaekit.batches import floats
 from vaekit.config import DataConfig
 from vaekit.data import images, mnist, tabular
 from vaekit.errors import DataError
@@ -22,19 +24,28 @@ RawSplits = tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray | None]
 
 @dataclass(frozen=True)
 class Split:
-    """One split: data ``x`` (N, *shape) float32 and optional integer labels ``y`` (N,)."""
+    """One split: examples ``stored`` (N, *shape) and optional integer labels ``y`` (N,).
 
-    x: Tensor
+    ``stored`` holds 8-bit images as bytes (uint8: value = byte / 255) and other data as float32 values; ``x``
+    gives the values as float32, made anew on each use (a caller that needs them often keeps them).
+    """
+
+    stored: Tensor
     y: Tensor | None
     name: str
     binarization: str  # how x was binarized, e.g. "none" or "static (seed 0)"
 
     def __len__(self) -> int:
-        return len(self.x)
+        return len(self.stored)
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(self.x.shape[1:])
+        return tuple(self.stored.shape[1:])
+
+    @property
+    def x(self) -> Tensor:
+        """The examples' values, float32 (N, *shape)."""
+        return floats(self.stored)
 
 
 @dataclass(frozen=True)
@@ -47,10 +58,10 @@ class Splits:
 
 
 def _idx(source: mnist.IdxSource, cfg: DataConfig) -> RawSplits:
-    """MNIST-style IDX data as (N, 1, 28, 28) grey levels / 255 in [0, 1]."""
+    """MNIST-style IDX data as (N, 1, 28, 28) bytes: grey levels byte / 255 in [0, 1]."""
     x_train, y_train = mnist.load_split("train", cfg.data_dir, cfg.download, source)
     x_test, y_test = mnist.load_split("test", cfg.data_dir, cfg.download, source)
-    return x_train[:, None] / np.float32(255), y_train, x_test[:, None] / np.float32(255), y_test
+    return x_train[:, None], y_train, x_test[:, None], y_test
 
 
 def _mnist(cfg: DataConfig) -> RawSplits:
@@ -187,8 +198,10 @@ def load(cfg: DataConfig) -> Splits:
     def split(x: np.ndarray, y: np.ndarray | None, idx: np.ndarray | None, name: str, role: str) -> Split:
         x = x if idx is None else x[idx]
         y = None if y is None else torch.as_tensor((y if idx is None else y[idx]).astype(np.int64))
-        xt, how = binarize_split(torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32)),
-                                 cfg.binarize, role, cfg.eval_seed)
+        x = np.ascontiguousarray(x, dtype=np.uint8 if x.dtype == np.uint8 else np.float32)  # bytes stay bytes
+        if not x.flags.writeable:  # a read-only buffer (e.g. a whole IDX file): the split gets its own memory
+            x = x.copy()
+        xt, how = binarize_split(torch.from_numpy(x), cfg.binarize, role, cfg.eval_seed)
         return Split(xt, y, name, how)
 
     train = split(x_train, y_train, train_idx, "train", "train")
@@ -218,7 +231,8 @@ def _validation_split(n: int, val_size: float, seed: int) -> tuple[np.ndarray, n
 
 
 def binarize_split(x: Tensor, mode: str, role: str, seed: int) -> tuple[Tensor, str]:
-    """Binarize a whole split once; returns the data and a description of what was done.
+    """Binarize a whole split once; returns the data (stored as ``x`` is: bytes 0/255 for bytes) and a
+    description of what was done.
 
     ``dynamic`` leaves training data grey (it is resampled every epoch by the training loop) and gives
     evaluation data one fixed, seeded Bernoulli sample, as does ``static`` for every split.
@@ -226,12 +240,17 @@ def binarize_split(x: Tensor, mode: str, role: str, seed: int) -> tuple[Tensor, 
     if mode == "none" or (mode == "dynamic" and role == "train"):
         return x, "none" if mode == "none" else "dynamic"
     if mode == "threshold":
-        return (x > 0.5).float(), "threshold 0.5"
+        return _like(floats(x) > 0.5, x), "threshold 0.5"
     if mode in ("static", "dynamic"):
         seed = seed + (1 if role == "train" else 0)  # a training sample independent of the test sample
         g = torch.Generator().manual_seed(seed)
-        return torch.bernoulli(x, generator=g), f"fixed Bernoulli sample (seed {seed})"
+        return _like(torch.bernoulli(floats(x), generator=g), x), f"fixed Bernoulli sample (seed {seed})"
     raise DataError(f"unknown binarization {mode!r}")
+
+
+def _like(binary: Tensor, stored: Tensor) -> Tensor:
+    """0/1 values stored as ``stored`` is: bytes 0/255 (exactly 0 and 1 again as values), else float32."""
+    return binary.to(torch.uint8).mul_(255) if stored.dtype == torch.uint8 else binary.float()
 
 
 def evaluation_split(splits: Splits, name: str, cfg: DataConfig) -> Split:
@@ -242,6 +261,6 @@ def evaluation_split(splits: Splits, name: str, cfg: DataConfig) -> Split:
     if split is None:
         raise DataError(f"this run has no validation split (data.val_size = {cfg.val_size})")
     if name == "train" and cfg.binarize == "dynamic":
-        x, how = binarize_split(split.x, "dynamic", "eval", cfg.eval_seed)
+        x, how = binarize_split(split.stored, "dynamic", "eval", cfg.eval_seed)
         return Split(x, split.y, name, how)
     return split

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.distributions import Bernoulli, ContinuousBernoulli, Distribution, Independent, Normal, constraints
 
+from vaekit.batches import floats
 from vaekit.errors import DataError
 from vaekit.model.registry import lookup
 
@@ -207,9 +208,17 @@ def px_z(name: str, params: Tensor, event_ndim: int, obs_std: float = 1.0) -> Di
     return Independent(base, event_ndim, validate_args=False)
 
 
+def distinct_values(x: Tensor) -> Tensor:
+    """Bytes: the values of the byte values present (at most 256, counted in one pass); else x itself. Range
+    and grid checks on it say what they would on all of x, without making its float32 values."""
+    if x.dtype != torch.uint8:
+        return x
+    return floats(torch.bincount(x.flatten(), minlength=256).nonzero().flatten().to(torch.uint8))
+
+
 def off_grid(x: Tensor, levels: int) -> float | None:
     """A value of ``x`` farther than GRID_TOLERANCE steps from the grid k/levels, or None if all lie on it."""
-    for part in x.detach().flatten().split(2**22):
+    for part in distinct_values(x.detach()).flatten().split(2**22):
         scaled = part.to(torch.promote_types(part.dtype, torch.float32)) * levels  # float32: 255 k/255 +- 2e-5
         bad = (scaled - scaled.round()).abs() > GRID_TOLERANCE
         if bool(bad.any()):
@@ -234,6 +243,7 @@ def check_support(name: str, x: Tensor, what: str = "data") -> None:
     """Refuse data outside the likelihood's support or with NaN/inf, naming the observed range."""
     if x.numel() == 0:
         raise DataError(f"{what} is empty")
+    x = distinct_values(x)
     lo, hi = float(x.min()), float(x.max())
     if not (math.isfinite(lo) and math.isfinite(hi)):  # min/max propagate NaN
         raise DataError(f"{what} contains NaN or infinite values")

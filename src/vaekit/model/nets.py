@@ -168,13 +168,15 @@ class MapDecoder(nn.Module):
     ``width`` channels -> residual blocks -> an upsampling convolution (``up_conv``) to the image size ->
     (..., n_out * H * W)."""
 
+    BLOCKS = 2  # residual blocks at half the image size
+
     def __init__(self, c_in: int, shape: tuple[int, int, int], width: int, n_out: int, act: str,
-                 d_cond: int = 0, blocks: int = 2, upsample: str = "transposed") -> None:
+                 d_cond: int = 0, upsample: str = "transposed") -> None:
         super().__init__()
         full, half = downsampled(shape[1:], 1)
         self.shape = (c_in, *half)
         layers: list[nn.Module] = [nn.Conv2d(c_in + d_cond, width, 3, padding=1)]
-        layers += [ResidualBlock(width, act) for _ in range(blocks)]
+        layers += [ResidualBlock(width, act) for _ in range(self.BLOCKS)]
         layers += [activation(act), up_conv(width, n_out, half, full, upsample)]
         self.convs = nn.Sequential(*layers)
 

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution, Independent, MixtureSameFamily, Normal
 
+from vaekit.batches import floats
 from vaekit.config import ModelConfig
 from vaekit.errors import ConfigError
 from vaekit.model.registry import lookup
@@ -127,7 +128,7 @@ class VampPrior(Prior):
         idx = torch.randperm(len(x), generator=generator, device=generator.device)[:k] if len(x) >= k else \
             torch.randint(len(x), (k,), generator=generator, device=generator.device)
         with torch.no_grad():
-            self.u.copy_(x[idx.to(x.device)])
+            self.u.copy_(floats(x[idx.to(x.device)]))  # x may hold bytes: the pseudo-inputs are values
 
     def forward(self) -> Distribution:
         if self._encode is None:

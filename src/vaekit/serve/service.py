@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from vaekit import anomaly, checkpoint, data, embedding, generate
+from vaekit.batches import floats
 from vaekit.config import Config
 from vaekit.data.tabular import Standardizer
 from vaekit.errors import CheckpointError, DataError, VaekitError
@@ -232,7 +233,7 @@ def load_examples(config: Config, n: int, data_dir: str | None = None) -> Exampl
     classes = splits.classes or config.model.labels
     names = None if y is None else tuple(classes[i] if classes and 0 <= i < len(classes) else str(i)
                                          for i in y.tolist())
-    return Examples(test.x[:n].contiguous(), y, names, f"{cfg.dataset} test split ({test.binarization})")
+    return Examples(floats(test.stored[:n]).contiguous(), y, names, f"{cfg.dataset} test split ({test.binarization})")
 
 
 def latent_ranking(model: VAE, examples: Examples | None,

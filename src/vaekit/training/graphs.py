@@ -17,6 +17,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from vaekit.batches import floats
+
 log = logging.getLogger(__name__)
 
 WARMUP_STEPS = 3  # eager steps on a side stream before capture, as CUDA graph capture requires
@@ -59,7 +61,7 @@ class StaticStep:
             self._body()
 
     def _body(self) -> None:
-        xb = self.x.index_select(0, self.idx)  # (B, *shape)
+        xb = floats(self.x.index_select(0, self.idx))  # (B, *shape): bytes become values inside the graph too
         yb = None if self.y is None else self.y.index_select(0, self.idx)  # (B,)
         if self.dynamic:  # the default generator: its state advances inside a graph, a custom one's would not
             xb = torch.bernoulli(xb)

@@ -24,6 +24,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from vaekit import checkpoint, data
+from vaekit.batches import floats
 from vaekit.config import Config
 from vaekit.devices import resolve_device
 from vaekit.errors import TrainingError
@@ -100,7 +101,7 @@ def run_epoch(run: Run, epoch: int) -> Tensor:
     run.model.train()
     for step, (begin, end) in enumerate(run.bounds):
         idx = perm[begin:end]
-        xb = x.index_select(0, idx)  # (B, *shape); faster than x[idx] on CPU
+        xb = floats(x.index_select(0, idx))  # (B, *shape); faster than x[idx] on CPU; bytes become values
         yb = None if run.y is None else run.y.index_select(0, idx)
         if dynamic:  # a fresh binarization of every image each time it is seen
             xb = torch.bernoulli(xb, generator=gen)

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from vaekit import objectives
+from vaekit.batches import floats
 from vaekit.errors import DataError
 from vaekit.model import NotAvailable
 from vaekit.training.run import Run
@@ -40,7 +41,7 @@ def latent_usage(run: Run, n: int = 1000) -> dict[str, Any]:
     was; where the model has no KL per dimension, the record says why.
     """
     x, y = (run.x_val, run.y_val) if run.x_val is not None else (run.x, run.y)
-    x, y = x[:n], None if y is None else y[:n]
+    x, y = floats(x[:n]), None if y is None else y[:n]
     out: dict[str, Any] = {}
     devices = [run.x.device] if run.x.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from vaekit import data, objectives
+from vaekit.batches import floats
 from vaekit.config import Config
 from vaekit.data import images
 from vaekit.errors import TrainingError
@@ -121,7 +122,7 @@ FEW_STEPS = 500
 def start(config: Config, splits: data.Splits, device: torch.device, ctx: distributed.Context,
           callbacks: Sequence[Callback]) -> Run:
     """A run at epoch 0: the config resolved against the data, the model, optimiser and data on the device."""
-    likelihoods.check_support(config.model.likelihood, splits.train.x, f"the {config.data.dataset} training set")
+    likelihoods.check_support(config.model.likelihood, splits.train.stored, f"the {config.data.dataset} training set")
     config = resolve(config, splits)
     torch.manual_seed(config.train.seed)  # the same initial weights in every process
     model = VAE(config.model).to(device)
@@ -189,16 +190,17 @@ def _check_free_bits(model: VAE, x: Tensor, y: Tensor | None, free_bits: objecti
     """Free bits floor each latent dimension's KL: refuse parts that define none, before the first step."""
     with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
         try:
-            for latent in model.infer(x[:2], None if y is None else y[:2]):
+            for latent in model.infer(floats(x[:2]), None if y is None else y[:2]):
                 latent.kl_per_dimension()
         except NotAvailable as e:
             raise TrainingError(f"train.free_bits = {free_bits} needs a KL per latent dimension: {e}") from None
 
 
 def _on_device(split: data.Split, model: VAE, device: torch.device) -> tuple[Tensor, Tensor | None]:
-    """A split's data on the device, with its labels when the model is conditional."""
+    """A split's data on the device as it is stored (images as bytes, made values per batch), with its labels
+    when the model is conditional."""
     y = model.labels_of(split.y, f"the {split.name} split")
-    return split.x.to(device), None if y is None else y.to(device)
+    return split.stored.to(device), None if y is None else y.to(device)
 
 
 def _batch_bounds(n: int, config: Config, ctx: distributed.Context) -> list[tuple[int, int]]:
