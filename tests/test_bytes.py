@@ -11,6 +11,7 @@ import vaekit
 from vaekit import data
 from vaekit.batches import batched, floats
 from vaekit.config import DataConfig
+from vaekit.data import folders
 from vaekit.training import graphs
 
 from conftest import digits_config
@@ -81,7 +82,7 @@ def test_folders_of_8_bit_images_decode_to_bytes_and_16_bit_ones_to_floats(tmp_p
     rng = np.random.default_rng(0)
     for i in range(3):
         Image.fromarray(rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)).save(tmp_path / f"a{i}.png")
-    eight = data.images.read_folder(tmp_path)
+    eight = folders.read_folder(tmp_path)
     assert eight.x.dtype == np.uint8 and eight.x.shape == (3, 3, 6, 5)
     for i, f in enumerate(sorted(tmp_path.glob("*.png"))):
         with Image.open(f) as im:
@@ -90,7 +91,7 @@ def test_folders_of_8_bit_images_decode_to_bytes_and_16_bit_ones_to_floats(tmp_p
     grey.mkdir()
     Image.fromarray(rng.integers(0, 256, (6, 5), dtype=np.uint8)).save(grey / "a.png")
     Image.fromarray(rng.integers(0, 65536, (6, 5), dtype=np.uint16)).save(grey / "b.png")  # a 16-bit image
-    mixed = data.images.read_folder(grey)
+    mixed = folders.read_folder(grey)
     assert mixed.x.dtype == np.float32 and mixed.x.min() >= 0 and mixed.x.max() <= 1
     with Image.open(grey / "a.png") as im:
         np.testing.assert_array_equal(mixed.x[0], data.images.pixels(im, (6, 5), 1))

@@ -39,7 +39,7 @@ import vaekit
 from vaekit import VaekitError, checkpoint, training
 from vaekit.cli import main, parser
 from vaekit.config import Config, flatten, load_config_file, parse_assignment
-from vaekit.data import images, mnist, tabular
+from vaekit.data import folders, images, mnist, tabular
 from vaekit.data import load as load_data
 from vaekit.errors import TrainingError
 from vaekit.training import runstate
@@ -199,7 +199,7 @@ def test_image_folders(files, classes, strict, size, channels):
             where.mkdir(exist_ok=True)
             (where / f"{i}-{name}").write_bytes(blob)
         with untouched(root):
-            outcome("image-folder", images.read_folder, folder, size, channels, strict)
+            outcome("image-folder", folders.read_folder, folder, size, channels, strict)
     COUNTS["image-folder"] += 1
 
 

@@ -98,10 +98,10 @@ def test_sixteen_bit_grey_keeps_its_depth(tmp_path):
 def test_corrupt_file_is_skipped_with_one_warning_naming_it(tmp_path, caplog):
     write_images(tmp_path, 3, 6, 6, 3)
     (tmp_path / "x.png").write_bytes(RNG.integers(0, 256, 200, dtype=np.uint8).tobytes())
-    with caplog.at_level(logging.WARNING, logger="vaekit.data.images"):
+    with caplog.at_level(logging.WARNING, logger="vaekit.data.folders"):
         s = images.read(tmp_path)
     assert s.x.shape == (3, 3, 6, 6)
-    records = [r for r in caplog.records if r.name == "vaekit.data.images"]
+    records = [r for r in caplog.records if r.name == "vaekit.data.folders"]
     assert len(records) == 1 and records[0].levelno == logging.WARNING
     assert "skipped 1 unreadable image file " in records[0].getMessage() and "x.png" in records[0].getMessage()
     with pytest.raises(DataError, match=r"cannot read image .*x\.png"):
@@ -118,10 +118,10 @@ def test_many_corrupt_files_are_counted_and_the_first_few_named(tmp_path, caplog
     write_images(tmp_path / "ok", 2, 6, 6, 1)
     for i in range(8):
         (tmp_path / "ok" / f"bad{i}.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
-    with caplog.at_level(logging.WARNING, logger="vaekit.data.images"):
+    with caplog.at_level(logging.WARNING, logger="vaekit.data.folders"):
         s = images.read(tmp_path)
     assert s.x.shape == (2, 1, 6, 6) and s.classes == ("ok",)
-    (message,) = [r.getMessage() for r in caplog.records if r.name == "vaekit.data.images"]
+    (message,) = [r.getMessage() for r in caplog.records if r.name == "vaekit.data.folders"]
     assert "skipped 8 unreadable image files" in message and "and 3 more" in message
     assert "bad0.jpg" in message and "bad7.jpg" not in message
 

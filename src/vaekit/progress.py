@@ -82,14 +82,15 @@ def report(what: str, stream: TextIO | None = None, interval: float | None = Non
 
 
 @contextmanager
-def loop(total: int) -> Iterator[Progress | None]:
-    """A loop over ``total`` inputs: its Progress inside a ``report`` block (the outermost loop only), else None."""
+def loop(total: int, unit: str = "input", what: str | None = None) -> Iterator[Progress | None]:
+    """A loop over ``total`` units: its Progress inside a ``report`` block (the outermost loop only), else None.
+    ``what`` names the work where the block's name would not (e.g. decoding images within ``train``)."""
     reporting = _active.get()
     if reporting is None or reporting.depth > 0:
         yield None
         return
     reporting.depth += 1
-    bar = Progress(reporting.what, total, stream=reporting.stream, interval=reporting.interval)
+    bar = Progress(what or reporting.what, total, unit, stream=reporting.stream, interval=reporting.interval)
     try:
         yield bar
     finally:

@@ -3,11 +3,9 @@
 Either way the result is one array (N, C, H, W), every image at the same size and channel count: those asked
 for, or else those of the first image in sorted order. 8-bit images stay bytes (uint8, value byte / 255, a
 quarter of float32's memory); 16-bit images, and arrays that were resized or changed channels, are float32 in
-[0, 1]. Other images are converted to it
-(Lanczos resize to exactly H x W, so the aspect ratio is not kept; PIL's mode conversion for channels). A
-folder holds its images directly (unlabelled) or one level down, in one sub-folder per class (labelled;
-classes sorted by name). Hidden files and folders (names starting with ".", such as macOS ``._x.png``
-companions) are ignored, as are files with other suffixes.
+[0, 1]. Other images are converted to it (Lanczos resize to exactly H x W, so the aspect ratio is not kept;
+PIL's mode conversion for channels). Folders are listed, decoded and cached by ``folders``; this module
+decodes one image.
 
 Arrays may be (N, H, W) grey, (N, H, W, C) or (N, C, H, W) with C in 1, 3, 4; when both the last and the
 second axis could hold channels, as in (N, 3, 32, 3), the array is read as channel-last. Values are uint8
@@ -16,7 +14,6 @@ second axis could hold channels, as in (N, 3, 32, 3), the array is read as chann
 
 from __future__ import annotations
 
-import logging
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,12 +36,10 @@ RESAMPLE = Image.Resampling.LANCZOS
 # What a broken file raises while decoding: OSError covers UnidentifiedImageError and truncated data; some
 # plugins raise SyntaxError or ValueError on malformed headers.
 UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
-NAMED_IN_WARNING = 5
 # Deflate compresses at most about 1032:1 and 1-bit PNGs pack 8 pixels a byte (JPEG needs far more): a header
 # claiming more pixels per stored byte than this is corrupt, and is refused before the pixels are allocated.
 MAX_PIXELS_PER_BYTE = 16384
 
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -73,88 +68,16 @@ def read(path: str | Path, image_size: Sequence[int] | None = None, channels: in
     """Read a folder of images or an .npy/.npz image array; ``image_size`` is (H, W)."""
     path = Path(path)
     if path.is_dir():
-        return read_folder(path, image_size, channels, strict)
+        from vaekit.data import folders  # which decodes with this module's functions
+
+        return folders.read_folder(path, image_size, channels, strict)
     if path.suffix.lower() in ARRAY_SUFFIXES and path.is_file():
         return read_array(path, image_size, channels)
     raise DataError(f"cannot read images from {path}: expected a folder of {'/'.join(SUFFIXES)} files "
                     f"or a {'/'.join(ARRAY_SUFFIXES)} file")
 
 
-# --- folders ---------------------------------------------------------------------------------------------
-
-
-def read_folder(folder: str | Path, image_size: Sequence[int] | None = None, channels: int | None = None,
-                strict: bool = False) -> ImageSet:
-    """Every image in ``folder``, converted to ``image_size`` (H, W) and ``channels``.
-
-    Unreadable files are skipped with one warning naming them, or with ``strict`` raise a DataError.
-    """
-    folder = Path(folder)
-    files, y, classes = _list_folder(folder)
-    x, kept, skipped = _decode_all(files, image_size, channels, strict)
-    if x is None:
-        raise DataError(f"no readable image in {folder}: all {len(files)} {'/'.join(SUFFIXES)} files failed "
-                        f"to decode (first: {skipped[0].name})")
-    if skipped:
-        _warn_skipped(folder, skipped)
-    return ImageSet(x, None if y is None else y[kept], classes)
-
-
-def _list_folder(folder: Path) -> tuple[list[Path], np.ndarray | None, tuple[str, ...] | None]:
-    """The image files in sorted order, and for class sub-folders their labels and the class names."""
-    if not folder.is_dir():
-        raise DataError(f"cannot read images from {folder}: no such folder")
-    top = sorted(p for p in folder.iterdir() if _is_image_file(p))
-    subfolders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    per_class = [(d.name, sorted(p for p in d.iterdir() if _is_image_file(p))) for d in subfolders]
-    per_class = [(name, files) for name, files in per_class if files]  # a folder of no images is no class
-    if top and per_class:
-        raise DataError(f"{folder} holds images both directly ({top[0].name}, ...) and in sub-folders "
-                        f"({per_class[0][0]}/, ...); put every image in a class sub-folder, or none")
-    if top:
-        return top, None, None
-    if not per_class:
-        raise DataError(f"{folder} holds no {'/'.join(SUFFIXES)} images, neither directly nor in class "
-                        "sub-folders")
-    files = [f for _, fs in per_class for f in fs]
-    y = np.repeat(np.arange(len(per_class), dtype=np.int64), [len(fs) for _, fs in per_class])
-    return files, y, tuple(name for name, _ in per_class)
-
-
-def _is_image_file(p: Path) -> bool:
-    return p.suffix.lower() in SUFFIXES and not p.name.startswith(".") and p.is_file()
-
-
-def _decode_all(files: list[Path], image_size: Sequence[int] | None, channels: int | None,
-                strict: bool) -> tuple[np.ndarray | None, np.ndarray, list[Path]]:
-    """Decode ``files`` into one array; returns it (None if nothing decoded), the indices kept, the skipped."""
-    x: np.ndarray | None = None
-    kept: list[int] = []
-    skipped: list[Path] = []
-    for i, f in enumerate(files):
-        try:
-            im = open_image(f)
-            if x is None:  # the first readable image settles what the caller left open
-                size = tuple(image_size) if image_size else (im.height, im.width)
-                x = np.empty((len(files), channels or channels_of(im), *size), np.uint8)
-            a = stored_pixels(im, x.shape[2:], x.shape[1])
-            if a.dtype != x.dtype:  # a 16-bit image among 8-bit ones: every image becomes float32 values
-                x = values(x)
-            x[len(kept)] = a
-        except UNREADABLE as e:
-            if strict:
-                raise DataError(f"cannot read image {f}: {e}") from e
-            skipped.append(f)
-            continue
-        kept.append(i)
-    return (None if x is None else x[: len(kept)]), np.array(kept, dtype=np.int64), skipped
-
-
-def _warn_skipped(folder: Path, skipped: list[Path]) -> None:
-    names = ", ".join(str(p.relative_to(folder)) for p in skipped[:NAMED_IN_WARNING])
-    more = f" and {len(skipped) - NAMED_IN_WARNING} more" if len(skipped) > NAMED_IN_WARNING else ""
-    log.warning("skipped %d unreadable image file%s in %s: %s%s (--strict, or data.strict, stops at the first instead)",
-                len(skipped), "" if len(skipped) == 1 else "s", folder, names, more)
+# --- decoding one image ---------------------------------------------------------------------------------
 
 
 def open_image(path: Path) -> Image.Image:
