@@ -89,7 +89,8 @@ def test_worker_processes_decode_what_this_process_decodes(tmp_path, monkeypatch
     write_folder(tmp_path / "pics", n=14, bad=(2, 9), deep=(5,))  # a 16-bit image: all become float32 values
     files = folders.list_folder(tmp_path / "pics")[0]
     here = folders.decode(files, None, None, False)
-    monkeypatch.setattr(folders, "PARALLEL_MIN", 1)
+    monkeypatch.setattr(folders, "PARALLEL_AFTER_S", 0.0)  # whatever the pace, the rest goes to workers
+    monkeypatch.setattr(folders, "PROBE", 2)
     monkeypatch.setattr(folders, "CHUNK", 3)
     pools = []
 

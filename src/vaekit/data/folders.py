@@ -34,7 +34,10 @@ from vaekit.data.images import SUFFIXES, UNREADABLE, ImageSet, channels_of, open
 from vaekit.errors import DataError
 
 CACHE_VERSION = 1
-PARALLEL_MIN = 512  # fewer files decode faster in this process than worker processes take to start
+# Worker processes take seconds to start (each imports vaekit and PyTorch), so they are used only when the rest
+# of the folder, at the pace of its first PROBE files, would take this long to decode here.
+PARALLEL_AFTER_S = 8.0
+PROBE = 32
 CHUNK = 64  # files per task handed to a worker
 NAMED_IN_WARNING = 5
 
@@ -135,15 +138,23 @@ def decode(files: list[Path], image_size: Sequence[int] | None, channels: int | 
 
 
 def _decode_rest(files: list[Path], start: int, shape: tuple[int, ...], bar: progress.Progress | None) -> list:
-    chunks = [list(range(s, min(s + CHUNK, len(files)))) for s in range(start, len(files), CHUNK)]
-    jobs = [([files[i] for i in c], c, shape) for c in chunks]
+    """The files from ``start`` on: the first PROBE here, timed; the rest here too, or in worker processes when
+    at that pace they would take more than PARALLEL_AFTER_S seconds."""
+    indices = list(range(start, len(files)))
+    t0 = time.perf_counter()
+    parts = _collect(map(_decode_chunk, [([files[i] for i in indices[:PROBE]], indices[:PROBE], shape)]), bar)
+    pace = (time.perf_counter() - t0) / max(1, len(indices[:PROBE]))
+    rest = indices[PROBE:]
+    jobs = [([files[i] for i in rest[s : s + CHUNK]], rest[s : s + CHUNK], shape) for s in range(0, len(rest), CHUNK)]
     workers = min(os.cpu_count() or 1, 8)
-    if len(files) - start < PARALLEL_MIN or workers < 2:
-        return _collect(map(_decode_chunk, jobs), bar)
+    if workers < 2 or pace * len(rest) < PARALLEL_AFTER_S:
+        return parts + _collect(map(_decode_chunk, jobs), bar)
+    log.info("decoding %d more images in %d worker processes (about %.0f s in one)", len(rest), workers,
+             pace * len(rest))
     # spawn: the workers never inherit the parent's threads (PyTorch's among them)
     pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
     try:
-        return _collect(pool.map(_decode_chunk, jobs), bar)
+        return parts + _collect(pool.map(_decode_chunk, jobs), bar)
     finally:  # also on Ctrl-C: the chunks not started are dropped, not waited for
         pool.shutdown(cancel_futures=True)
 
