@@ -56,13 +56,13 @@ def score(model: VAE, x: Tensor, method: str = "elbo", samples: int | None = Non
         return evaluation.importance_sampled_nll(model, x, k, eps=noise, y=y).cpu()
     if name == "recon":
         return batched(lambda xb, yb: (xb - model.reconstruct(xb, yb)).pow(2).flatten(1).sum(1), x, y,
-                       batch_size).cpu()
+                       batch_size, model.device).cpu()
     # the draws of a batch go through the decoder a chunk at a time: memory stays bounded for any count
-    chunk = evaluation.sample_chunk(model, batch_size, x.device)
+    chunk = evaluation.sample_chunk(model, batch_size, model.device)
     if name == "llr":
         return batched(lambda xb, yb: _likelihood_ratio(model, xb, below, noise, yb, chunk), x, y,
-                       batch_size).cpu()
-    return batched(lambda xb, yb: _negative_elbo(model, xb, noise, yb, chunk), x, y, batch_size).cpu()
+                       batch_size, model.device).cpu()
+    return batched(lambda xb, yb: _negative_elbo(model, xb, noise, yb, chunk), x, y, batch_size, model.device).cpu()
 
 
 def available_scores(layers: int) -> list[str]:

@@ -100,6 +100,7 @@ class DataConfig:
     image_size: tuple[int, int] | None = None  # image folders/arrays: (H, W); None = that of the first image
     channels: int | None = None  # image folders: 1 (grey), 3 (RGB) or 4 (RGBA); None = that of the first image
     strict: bool = False  # image folders: stop at the first unreadable file instead of skipping it
+    max_memory_gb: float = 0.0  # an .npy image array above this is read in pieces from disk; 0 = half the free memory
 
     def __post_init__(self) -> None:
         _require(self.binarize in BINARIZATIONS, "data.binarize", self.binarize, f"one of {BINARIZATIONS}")
@@ -110,6 +111,7 @@ class DataConfig:
             _require(len(self.image_size) == 2 and min(self.image_size) >= 1, "data.image_size", self.image_size,
                      "[height, width]")
         _require(self.channels in (None, 1, 3, 4), "data.channels", self.channels, "1, 3 or 4")
+        _require(self.max_memory_gb >= 0, "data.max_memory_gb", self.max_memory_gb, "GB >= 0 (0: automatic)")
 
 
 @dataclass(frozen=True)

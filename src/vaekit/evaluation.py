@@ -16,6 +16,7 @@ from torch import Tensor
 
 from vaekit import checkpoint, data, objectives
 from vaekit.batches import batched, sum_in_order
+from vaekit.data.mapped import MappedRows
 from vaekit.devices import resolve_device
 from vaekit.errors import DataError
 from vaekit.model import VAE, likelihoods, nets
@@ -34,7 +35,8 @@ def importance_sampled_nll(model: VAE, x: Tensor, k: int, batch_size: int = 100,
     spent 112 of its 166 s in the kernel; with 16 MB it takes 90 s, 12 s of them in the kernel.
     """
     chunk = sample_chunk(model, batch_size, x.device, max_elements)
-    return batched(lambda xb, yb: -objectives.iwae_bound(model, xb, k, chunk, eps, yb), x, y, batch_size)
+    return batched(lambda xb, yb: -objectives.iwae_bound(model, xb, k, chunk, eps, yb), x, y, batch_size,
+                   model.device)
 
 
 def sample_chunk(model: VAE, batch_size: int, device: torch.device, max_elements: int | None = None) -> int:
@@ -71,7 +73,7 @@ def active_units_per_layer(model: VAE, x: Tensor, batch_size: int = 1000, y: Ten
     def means(xb: Tensor, yb: Tensor | None) -> Tensor:
         return torch.cat([latent.mean for latent in model.infer(xb, yb, mean=True)], dim=-1)  # (B, noise_dim)
 
-    mu = batched(means, x, y, batch_size).split([layer.latent_dim for layer in model.layers], dim=-1)
+    mu = batched(means, x, y, batch_size, model.device).split([layer.latent_dim for layer in model.layers], dim=-1)
     return [objectives.count_active(m) for m in mu]
 
 
@@ -82,7 +84,7 @@ def per_layer(model: VAE, x: Tensor, batch_size: int = 1000, y: Tensor | None = 
     if len(model.layers) == 1:
         return {"active_units": active[0]}
     kl = batched(lambda xb, yb: torch.stack([t.sum() for t in model(xb, yb).kl_per_layer]).double(), x, y,
-                 batch_size, combine=sum_in_order) / len(x)
+                 batch_size, model.device, combine=sum_in_order) / len(x)
     return {"active_units": sum(active), "active_units_per_layer": active, "kl_per_layer": kl.tolist(),
             "latent_dims": [layer.latent_dim for layer in model.layers]}
 
@@ -146,8 +148,10 @@ def evaluate(directory: str | Path, split: str = "test", iw_samples: int = 1000,
         config = config.override({f"data.{k}": v for k, v in data_overrides.items()})
     part = data.evaluation_split(data.load(config.data), split, config.data)
     y = model.labels_of(part.y, f"the {split} split of {config.data.dataset}")
-    # as stored (images as bytes, a quarter of float32 on the device): each batch is made values as it is scored
-    x, y = part.stored[:limit].to(model.device), None if y is None else y[:limit].to(model.device)
+    # as stored (images as bytes, a quarter of float32 on the device; data on disk stays there): each batch is
+    # made values, on the model's device, as it is scored
+    x = part.stored if limit is None else part.stored[:limit]
+    x, y = x if isinstance(x, MappedRows) else x.to(model.device), None if y is None else y[:limit].to(model.device)
     seed = config.data.eval_seed if seed is None else seed
     return evaluate_model(model, x, iw_samples, seed, y, config.train.eval_batch_size,
                           {"split": split, "binarization": part.binarization})

@@ -165,7 +165,7 @@ def iwae_bound(model: VAE, x: Tensor, k: int, chunk: int | None = None, eps: Ten
 def dataset_elbo(model: VAE, x: Tensor, batch_size: int = 1000, y: Tensor | None = None) -> dict[str, float]:
     """Negative ELBO and its parts averaged over all of ``x`` (every example counted, none dropped)."""
     sums = batched(lambda xb, yb: torch.stack([t.sum() for t in elbo_per_example(model, xb, None, yb)]).double(),
-                   x, y, batch_size, combine=sum_in_order)
+                   x, y, batch_size, model.device, combine=sum_in_order)
     recon_mean, kl_mean = (sums / len(x)).tolist()
     return {"neg_elbo": recon_mean + kl_mean, "recon": recon_mean, "kl": kl_mean}
 

@@ -7,8 +7,10 @@ of bytes becomes values (``batches.floats``) on the device.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,7 +19,10 @@ from torch import Tensor
 from vaekit.batches import floats
 from vaekit.config import DataConfig
 from vaekit.data import images, mnist, tabular
+from vaekit.data.mapped import MappedRows, budget
 from vaekit.errors import DataError
+
+log = logging.getLogger(__name__)
 
 RawSplits = tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray | None]
 
@@ -30,7 +35,7 @@ class Split:
     gives the values as float32, made anew on each use (a caller that needs them often keeps them).
     """
 
-    stored: Tensor
+    stored: Tensor | MappedRows  # MappedRows: an array too large for memory, read in pieces from disk
     y: Tensor | None
     name: str
     binarization: str  # how x was binarized, e.g. "none" or "static (seed 0)"
@@ -45,6 +50,10 @@ class Split:
     @property
     def x(self) -> Tensor:
         """The examples' values, float32 (N, *shape)."""
+        if isinstance(self.stored, MappedRows):
+            raise DataError(f"the {self.name} split of {self.stored.source} ({self.stored.nbytes / 2**30:.1f} GB) is "
+                            "read from disk in pieces, as it exceeds the memory budget (data.max_memory_gb), and this "
+                            "use needs all of it at once")
         return floats(self.stored)
 
 
@@ -117,7 +126,15 @@ def _test_split(n: int, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
 
 def _images(cfg: DataConfig) -> tuple[RawSplits, tuple[str, ...] | None]:
     """A folder or array of images: a seeded test split or a separate test set, and no standardization
-    (pixels are in [0, 1])."""
+    (pixels are in [0, 1]). An .npy array larger than the memory budget stays on disk (``MappedRows``)."""
+    if (mapped := _mapped(cfg.dataset, cfg)) is not None:
+        t = _mapped(cfg.test_dataset, cfg) if cfg.test_dataset is not None else None
+        if cfg.test_dataset is not None and t is None:
+            t = images.read(cfg.test_dataset, mapped.example_shape[1:], mapped.example_shape[0], cfg.strict).x
+        if t is not None:
+            return (mapped, None, t, None), None
+        train, test = _test_split(len(mapped), cfg)
+        return (mapped.subset(train), None, mapped.subset(test), None), None
     s = images.read(cfg.dataset, cfg.image_size, cfg.channels, cfg.strict)
     if cfg.test_dataset is not None:  # the test images are made the training images' size and channels
         t = images.read(cfg.test_dataset, s.x.shape[2:], s.x.shape[1], cfg.strict)
@@ -126,6 +143,29 @@ def _images(cfg: DataConfig) -> tuple[RawSplits, tuple[str, ...] | None]:
     train, test = _test_split(len(s.x), cfg)
     y_train, y_test = (None, None) if s.y is None else (s.y[train], s.y[test])
     return (s.x[train], y_train, s.x[test], y_test), s.classes
+
+
+def _mapped(path: str, cfg: DataConfig) -> MappedRows | None:
+    """The .npy image array at ``path`` mapped from disk when it exceeds the memory budget, else None (it is
+    read into memory). A mapped array is read as it is stored: no resizing or change of channels."""
+    if not path.lower().endswith(".npy"):
+        return None
+    limit = budget(cfg.max_memory_gb)
+    try:
+        size = Path(path).stat().st_size
+    except OSError:
+        return None  # the reader says what is wrong with it
+    if size <= limit:
+        return None
+    rows = MappedRows.open(path)
+    c, h, w = rows.example_shape
+    if (cfg.image_size is not None and tuple(cfg.image_size) != (h, w)) or cfg.channels not in (None, c):
+        raise DataError(f"{path} ({size / 2**30:.1f} GB) exceeds the memory budget of {limit / 2**30:.1f} GB, so it "
+                        f"is read from disk as stored, at {h}x{w} with {c} channels: resize it beforehand, or drop "
+                        "data.image_size and data.channels")
+    log.info("%s (%.1f GB) exceeds the memory budget of %.1f GB (%s): it stays on disk and is read in pieces",
+             path, size / 2**30, limit / 2**30, "data.max_memory_gb" if cfg.max_memory_gb else "half the free memory")
+    return rows
 
 
 def _same_classes(train: tuple[str, ...] | None, test: tuple[str, ...] | None, cfg: DataConfig) -> None:
@@ -195,9 +235,11 @@ def load(cfg: DataConfig) -> Splits:
         x_train, y_train = _only_classes(x_train, y_train, cfg)
     train_idx, val_idx = _validation_split(len(x_train), cfg.val_size, cfg.split_seed)
 
-    def split(x: np.ndarray, y: np.ndarray | None, idx: np.ndarray | None, name: str, role: str) -> Split:
-        x = x if idx is None else x[idx]
+    def split(x: np.ndarray | MappedRows, y: np.ndarray | None, idx: np.ndarray | None, name: str, role: str) -> Split:
         y = None if y is None else torch.as_tensor((y if idx is None else y[idx]).astype(np.int64))
+        if isinstance(x, MappedRows):
+            return _mapped_split(x if idx is None else x.subset(idx), y, name, role, cfg)
+        x = x if idx is None else x[idx]
         x = np.ascontiguousarray(x, dtype=np.uint8 if x.dtype == np.uint8 else np.float32)  # bytes stay bytes
         if not x.flags.writeable:  # a read-only buffer (e.g. a whole IDX file): the split gets its own memory
             x = x.copy()
@@ -207,6 +249,15 @@ def load(cfg: DataConfig) -> Splits:
     train = split(x_train, y_train, train_idx, "train", "train")
     val = split(x_train, y_train, val_idx, "val", "eval") if len(val_idx) else None
     return Splits(train, val, split(x_test, y_test, None, "test", "eval"), preprocess, classes)
+
+
+def _mapped_split(x: MappedRows, y: Tensor | None, name: str, role: str, cfg: DataConfig) -> Split:
+    """A split read from disk in pieces; one that needs a fixed binarization is read and binarized once."""
+    if cfg.binarize == "none" or (cfg.binarize == "dynamic" and role == "train"):
+        return Split(x, y, name, "none" if cfg.binarize == "none" else "dynamic")
+    log.info("binarizing the %s split (%d examples, %.1f GB) in memory", name, len(x), x.nbytes / 2**30)
+    stored, how = binarize_split(x[:], cfg.binarize, role, cfg.eval_seed)
+    return Split(stored, y, name, how)
 
 
 def _only_classes(x: np.ndarray, y: np.ndarray | None, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:

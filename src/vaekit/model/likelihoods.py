@@ -15,7 +15,7 @@ probability (discrete data on a grid) or a density.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -216,9 +216,19 @@ def distinct_values(x: Tensor) -> Tensor:
     return floats(torch.bincount(x.flatten(), minlength=256).nonzero().flatten().to(torch.uint8))
 
 
+def _pieces(x: Tensor | Sequence[Tensor], rows: int = 4096) -> Iterator[Tensor]:
+    """x's distinct values (bytes) or values, flat, in pieces; data read from disk (anything sliceable that
+    is not a tensor) a few thousand rows at a time."""
+    if isinstance(x, Tensor):
+        yield from distinct_values(x.detach()).flatten().split(2**22)
+        return
+    for s in range(0, len(x), rows):
+        yield from distinct_values(x[s : s + rows]).flatten().split(2**22)
+
+
 def off_grid(x: Tensor, levels: int) -> float | None:
     """A value of ``x`` farther than GRID_TOLERANCE steps from the grid k/levels, or None if all lie on it."""
-    for part in distinct_values(x.detach()).flatten().split(2**22):
+    for part in _pieces(x):
         scaled = part.to(torch.promote_types(part.dtype, torch.float32)) * levels  # float32: 255 k/255 +- 2e-5
         bad = (scaled - scaled.round()).abs() > GRID_TOLERANCE
         if bool(bad.any()):

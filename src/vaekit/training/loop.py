@@ -30,7 +30,7 @@ from vaekit.devices import resolve_device
 from vaekit.errors import TrainingError
 from vaekit.fileio import crash_point
 from vaekit.model import check_parts
-from vaekit.training import distributed, paths, runstate
+from vaekit.training import distributed, paths, runstate, streaming
 from vaekit.training.records import epoch_record
 from vaekit.training.run import Callback, Run, TrainResult, start
 from vaekit.training.steps import TERMS, epoch_means, train_step
@@ -93,15 +93,17 @@ def resume(directory: str | Path, overrides: dict[str, Any] | None = None, callb
 def run_epoch(run: Run, epoch: int) -> Tensor:
     """One pass over a fresh permutation of the data; returns the per-step terms, shape (steps, 3)."""
     x, gen, ctx = run.x, run.gen, run.ctx
-    perm = torch.randperm(len(x), device=x.device, generator=gen)
+    perm = torch.randperm(len(x), device=run.device, generator=gen)
     if run.static is not None:
         return _run_epoch_static(run, epoch, perm)
-    step_terms = torch.empty(len(run.bounds), len(TERMS), device=x.device)
+    step_terms = torch.empty(len(run.bounds), len(TERMS), device=run.device)
     dynamic = run.config.data.binarize == "dynamic"
     run.model.train()
-    for step, (begin, end) in enumerate(run.bounds):
+    stored = streaming.batches(x, perm, run.bounds, run.device) if run.streamed else \
+        streaming.in_memory(x, perm, run.bounds)
+    for step, ((begin, end), xs) in enumerate(zip(run.bounds, stored, strict=True)):
         idx = perm[begin:end]
-        xb = floats(x.index_select(0, idx))  # (B, *shape); faster than x[idx] on CPU; bytes become values
+        xb = floats(xs)  # (B, *shape): bytes become values
         yb = None if run.y is None else run.y.index_select(0, idx)
         if dynamic:  # a fresh binarization of every image each time it is seen
             xb = torch.bernoulli(xb, generator=gen)
@@ -145,7 +147,7 @@ def _loop(run: Run) -> None:
         run.epoch = epoch
         stop = any(cb.stop_training for cb in run.callbacks)  # callbacks run on rank 0 only
         exhausted = run.stopping is not None and run.stopping.exhausted
-        if distributed.any_rank(stop or exhausted, run.ctx, run.x.device):
+        if distributed.any_rank(stop or exhausted, run.ctx, run.device):
             run.stopped = "early_stopping" if exhausted else "callback"
             log.info("stopping after epoch %d (%s)", epoch, run.stopped.replace("_", " "))
         if epoch == epochs or run.stopped is not None:

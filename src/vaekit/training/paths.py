@@ -21,11 +21,13 @@ log = logging.getLogger(__name__)
 
 def choose(run: Run) -> None:
     """Set ``run.options`` (and ``run.static`` for the CUDA-graph step) for this run's model and device."""
-    tc, device, world = run.config.train, run.x.device, run.ctx.world_size
+    tc, device, world = run.config.train, run.device, run.ctx.world_size
     options = StepOptions(objectives.Objective(tc.objective, tc.iw_k, tc.free_bits_floor),
                           distributed.wrap(run.model, run.ctx, device), tc.precision == "bf16",
                           tc.skips_steps, grad_clip=tc.grad_clip, grad_skip=tc.grad_skip)
     blocker = graphs.fast_path_blocker(device, world, tc.cuda_graph)
+    if blocker is None and run.streamed:
+        blocker = "the data is read from disk in pieces, and the graph gathers its batches on the device"
     if blocker is None:
         run.options = options
         use_static_step(run)

@@ -25,7 +25,7 @@ def epoch_record(epoch: int, train: dict[str, float], run: Run, t0: float) -> di
     model, config = run.model, run.config
     model.eval()
     if run.x_val is not None:
-        devices = [run.x.device] if run.x.device.type == "cuda" else []
+        devices = [run.device] if run.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(config.data.eval_seed)  # the same posterior draws every epoch
             record.update({f"val_{k}": v for k, v in objectives.dataset_elbo(
@@ -41,9 +41,9 @@ def latent_usage(run: Run, n: int = 1000) -> dict[str, Any]:
     was; where the model has no KL per dimension, the record says why.
     """
     x, y = (run.x_val, run.y_val) if run.x_val is not None else (run.x, run.y)
-    x, y = floats(x[:n]), None if y is None else y[:n]
+    x, y = floats(x[:n]).to(run.device), None if y is None else y[:n]
     out: dict[str, Any] = {}
-    devices = [run.x.device] if run.x.device.type == "cuda" else []
+    devices = [run.device] if run.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(run.config.data.eval_seed)
         latents = run.model.infer(x, y)

@@ -17,9 +17,10 @@ from vaekit import data, objectives
 from vaekit.batches import floats
 from vaekit.config import Config
 from vaekit.data import images
+from vaekit.data.mapped import MappedRows
 from vaekit.errors import TrainingError
 from vaekit.model import VAE, NotAvailable, likelihoods
-from vaekit.training import distributed, graphs
+from vaekit.training import distributed, graphs, streaming
 from vaekit.training.steps import StepOptions, batch_bounds, make_optimizer
 
 log = logging.getLogger(__name__)
@@ -86,9 +87,9 @@ class Run:
     config: Config
     model: VAE
     opt: torch.optim.Optimizer
-    x: Tensor  # this process's training examples, on the device
+    x: Tensor | MappedRows  # the training examples as stored: on the device, or on disk (read in pieces)
     y: Tensor | None  # their labels, for a conditional model
-    x_val: Tensor | None
+    x_val: Tensor | MappedRows | None
     y_val: Tensor | None
     bounds: list[tuple[int, int]]  # batch slices of one epoch
     gen: torch.Generator  # permutations and dynamic binarization
@@ -109,6 +110,16 @@ class Run:
     preprocess: Any = None  # a table's standardization, saved with every checkpoint
     last_checkpoint: int | None = None  # the epoch of the newest checkpoint written
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model trains (the data may be elsewhere: on disk, when it is read in pieces)."""
+        return self.gen.device
+
+    @property
+    def streamed(self) -> bool:
+        """True when the training examples are read from disk in pieces, chunk by chunk."""
+        return isinstance(self.x, MappedRows)
+
     def beta(self) -> float:
         """The KL weight in force for the next step."""
         return objectives.kl_weight(self.config.train.beta, self.step + 1, self.warmup_steps)
@@ -117,18 +128,20 @@ class Run:
 # below this many optimizer steps an image model ends undertrained, and the run says so (tables are exempt: the
 # outliers preset is brief on purpose)
 FEW_STEPS = 500
+CHECK_CHUNK_BYTES = 256 * 2**20  # data on disk is checked this much at a time
 
 
 def start(config: Config, splits: data.Splits, device: torch.device, ctx: distributed.Context,
           callbacks: Sequence[Callback]) -> Run:
     """A run at epoch 0: the config resolved against the data, the model, optimiser and data on the device."""
-    likelihoods.check_support(config.model.likelihood, splits.train.stored, f"the {config.data.dataset} training set")
+    _check_support(config, splits.train.stored)
     config = resolve(config, splits)
     torch.manual_seed(config.train.seed)  # the same initial weights in every process
     model = VAE(config.model).to(device)
     if ctx.world_size > 1:  # but independent posterior noise in each
         torch.manual_seed(config.train.seed + ctx.rank)
     x, y = _on_device(splits.train, model, device)
+    _log_placement(x, device, config.train.batch_size)
     model.init_from_data(x, torch.Generator(device).manual_seed(config.train.seed))  # the same in every process
     if any(objectives.per_layer(config.train.free_bits_floor, len(model.layers))):
         _check_free_bits(model, x, y, config.train.free_bits_floor)
@@ -137,7 +150,8 @@ def start(config: Config, splits: data.Splits, device: torch.device, ctx: distri
     x_val, y_val = _on_device(splits.val, model, device) if splits.val is not None and ctx.is_main else (None, None)
     gen = torch.Generator(device).manual_seed(config.train.seed)  # one permutation shared by all processes
     callbacks = callbacks if ctx.is_main else ()
-    graphed = graphs.fast_path_blocker(device, ctx.world_size, config.train.cuda_graph) is None
+    graphed = graphs.fast_path_blocker(device, ctx.world_size, config.train.cuda_graph) is None and \
+        not isinstance(x, MappedRows)
     opt = _optimizer(model, config, device, capturable=graphed)
     run = Run(config, model, opt, x, y, x_val, y_val, bounds, gen, ctx, callbacks)
     tc = config.train
@@ -186,21 +200,48 @@ def resolve(config: Config, splits: data.Splits) -> Config:
     return config.override(resolved)
 
 
-def _check_free_bits(model: VAE, x: Tensor, y: Tensor | None, free_bits: objectives.FreeBits) -> None:
+def _check_free_bits(model: VAE, x: Tensor | MappedRows, y: Tensor | None, free_bits: objectives.FreeBits) -> None:
     """Free bits floor each latent dimension's KL: refuse parts that define none, before the first step."""
-    with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
+    device = _device_of(model)
+    with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         try:
-            for latent in model.infer(floats(x[:2]), None if y is None else y[:2]):
+            for latent in model.infer(floats(x[:2]).to(device), None if y is None else y[:2]):
                 latent.kl_per_dimension()
         except NotAvailable as e:
             raise TrainingError(f"train.free_bits = {free_bits} needs a KL per latent dimension: {e}") from None
 
 
-def _on_device(split: data.Split, model: VAE, device: torch.device) -> tuple[Tensor, Tensor | None]:
-    """A split's data on the device as it is stored (images as bytes, made values per batch), with its labels
-    when the model is conditional."""
+def _on_device(split: data.Split, model: VAE, device: torch.device) -> tuple[Tensor | MappedRows, Tensor | None]:
+    """A split's data on the device as it is stored (images as bytes, made values per batch), or left on disk
+    when it is read in pieces, with its labels when the model is conditional."""
     y = model.labels_of(split.y, f"the {split.name} split")
-    return split.stored.to(device), None if y is None else y.to(device)
+    x = split.stored if isinstance(split.stored, MappedRows) else split.stored.to(device)
+    return x, None if y is None else y.to(device)
+
+
+def _check_support(config: Config, x: Tensor | MappedRows) -> None:
+    """The training data in the likelihood's support; data on disk is checked a chunk at a time (bytes always
+    are: byte / 255 lies in [0, 1] on the 8-bit grid)."""
+    what = f"the {config.data.dataset} training set"
+    if not isinstance(x, MappedRows):
+        likelihoods.check_support(config.model.likelihood, x, what)
+    elif x.dtype != torch.uint8:
+        rows = max(1, CHECK_CHUNK_BYTES // (x.nbytes // max(1, len(x))))
+        for s in range(0, len(x), rows):
+            likelihoods.check_support(config.model.likelihood, x[s : s + rows], what)
+
+
+def _log_placement(x: Tensor | MappedRows, device: torch.device, batch_size: int) -> None:
+    if isinstance(x, MappedRows):
+        log.info("training reads %s from disk, %d examples (%.1f GB), in %s of the shuffled order, the next one "
+                 "read ahead", x.source, len(x), x.nbytes / 2**30, streaming.describe(x, batch_size))
+    else:
+        log.info("training holds its %d examples on %s (%.0f MB as %s)", len(x), device, x.nbytes / 2**20,
+                 str(x.dtype).removeprefix("torch."))
+
+
+def _device_of(model: VAE) -> torch.device:
+    return next(model.parameters()).device
 
 
 def _batch_bounds(n: int, config: Config, ctx: distributed.Context) -> list[tuple[int, int]]:

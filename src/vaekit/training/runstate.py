@@ -92,11 +92,11 @@ def rng_tensors(run: Run) -> dict[str, Tensor]:
     """The state of every generator the run draws from: ``run.gen`` (shared by all processes), and each
     process's global CPU RNG (posterior noise) and, on a GPU, its CUDA RNG, gathered from every process."""
     own = {"cpu": torch.get_rng_state()}
-    if run.x.device.type == "cuda":
-        own["cuda"] = torch.cuda.get_rng_state(run.x.device)
+    if run.device.type == "cuda":
+        own["cuda"] = torch.cuda.get_rng_state(run.device)
     out = {"rng.gen": run.gen.get_state()}
     for name, state in own.items():
-        for rank, s in enumerate(_all_gather(state, run.ctx, run.x.device)):
+        for rank, s in enumerate(_all_gather(state, run.ctx, run.device)):
             out[f"rng.{name}.{rank}"] = s
     return out
 
@@ -160,7 +160,7 @@ def _restore_rng(run: Run, t: dict[str, Tensor], path: Path, world_size: int) ->
     if world_size != run.ctx.world_size:
         raise CheckpointError(f"{path}: the run was trained by {world_size} process(es); resume it with as many, "
                               f"not {run.ctx.world_size}, to continue it exactly")
-    rank, cuda = run.ctx.rank, run.x.device.type == "cuda"
+    rank, cuda = run.ctx.rank, run.device.type == "cuda"
     needed = ["rng.gen", f"rng.cpu.{rank}"] + ([f"rng.cuda.{rank}"] if cuda else [])
     missing = [k for k in needed if k not in t]
     if missing:
@@ -169,7 +169,7 @@ def _restore_rng(run: Run, t: dict[str, Tensor], path: Path, world_size: int) ->
         run.gen.set_state(t["rng.gen"])
         torch.set_rng_state(t[f"rng.cpu.{rank}"])
         if cuda:
-            torch.cuda.set_rng_state(t[f"rng.cuda.{rank}"], run.x.device)
+            torch.cuda.set_rng_state(t[f"rng.cuda.{rank}"], run.device)
     except (RuntimeError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: a random-number state does not fit this generator ({e}); was the run "
                               "trained on another device?") from e
@@ -179,6 +179,6 @@ def _restore_stopping(run: Run, state: checkpoint.TrainingState, best: dict[str,
     es = run.stopping
     es.best_epoch, es.best_val, es.bad_epochs = state.best_epoch, state.best_val, state.bad_epochs
     if state.best_epoch is not None:
-        device = run.x.device
+        device = run.device
         es.best = {k: v.to(device) for k, v in
                    checkpoint.check_tensors(path, best, run.model.state_dict(), "the model (best.*)").items()}
