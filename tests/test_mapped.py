@@ -91,3 +91,12 @@ def test_training_from_disk_gives_the_weights_of_training_from_memory(tmp_path, 
     a = vaekit.evaluate(tmp_path / "run0.0", iw_samples=5)
     b = vaekit.evaluate(tmp_path / f"run{TINY}", iw_samples=5)
     assert a["nll"] == b["nll"] and a["neg_elbo"] == b["neg_elbo"] and a["n"] == b["n"] == 80
+
+
+def test_a_run_resumed_from_disk_continues_as_it_would_have_in_memory(tmp_path):
+    path = saved(tmp_path, RNG.integers(0, 256, (300, 1, 8, 8), dtype=np.uint8))
+    base = {"data.dataset": str(path), "data.binarize": "dynamic", "train.epochs": 2}
+    whole = vaekit.train(digits_config(**base), tmp_path / "whole").model.state_dict()
+    vaekit.train(digits_config(**{**base, "train.epochs": 1}), tmp_path / "split")
+    resumed = vaekit.resume(tmp_path / "split", {"train.epochs": 2, "data.max_memory_gb": TINY}).model.state_dict()
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)

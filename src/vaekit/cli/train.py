@@ -25,6 +25,7 @@ TRAIN_FLAGS = {
     "binarize": "data.binarize", "val_size": "data.val_size", "test_size": "data.test_size",
     "test_dataset": "data.test_dataset",
     "image_size": "data.image_size", "channels": "data.channels", "strict": "data.strict",
+    "max_memory_gb": "data.max_memory_gb",
     "arch": "model.arch", "conv_channels": "model.channels", "conditional": "model.conditional",
     "objective": "train.objective", "k": "train.iw_k", "kl_warmup_epochs": "train.kl_warmup_epochs",
     "kl_warmup_steps": "train.kl_warmup_steps", "free_bits": "train.free_bits",
@@ -150,6 +151,8 @@ def _add_data_flags(p: argparse.ArgumentParser) -> None:
                    "(default: those of the first image)")
     p.add_argument("--strict", action="store_true", default=None,
                    help="image folders: stop at an unreadable file (default: skip it with a warning)")
+    p.add_argument("--max-memory-gb", type=float, metavar="GB", help="an .npy image array larger than this is "
+                   "read from disk in pieces while training (default: half the memory available)")
 
 
 def _add_output_flags(p: argparse.ArgumentParser) -> None:

@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 # What may differ from the saved config on resume: none of these changes what the run computes.
-RESUMABLE_CHANGES = ("train.epochs", "train.checkpoint_every", "data.data_dir", "data.download")
+RESUMABLE_CHANGES = ("train.epochs", "train.checkpoint_every", "data.data_dir", "data.download",
+                     "data.max_memory_gb")  # where the data lives, not what it is
 RESOLVED_KEYS = ("model.data_shape", "model.labels", "data.channels", "data.image_size")  # set from the data
 ADAM_STATE = frozenset({"step", "exp_avg", "exp_avg_sq"})
 
