@@ -10,6 +10,7 @@ import torch
 
 import vaekit
 from vaekit import DataError, data
+from vaekit.cli import main
 from vaekit.config import DataConfig
 from vaekit.data.mapped import MappedRows
 from vaekit.training import streaming
@@ -91,6 +92,22 @@ def test_training_from_disk_gives_the_weights_of_training_from_memory(tmp_path, 
     a = vaekit.evaluate(tmp_path / "run0.0", iw_samples=5)
     b = vaekit.evaluate(tmp_path / f"run{TINY}", iw_samples=5)
     assert a["nll"] == b["nll"] and a["neg_elbo"] == b["neg_elbo"] and a["n"] == b["n"] == 80
+    with pytest.raises(DataError, match="use the val or test split"):
+        data.evaluation_split(data.load(vaekit.load_config(tmp_path / f"run{TINY}").data), "train",
+                              vaekit.load_config(tmp_path / f"run{TINY}").data)
+
+
+def test_commands_read_data_on_disk_a_batch_at_a_time(tmp_path):
+    path = saved(tmp_path, RNG.integers(0, 256, (300, 1, 8, 8), dtype=np.uint8))
+    outputs = []
+    for budget in (0.0, TINY):
+        run = tmp_path / f"run{budget}"
+        vaekit.train(digits_config(**{"data.dataset": str(path), "data.max_memory_gb": budget}), run)
+        for command in (["anomaly", "--score", "elbo", "--split", "train"], ["embed", "--split", "test"]):
+            out = tmp_path / f"{budget}-{command[0]}.csv"
+            assert main([command[0], str(run), *command[1:], "-o", str(out)]) == 0
+            outputs.append(out.read_text())
+    assert outputs[:2] == outputs[2:] and len(outputs[0].splitlines()) == 217  # a header and 216 examples
 
 
 def test_a_run_resumed_from_disk_continues_as_it_would_have_in_memory(tmp_path):

@@ -49,7 +49,7 @@ def score(model: VAE, x: Tensor, method: str = "elbo", samples: int | None = Non
     """
     name, below = parse_score(method, len(model.layers))
     model.eval()
-    x, y = x.to(model.device), None if y is None else y.to(model.device)
+    y = None if y is None else y.to(model.device)  # x goes a batch at a time (it may be bytes, or on disk)
     k = samples if samples is not None else DEFAULT_SAMPLES[name]
     noise = torch.randn(k, model.noise_dim, generator=torch.Generator().manual_seed(seed)).to(model.device)  # (k, D)
     if name == "nll":

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from vaekit import anomaly, checkpoint, data, embedding, hub, plots
+from vaekit.batches import floats
 from vaekit.cli.common import MODEL_HELP, data_config, model_source
 from vaekit.errors import VaekitError
 
@@ -41,7 +42,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
     cfg = data_config(config, args.data_dir, args.dataset)
     splits = data.load(cfg)
     part = data.evaluation_split(splits, args.split, cfg)
-    z = embedding.posterior_means(model, part.x, y=model.labels_of(part.y, f"the {args.split} split"),
+    # as stored: bytes, or data on disk, read a batch at a time
+    z = embedding.posterior_means(model, part.stored, y=model.labels_of(part.y, f"the {args.split} split"),
                                   layers=args.layers)
     n = len(model.layers)
     which = "" if n == 1 else " of the top layer" if args.layers == "top" else f" of all {n} layers"
@@ -144,7 +146,7 @@ def _heatmap(args, model, x, y, scores) -> None:
     if not plots.is_image_shape(model.data_shape):
         raise VaekitError(f"--heatmap draws images, but this model's data has shape {model.data_shape}")
     worst = torch.argsort(scores, descending=True)[: args.worst]
-    xw, yw = x[worst], None if y is None else y[worst]
+    xw, yw = floats(x[worst]), None if y is None else y[worst]
     title = f"the {len(worst)} highest {args.score} scores (above each input) and where they come from"
     heat, recon = anomaly.explain(model, xw, args.score, yw)
     label = "squared error" if args.score == "recon" else "NLL per pixel"
@@ -156,7 +158,7 @@ def _fit_threshold(args, model, splits, cfg, score, fitted: tuple[int, str]) -> 
     ``fitted`` (number of samples per score, SHA-256 of the scored model's weights)."""
     fit_on = "val" if splits.val is not None else "train"
     part = data.evaluation_split(splits, fit_on, cfg)
-    s = score(part.x, model.labels_of(part.y, f"the {fit_on} split"))
+    s = score(part.stored, model.labels_of(part.y, f"the {fit_on} split"))
     value = anomaly.threshold_from(s, args.contamination, args.quantile)
     rule = (f"contamination {args.contamination:g}" if args.contamination is not None
             else f"quantile {args.quantile:g}") + f" of the {fit_on} split's {args.score} scores"
@@ -168,7 +170,7 @@ def _fit_threshold(args, model, splits, cfg, score, fitted: tuple[int, str]) -> 
 def _scored_data(args, splits, cfg):
     if args.input is None:
         part = data.evaluation_split(splits, args.split, cfg)
-        return part.x, part.y
+        return part.stored, part.y  # as stored: scored a batch at a time
     from vaekit.data import tabular
 
     table = tabular.read(args.input, cfg.label_column)

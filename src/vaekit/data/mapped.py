@@ -118,7 +118,3 @@ class MappedRows:
         if isinstance(key, int):
             return self.take(np.array([key]))[0]
         return self.take(key)
-
-    def to(self, device: torch.device | str) -> Tensor:
-        """All of it on ``device``: only for splits that fit (the caller decided so)."""
-        return self[:].to(device)

@@ -312,6 +312,13 @@ def evaluation_split(splits: Splits, name: str, cfg: DataConfig) -> Split:
     if split is None:
         raise DataError(f"this run has no validation split (data.val_size = {cfg.val_size})")
     if name == "train" and cfg.binarize == "dynamic":
-        x, how = binarize_split(split.stored, "dynamic", "eval", cfg.eval_seed)
+        stored = split.stored
+        if isinstance(stored, MappedRows):
+            if stored.nbytes > budget(cfg.max_memory_gb):
+                raise DataError(f"the training split of {stored.source} is read from disk in pieces, and a fixed "
+                                f"binarization of it needs all {stored.nbytes / 2**30:.1f} GB in memory, over the "
+                                "memory budget (data.max_memory_gb): use the val or test split")
+            stored = stored[:]
+        x, how = binarize_split(stored, "dynamic", "eval", cfg.eval_seed)
         return Split(x, split.y, name, how)
     return split
