@@ -7,7 +7,9 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -106,3 +108,56 @@ def test_torchrun_command_line(tmp_path):
     assert [json.loads(s)["epoch"] for s in lines] == [1, 2]
     assert proc.stdout.count("wrote") == 3  # checkpoint and two PNGs, printed once
     vaekit.load(out)
+
+
+NODE_SCRIPT = """
+import json, os, sys
+import torch, vaekit
+from safetensors.torch import save_file
+sys.path.insert(0, {tests!r})
+from test_distributed import posterior_mean_sample
+torch.distributions.Normal.rsample = posterior_mean_sample
+torch.set_num_threads(1)
+config, out, resume = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3] == "resume"
+result = vaekit.resume(out, {{"train.epochs": config["train.epochs"]}}) if resume else \\
+    vaekit.train(vaekit.Config().override(config), out)
+if os.environ["RANK"] == "0":  # vaekit has closed the process group by now
+    save_file({{k: v.contiguous() for k, v in result.model.state_dict().items()}}, out + "/weights.safetensors")
+"""
+
+
+def two_nodes(script, config: dict, out, resume: bool = False) -> None:
+    """``script`` under torchrun as two nodes of one process each, meeting by c10d rendezvous on 127.0.0.1."""
+    port, procs = free_port(), []
+    for node in (0, 1):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "vaekit-test",
+               "--rdzv-conf", f"is_host={'true' if node == 0 else 'false'}", "--local-addr", "127.0.0.1",
+               str(script), json.dumps(config), str(out), "resume" if resume else "train"]
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                      env={**os.environ, "OMP_NUM_THREADS": "1"}))
+    for node, proc in enumerate(procs):
+        log = proc.communicate(timeout=240)[0]
+        assert proc.returncode == 0, f"node {node}:\n{log[-3000:]}"
+
+
+def test_two_nodes_streaming_from_disk_match_one_process_and_resume(tmp_path, monkeypatch):
+    """torchrun --nnodes 2 (one gloo process a node) on an array read from disk: the weights of one process
+    holding it in memory; checkpoints from rank 0 only, and a two-node resume continues the two-node run."""
+    images = tmp_path / "images.npy"
+    np.save(images, np.random.default_rng(0).integers(0, 256, (300, 1, 8, 8), dtype=np.uint8))
+    script = tmp_path / "node.py"
+    script.write_text(NODE_SCRIPT.format(tests=str(Path(__file__).parent)))
+    base = {"data.dataset": str(images), "data.binarize": "dynamic", "train.epochs": 2, "train.batch_size": 60,
+            "model.hidden": [32], "model.latent_dim": 4, "train.device": "cpu", "data.max_memory_gb": 1e-6}
+    two_nodes(script, base, tmp_path / "whole")
+    monkeypatch.setattr(torch.distributions.Normal, "rsample", posterior_mean_sample)
+    one = vaekit.train(vaekit.Config().override({**base, "data.max_memory_gb": 0.0, "train.fused_step": False}))
+    whole = load_file(tmp_path / "whole" / "weights.safetensors")
+    for k, v in one.model.state_dict().items():
+        torch.testing.assert_close(whole[k], v, rtol=1e-4, atol=1e-5, msg=k)
+    assert len((tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()) == 2  # written once, by rank 0
+    two_nodes(script, {**base, "train.epochs": 1}, tmp_path / "split")
+    two_nodes(script, {**base, "train.epochs": 2}, tmp_path / "split", resume=True)
+    resumed = load_file(tmp_path / "split" / "weights.safetensors")
+    assert all(torch.equal(resumed[k], whole[k]) for k in whole)
