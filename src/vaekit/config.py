@@ -85,7 +85,7 @@ class ModelConfig:
 class DataConfig:
     """Where the data comes from and how it is prepared."""
 
-    dataset: str = "digits"  # a registered name, or a path to a .csv/.npy/.npz/.mat table
+    dataset: str = "digits"  # a registered name, or a path to a .csv/.parquet/.npy/.npz/.mat table, or images
     data_dir: str | None = None  # falls back to $VAEKIT_DATA
     download: bool = False
     binarize: str = "none"
@@ -94,7 +94,7 @@ class DataConfig:
     eval_seed: int = 0  # seeds the fixed binarization of evaluation sets
     test_size: float = 0.2  # tables and images: the held-out test fraction (< 1) or count (>= 1), seeded
     test_dataset: str | None = None  # tables and images: a separate test file or folder; all of dataset trains
-    label_column: str | None = None  # tables from CSV: the column holding labels, if any
+    label_column: str | None = None  # tables from CSV or Parquet: the column holding labels, if any
     standardize: bool = True  # tables: (x - mean) / std with statistics of the training split
     train_classes: tuple[int, ...] | None = None  # train and validate on these labels only; test keeps all
     image_size: tuple[int, int] | None = None  # image folders/arrays: (H, W); None = that of the first image

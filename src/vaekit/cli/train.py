@@ -134,7 +134,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
 def _add_data_flags(p: argparse.ArgumentParser) -> None:
     """What the model is trained and tested on, and how it is prepared."""
     p.add_argument("--dataset", help="mnist, digits (the default), a folder of PNG/JPEG images, "
-                   "or a .csv/.npy/.npz/.mat file (a table, or an array of images)")
+                   "or a .csv/.parquet/.npy/.npz/.mat file (a table, or an array of images)")
     p.add_argument("--data-dir", help="directory holding mnist/ (default: $VAEKIT_DATA, then the cache)")
     p.add_argument("--download", action="store_true", default=None, help="download MNIST if missing")
     p.add_argument("--binarize", choices=["none", "dynamic", "static", "threshold"],

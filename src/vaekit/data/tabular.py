@@ -1,4 +1,5 @@
-"""Tabular data: CSV (numeric columns, header row), .npy, .npz and MATLAB .mat files, and standardization.
+"""Tabular data: CSV (numeric columns, header row; ``csvtable``), Parquet (with pyarrow; ``parquet``), .npy, .npz
+and MATLAB .mat files, and standardization.
 
 Every problem is reported with the file and, where there is one, the row and column: a non-numeric cell, a
 missing value, NaN or infinity, an empty file, a shape that is not a table.
@@ -6,7 +7,6 @@ missing value, NaN or infinity, an empty file, a shape that is not a table.
 
 from __future__ import annotations
 
-import csv
 import lzma
 import math
 import struct
@@ -15,6 +15,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,7 +23,10 @@ from torch import Tensor
 
 from vaekit.errors import DataError
 
-SUFFIXES = (".csv", ".npy", ".npz", ".mat")
+if TYPE_CHECKING:
+    pass
+
+SUFFIXES = (".csv", ".parquet", ".npy", ".npz", ".mat")
 # What numpy and zipfile raise on a damaged .npy/.npz: bad headers (numpy parses them as Python literals, hence
 # SyntaxError and TokenError), truncated or undecodable zip members, compression or encryption zipfile lacks.
 ARRAY_ERRORS = (OSError, ValueError, EOFError, RuntimeError, NotImplementedError, SyntaxError, tokenize.TokenError,
@@ -44,13 +48,15 @@ def is_table_path(name: str) -> bool:
 
 
 def read(path: str | Path, label_column: str | None = None) -> Table:
-    """Read a table; ``label_column`` names the CSV column holding labels (arrays use ``y``)."""
+    """Read a table; ``label_column`` names the CSV or Parquet column holding labels (arrays use ``y``)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"cannot read {path}: no such file")
     suffix = path.suffix.lower()
-    if suffix == ".csv":
-        table = _read_csv(path, label_column)
+    if suffix in (".csv", ".parquet"):
+        from vaekit.data import csvtable, parquet  # they build this module's Table
+
+        table = (csvtable.read_csv if suffix == ".csv" else parquet.read_parquet)(path, label_column)
     elif suffix == ".mat":
         table = _read_mat(path)
     elif suffix in (".npy", ".npz"):
@@ -59,40 +65,6 @@ def read(path: str | Path, label_column: str | None = None) -> Table:
         raise DataError(f"cannot read {path}: expected one of {', '.join(SUFFIXES)}")
     _check(table, path)
     return table
-
-
-def _read_csv(path: Path, label_column: str | None) -> Table:
-    try:
-        with path.open(newline="", encoding="utf-8") as f:
-            rows = list(csv.reader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise DataError(f"cannot read {path} as CSV: {e}") from e
-    if not rows or not any(rows[0]):
-        raise DataError(f"{path} is empty: expected a header row and at least one data row")
-    header = [h.strip() for h in rows[0]]
-    if label_column is not None and label_column not in header:
-        raise DataError(f"{path} has no column {label_column!r}; its columns are {header}")
-    values = np.empty((len(rows) - 1, len(header)), dtype=np.float64)
-    for i, row in enumerate(rows[1:], start=2):
-        if len(row) != len(header):
-            raise DataError(f"{path}, line {i}: {len(row)} fields, but the header has {len(header)}")
-        for j, cell in enumerate(row):
-            values[i - 2, j] = _number(cell, path, i, header[j])
-    label_at = header.index(label_column) if label_column is not None else None
-    features = [j for j in range(len(header)) if j != label_at]
-    y = None if label_at is None else _labels(values[:, label_at], f"{path}, column {label_column!r}")
-    return Table(values[:, features].astype(np.float32), y, tuple(header[j] for j in features))
-
-
-def _number(cell: str, path: Path, line: int, column: str) -> float:
-    try:
-        value = float(cell)
-    except ValueError:
-        what = "an empty cell" if not cell.strip() else f"non-numeric value {cell.strip()!r}"
-        raise DataError(f"{path}, line {line}, column {column!r}: {what}; vaekit needs numeric columns") from None
-    if not math.isfinite(value):
-        raise DataError(f"{path}, line {line}, column {column!r}: {cell.strip()} is not a finite number")
-    return value
 
 
 def _read_numpy(path: Path) -> Table:
