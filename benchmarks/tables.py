@@ -27,6 +27,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from scale import cpu  # this folder's scale.py: the CPU's model name
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,20 +117,10 @@ def write_tables(folder: Path, rows: int, columns: int) -> tuple[Path, Path, Pat
     return csv, small, parquet
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
-
-
 def describe(rows: int, columns: int, csv: Path, parquet: Path | None) -> str:
     files = [("CSV", csv), ("Parquet", parquet)]
     sizes = ", ".join(f"{kind} {path.stat().st_size / 1e6:.0f} MB" for kind, path in files if path is not None)
-    return (f"{rows:,} rows x {columns} float columns + a label column; {sizes}; {cpu_model()}, {os.cpu_count()} "
+    return (f"{rows:,} rows x {columns} float columns + a label column; {sizes}; {cpu()}, {os.cpu_count()} "
             f"CPUs; Python {sys.version.split()[0]}, {versions()}\n")
 
 
