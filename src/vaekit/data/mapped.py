@@ -19,6 +19,8 @@ from torch import Tensor
 
 from vaekit.errors import DataError
 
+RELEASE = getattr(mmap, "MADV_DONTNEED", None)  # where the system has it (not on Windows)
+
 
 def available_memory() -> int:
     """Bytes of memory available for new data now (Linux's MemAvailable: free memory and reclaimable caches),
@@ -107,7 +109,8 @@ class MappedRows:
         order = np.argsort(file_rows, kind="stable")  # read forwards through the file ...
         out = np.empty((len(positions), *self._array.shape[1:]), self._array.dtype)
         out[order] = self._array[file_rows[order]]  # ... and put each row where it was asked for
-        self._map.madvise(mmap.MADV_DONTNEED)  # the pages read are not kept in this process's memory
+        if RELEASE is not None:
+            self._map.madvise(RELEASE)  # the pages read are not kept in this process's memory
         if self.channels_last:
             out = np.ascontiguousarray(out.transpose(0, 3, 1, 2))
         return torch.from_numpy(out)

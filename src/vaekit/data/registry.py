@@ -131,6 +131,9 @@ def _images(cfg: DataConfig) -> tuple[RawSplits, tuple[str, ...] | None]:
         t = _mapped(cfg.test_dataset, cfg) if cfg.test_dataset is not None else None
         if cfg.test_dataset is not None and t is None:
             t = images.read(cfg.test_dataset, mapped.example_shape[1:], mapped.example_shape[0], cfg.strict).x
+        if isinstance(t, MappedRows) and t.example_shape != mapped.example_shape:
+            raise DataError(f"the test array {cfg.test_dataset} holds {t.example_shape} images, the training array "
+                            f"{cfg.dataset} {mapped.example_shape}: both are read as stored, so they must match")
         if t is not None:
             return (mapped, None, t, None), None
         train, test = _test_split(len(mapped), cfg)
