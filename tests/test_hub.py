@@ -111,6 +111,8 @@ def test_refusals_name_what_is_wrong(run, cache, capsys, monkeypatch):
         vaekit.load("hf://someone/absent")
     with pytest.raises(CheckpointError, match="namespace/name"):
         vaekit.load("hf://just-a-name")
+    with pytest.raises(CheckpointError, match="inside the repository"):
+        vaekit.load("hf://someone/digits-vae@main/../../elsewhere")
     with pytest.raises(CheckpointError, match="dataset repository"):
         vaekit.load("hf://datasets/someone/data")
     assert main(["sample", "hf://someone/absent", "-o", "x.png"]) == 2

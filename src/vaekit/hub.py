@@ -36,6 +36,8 @@ def snapshot(hub_id: str) -> Path:
     if uri.type != "model":
         raise CheckpointError(f"{hub_id} names a {uri.type} repository; vaekit models are model repositories")
     folder = uri.path_in_repo.strip("/")
+    if any(part in ("..", ".") for part in folder.split("/")):  # a folder of the repository, never outside it
+        raise CheckpointError(f"{hub_id}: the folder {folder!r} must be a path inside the repository")
     patterns = [f"{folder}/{p}" if folder else p for p in PATTERNS]
     try:
         root = hf.snapshot_download(uri.id, revision=uri.revision, allow_patterns=patterns,
