@@ -117,3 +117,17 @@ def test_a_run_resumed_from_disk_continues_as_it_would_have_in_memory(tmp_path):
     vaekit.train(digits_config(**{**base, "train.epochs": 1}), tmp_path / "split")
     resumed = vaekit.resume(tmp_path / "split", {"train.epochs": 2, "data.max_memory_gb": TINY}).model.state_dict()
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+def test_a_process_reads_only_its_part_of_each_global_batch(tmp_path, monkeypatch):
+    source = MappedRows.open(saved(tmp_path, RNG.integers(0, 256, (50, 1, 4, 4), dtype=np.uint8)))
+    perm, bounds = torch.randperm(50, generator=torch.Generator().manual_seed(0)), [(0, 16), (16, 32), (32, 48)]
+    parts = [(8, 16), (8, 16), (8, 16)]  # rank 1 of 2
+    read = []
+    original = MappedRows.read_forwards
+    monkeypatch.setattr(MappedRows, "read_forwards", lambda self, p: read.append(len(p)) or original(self, p))
+    monkeypatch.setattr(streaming, "CHUNK_BYTES", 2 * 16 * 16)  # two global batches a chunk
+    got = list(streaming.batches(source, perm, bounds, torch.device("cpu"), parts))
+    assert read == [16, 8]  # its 8 rows of each of the 3 batches, in 2 chunks
+    for xb, (begin, _), (a, b) in zip(got, bounds, parts, strict=True):
+        assert torch.equal(xb, source.take(perm[begin + a : begin + b].numpy()))

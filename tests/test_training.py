@@ -198,3 +198,19 @@ def test_a_run_length_in_steps_becomes_whole_epochs_and_resumes_by_epochs(tmp_pa
     assert len(vaekit.resume(tmp_path / "run", {"train.epochs": 4}).history) == 4
     with pytest.raises(vaekit.ConfigError, match=r"train\.steps = -1 .* an integer >= 0"):
         digits_config(**{"train.steps": -1})
+
+
+def test_binarizing_a_part_is_bernoulli_on_the_whole_batch_draw_for_draw():
+    """Each process thresholds its rows of one uniform draw for the whole batch: together the parts are
+    torch.bernoulli of the batch, and every process's generator ends where the single process's does."""
+    from vaekit.training.loop import binarize_part
+
+    p = torch.rand(10, 1, 6, 6)
+    whole = torch.bernoulli(p, generator=(g := torch.Generator().manual_seed(7)))
+    after = torch.rand(3, generator=g)
+    parts = []
+    for a, b in ((0, 3), (3, 7), (7, 10)):  # three processes' parts
+        gen = torch.Generator().manual_seed(7)
+        parts.append(binarize_part(p[a:b], gen, 10, a))
+        assert torch.equal(torch.rand(3, generator=gen), after)
+    assert torch.equal(torch.cat(parts), whole)

@@ -104,16 +104,24 @@ class MappedRows:
 
     def take(self, positions: np.ndarray | Tensor) -> Tensor:
         """The examples at ``positions`` of this split, in that order, as a (k, C, H, W) tensor."""
+        rows, where = self.read_forwards(positions)
+        return rows[torch.from_numpy(where)]
+
+    def read_forwards(self, positions: np.ndarray | Tensor) -> tuple[Tensor, np.ndarray]:
+        """The examples at ``positions`` in file order, read forwards through the file in one copy, and where
+        each asked-for position is among them: ``rows[where[i]]`` is example ``positions[i]``."""
         positions = np.asarray(positions.cpu() if isinstance(positions, Tensor) else positions, np.int64)
         file_rows = self.rows[positions]
-        order = np.argsort(file_rows, kind="stable")  # read forwards through the file ...
+        order = np.argsort(file_rows, kind="stable")
         out = np.empty((len(positions), *self._array.shape[1:]), self._array.dtype)
-        out[order] = self._array[file_rows[order]]  # ... and put each row where it was asked for
+        np.take(self._array, file_rows[order], axis=0, out=out)
         if RELEASE is not None:
             self._map.madvise(RELEASE)  # the pages read are not kept in this process's memory
         if self.channels_last:
             out = np.ascontiguousarray(out.transpose(0, 3, 1, 2))
-        return torch.from_numpy(out)
+        where = np.empty_like(order)
+        where[order] = np.arange(len(order))
+        return torch.from_numpy(out), where
 
     def __getitem__(self, key: slice | int | np.ndarray | Tensor) -> Tensor:
         if isinstance(key, slice):

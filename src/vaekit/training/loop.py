@@ -99,20 +99,28 @@ def run_epoch(run: Run, epoch: int) -> Tensor:
     step_terms = torch.empty(len(run.bounds), len(TERMS), device=run.device)
     dynamic = run.config.data.binarize == "dynamic"
     run.model.train()
-    stored = streaming.batches(x, perm, run.bounds, run.device) if run.streamed else \
-        streaming.in_memory(x, perm, run.bounds)
-    for step, ((begin, end), xs) in enumerate(zip(run.bounds, stored, strict=True)):
-        idx = perm[begin:end]
-        xb = floats(xs)  # (B, *shape): bytes become values
-        yb = None if run.y is None else run.y.index_select(0, idx)
+    # each process's part of every global batch: read alone from disk, or sliced from the batch in memory
+    parts = [distributed.rank_slice(end - begin, ctx) for begin, end in run.bounds]
+    stored = streaming.batches(x, perm, run.bounds, run.device, parts) if run.streamed else \
+        streaming.in_memory(x, perm, run.bounds, parts)
+    for step, ((begin, end), (a, b), xs) in enumerate(zip(run.bounds, parts, stored, strict=True)):
+        xb = floats(xs)  # (b - a, *shape): bytes become values
+        yb = None if run.y is None else run.y.index_select(0, perm[begin + a : begin + b])
         if dynamic:  # a fresh binarization of every image each time it is seen
-            xb = torch.bernoulli(xb, generator=gen)
-        a, b = distributed.rank_slice(len(xb), ctx)  # the whole batch in a single-process run
-        weight = (b - a) * ctx.world_size / len(xb)
-        step_terms[step] = train_step(run.model, run.opt, xb[a:b], run.beta(), None if yb is None else yb[a:b],
-                                      weight, run.options)
+            xb = binarize_part(xb, gen, end - begin, a)
+        weight = (b - a) * ctx.world_size / (end - begin)
+        step_terms[step] = train_step(run.model, run.opt, xb, run.beta(), yb, weight, run.options)
         _after_step(run, epoch, step)
     return distributed.mean_over_ranks(step_terms, ctx)
+
+
+def binarize_part(p: Tensor, gen: torch.Generator, n: int, a: int) -> Tensor:
+    """Rows a .. a + len(p) of a Bernoulli draw for a whole batch of ``n`` rows: uniforms for all n come from
+    the shared generator (so every process's generator stays in step, and a process needs only its own rows'
+    pixels), and each process thresholds its own. With a = 0 and len(p) = n this is ``torch.bernoulli(p,
+    generator=gen)``, draw for draw, on the CPU (tests/test_training.py checks it)."""
+    u = torch.rand((n, *p.shape[1:]), generator=gen, device=p.device)[a : a + len(p)]
+    return (u < p).to(p.dtype)
 
 
 def _run_epoch_static(run: Run, epoch: int, perm: Tensor) -> Tensor:

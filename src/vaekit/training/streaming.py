@@ -3,7 +3,8 @@
 An epoch's permutation (drawn as for data in memory, from the same generator) is cut into chunks of whole
 batches of about CHUNK_BYTES; each chunk's examples are read from the memory-mapped file in one pass (in file
 order, then put in the permutation's order), and the next chunk is read by a background thread while this one
-trains. Each batch is the same examples in the same order as from memory, so the weights are the same too.
+trains. Each batch is the same examples in the same order as from memory, so the weights are the same too. In
+data-parallel training each process reads only its own part of every global batch.
 """
 
 from __future__ import annotations
@@ -32,37 +33,42 @@ def chunk_spans(bounds: list[tuple[int, int]], rows: int) -> list[tuple[int, int
 
 
 def batches(source: MappedRows, perm: Tensor, bounds: list[tuple[int, int]], device: torch.device,
-            chunk_bytes: int = CHUNK_BYTES) -> Iterator[Tensor]:
+            parts: list[tuple[int, int]] | None = None, chunk_bytes: int | None = None) -> Iterator[Tensor]:
     """The stored examples of each batch of ``bounds`` in the order of ``perm``, on ``device``, one after
-    the other; the chunk after the current one is read meanwhile."""
-    order = perm.cpu().numpy()
+    the other; only rows [a, b) of each batch where ``parts`` gives them (a process's part of a global batch).
+    The chunk after the current one is read meanwhile."""
+    order, chunk_bytes = perm.cpu().numpy(), chunk_bytes or CHUNK_BYTES
+    parts = parts if parts is not None else [(0, end - begin) for begin, end in bounds]
+    mine = [(begin + a, begin + b) for (begin, _), (a, b) in zip(bounds, parts, strict=True)]
     per_example = max(1, source.nbytes // max(1, len(source)))
     spans = chunk_spans(bounds, max(1, chunk_bytes // per_example))
 
-    def read(span: tuple[int, int]) -> Tensor:
-        rows = source.take(order[bounds[span[0]][0] : bounds[span[1] - 1][1]])
-        return rows.pin_memory() if device.type == "cuda" else rows  # pinned: the copy to the GPU overlaps
+    def read(span: tuple[int, int]) -> tuple[Tensor, Tensor]:
+        # in file order, in one copy; each batch then gathers its rows from the chunk, as from memory
+        rows, where = source.read_forwards(np.concatenate([order[lo:hi] for lo, hi in mine[span[0] : span[1]]]))
+        return (rows.pin_memory() if device.type == "cuda" else rows), torch.from_numpy(where)
 
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="vaekit-read") as pool:
         pending = pool.submit(read, spans[0])
         for i, span in enumerate(spans):
-            chunk = pending.result()
+            chunk, where = pending.result()
             if i + 1 < len(spans):
                 pending = pool.submit(read, spans[i + 1])
-            chunk = chunk.to(device, non_blocking=True)
-            base = bounds[span[0]][0]
-            for begin, end in bounds[span[0] : span[1]]:
-                yield chunk[begin - base : end - base]
+            chunk, where, at = chunk.to(device, non_blocking=True), where.to(device), 0
+            for lo, hi in mine[span[0] : span[1]]:
+                yield chunk.index_select(0, where[at : at + hi - lo])
+                at += hi - lo
 
 
-def in_memory(x: Tensor, perm: Tensor, bounds: list[tuple[int, int]]) -> Iterator[Tensor]:
-    """The same for data held on the device: each batch gathered from it."""
-    for begin, end in bounds:
-        yield x.index_select(0, perm[begin:end])  # faster than x[idx] on CPU
+def in_memory(x: Tensor, perm: Tensor, bounds: list[tuple[int, int]],
+              parts: list[tuple[int, int]]) -> Iterator[Tensor]:
+    """The same for data held on the device: each batch's part gathered from it."""
+    for (begin, _), (a, b) in zip(bounds, parts, strict=True):
+        yield x.index_select(0, perm[begin + a : begin + b])  # faster than x[idx] on CPU
 
 
-def describe(source: MappedRows, batch_size: int, chunk_bytes: int = CHUNK_BYTES) -> str:
+def describe(source: MappedRows, batch_size: int) -> str:
     per_example = max(1, source.nbytes // max(1, len(source)))
-    rows = max(batch_size, chunk_bytes // per_example)
+    rows = max(batch_size, CHUNK_BYTES // per_example)
     return f"chunks of about {rows} examples ({rows * per_example / 2**20:.0f} MB, {np.ceil(rows / batch_size):.0f} " \
            "batches)"
