@@ -131,3 +131,16 @@ def test_a_process_reads_only_its_part_of_each_global_batch(tmp_path, monkeypatc
     assert read == [16, 8]  # its 8 rows of each of the 3 batches, in 2 chunks
     for xb, (begin, _), (a, b) in zip(got, bounds, parts, strict=True):
         assert torch.equal(xb, source.take(perm[begin + a : begin + b].numpy()))
+
+
+def test_float_images_on_disk_are_checked_before_training(tmp_path):
+    a = RNG.random((200, 1, 8, 8), dtype=np.float32)
+    a[150, 0, 3, 3] = 2.0  # out of [0, 1], and no likelihood support would catch it under a Gaussian
+    config = digits_config(**{"data.dataset": str(saved(tmp_path, a)), "data.max_memory_gb": TINY,
+                              "model.likelihood": "gaussian"})
+    with pytest.raises(vaekit.TrainingError, match=r"training examples 0\.\.\d+ span \[[0-9.e-]+, 2\]; expected"):
+        vaekit.train(config)
+    a[150, 0, 3, 3] = np.nan
+    np.save(tmp_path / "images.npy", a)
+    with pytest.raises(vaekit.VaekitError, match="NaN"):
+        vaekit.train(config.override({"model.likelihood": "bernoulli"}))

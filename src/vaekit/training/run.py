@@ -225,10 +225,15 @@ def _check_support(config: Config, x: Tensor | MappedRows) -> None:
     what = f"the {config.data.dataset} training set"
     if not isinstance(x, MappedRows):
         likelihoods.check_support(config.model.likelihood, x, what)
-    elif x.dtype != torch.uint8:
+    elif x.dtype != torch.uint8:  # float images on disk: in [0, 1], as images.read requires of arrays in memory
         rows = max(1, CHECK_CHUNK_BYTES // (x.nbytes // max(1, len(x))))
         for s in range(0, len(x), rows):
-            likelihoods.check_support(config.model.likelihood, x[s : s + rows], what)
+            chunk = x[s : s + rows]
+            likelihoods.check_support(config.model.likelihood, chunk, what)
+            if float(chunk.min()) < 0 or float(chunk.max()) > 1:
+                raise TrainingError(f"{x.source}: the values of training examples {s}..{s + len(chunk) - 1} span "
+                                    f"[{float(chunk.min()):g}, {float(chunk.max()):g}]; expected floats in [0, 1] "
+                                    "(or uint8 0..255); rescale the array")
 
 
 def _log_placement(x: Tensor | MappedRows, device: torch.device, batch_size: int) -> None:
