@@ -114,7 +114,7 @@ class MappedRows:
         file_rows = self.rows[positions]
         order = np.argsort(file_rows, kind="stable")
         out = np.empty((len(positions), *self._array.shape[1:]), self._array.dtype)
-        np.take(self._array, file_rows[order], axis=0, out=out)
+        np.take(self._array, file_rows[order], axis=0, out=out, mode="clip")  # "raise" would copy out again
         if RELEASE is not None:
             self._map.madvise(RELEASE)  # the pages read are not kept in this process's memory
         if self.channels_last:
