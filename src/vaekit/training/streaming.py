@@ -1,10 +1,11 @@
 """Training batches read from disk in pieces, for data larger than the memory budget.
 
 An epoch's permutation (drawn as for data in memory, from the same generator) is cut into chunks of whole
-batches of about CHUNK_BYTES; each chunk's examples are read from the memory-mapped file in one pass (in file
-order, then put in the permutation's order), and the next chunk is read by a background thread while this one
-trains. Each batch is the same examples in the same order as from memory, so the weights are the same too. In
-data-parallel training each process reads only its own part of every global batch.
+batches of about CHUNK_BYTES; each chunk's examples are read from the memory-mapped file in one pass, in file
+order, and each batch gathers its rows from the chunk (as from data in memory); the next chunk is read by a
+background thread while this one trains. Each batch is the same examples in the same order as from memory, so
+the weights are the same too. In data-parallel training each process reads only its own part of every global
+batch.
 """
 
 from __future__ import annotations
