@@ -22,7 +22,7 @@ from torch import Tensor
 from vaekit import checkpoint, evaluation, hub, objectives
 from vaekit.batches import batched
 from vaekit.errors import CheckpointError, ConfigError
-from vaekit.fileio import atomic_write_bytes
+from vaekit.fileio import JSON_LIMIT, atomic_write_bytes, parse_json, read_regular
 from vaekit.model import VAE
 
 log = logging.getLogger(__name__)
@@ -178,11 +178,13 @@ def load_threshold(source: str | Path | checkpoint.CheckpointSet) -> Threshold |
 
 def _read_threshold(path: Path) -> Threshold:
     try:
-        d = json.loads(path.read_bytes())
+        d = parse_json(read_regular(path, JSON_LIMIT))
         stamp = d.get("model_sha256")
         if stamp is not None and not isinstance(stamp, str):
             raise TypeError(f"model_sha256 must be a string, got {stamp!r}")
         return Threshold(float(d["value"]), str(d["score"]), int(d["n_samples"]), str(d["rule"]), stamp)
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from e
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise CheckpointError(f"{path} is not a vaekit threshold file: {e}") from e
 

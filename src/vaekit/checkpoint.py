@@ -48,11 +48,14 @@ from vaekit.config import Config
 from vaekit.data.tabular import Standardizer
 from vaekit.errors import CheckpointError, ConfigError
 from vaekit.fileio import (
+    JSON_LIMIT,
     atomic_link_or_copy,
     atomic_write_bytes,
     atomic_write_with,
     crash_point,
     fsync_dir,
+    parse_json,
+    read_regular,
     write_synced,
 )
 from vaekit.model import VAE
@@ -269,7 +272,7 @@ def _read_verified(ckpt: CheckpointSet, name: str) -> tuple[Path, bytes | None, 
             raise CheckpointError(f"{path} is not listed in {ckpt.directory / LATEST_FILE}: it was added by hand")
         return path, None, ckpt.checkpoint_id
     try:
-        blob = path.read_bytes()
+        blob = read_regular(path, JSON_LIMIT if name.endswith(".json") else None)
     except FileNotFoundError:
         if pointer is not None:  # listed, so it was written: gone since, most likely replaced by a newer set
             _check_not_replaced(ckpt, path)
@@ -301,7 +304,7 @@ def load_config(source: Source) -> Config:
     if blob is None:
         raise CheckpointError(f"{path} is missing: {ckpt.directory} is not a vaekit checkpoint")
     try:
-        doc: Any = json.loads(blob)
+        doc: Any = parse_json(blob)
     except ValueError as e:
         raise CheckpointError(f"{path} is not readable JSON: {e}") from e
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or "config" not in doc:
@@ -397,7 +400,7 @@ _STATE_TYPES: dict[str, tuple[type, ...]] = {
 def _parse_state(path: Path, blob: bytes, ckpt_id: str | None) -> TrainingState:
     """A TrainingState from training_state.json; unknown, missing or ill-typed keys are refused by name."""
     try:
-        doc: Any = json.loads(blob)
+        doc: Any = parse_json(blob)
     except ValueError as e:
         raise CheckpointError(f"{path} is not readable JSON: {e}") from e
     if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT or doc.get("version") != VERSION:
@@ -445,8 +448,10 @@ def _check_stamp(path: Path, found: Any, expected: str | None) -> None:
 
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_bytes())
-    except (OSError, ValueError) as e:
+        return parse_json(read_regular(path, JSON_LIMIT))
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from e
+    except ValueError as e:
         raise CheckpointError(f"{path} is not readable JSON: {e}") from e
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from vaekit.errors import ConfigError
+from vaekit.fileio import JSON_LIMIT, parse_json, read_regular
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -302,11 +303,13 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a JSON or TOML config file into a nested dictionary (not yet validated)."""
     path = Path(path)
     try:
-        text = path.read_bytes()
+        text = read_regular(path, JSON_LIMIT)
     except (OSError, ValueError) as e:  # ValueError: a path with a NUL byte
         raise ConfigError(f"cannot read config file {path}: {getattr(e, 'strerror', None) or e}") from e
     try:
-        d = tomllib.loads(text.decode("utf-8")) if path.suffix.lower() == ".toml" else json.loads(text)
+        d = tomllib.loads(text.decode("utf-8")) if path.suffix.lower() == ".toml" else parse_json(text)
+    except RecursionError:
+        raise ConfigError(f"config file {path} is not valid TOML: it is nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise ConfigError(f"config file {path} is not valid {path.suffix.lstrip('.') or 'JSON'}: {e}") from e
     if not isinstance(d, dict):

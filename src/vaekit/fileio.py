@@ -1,12 +1,18 @@
-"""Atomic file writes: a temporary file in the same directory, fsync, then rename over the final name.
+"""Atomic file writes (a temporary file in the same directory, fsync, then rename over the final name), and
+bounded reads of files that may come from someone else.
 
 A process killed at any moment leaves either the old file or the new one under the final name, never a
 half-written one. ``crash_point`` is a test hook that lets the kill tests stop a real process at exact places.
+``read_regular`` reads only regular files, of at most a given size: a link to /dev/zero or a FIFO in a
+checkpoint folder gets an error instead of an unbounded read or a hang; ``parse_json`` turns JSON nested too
+deeply for Python's parser into a ValueError like any other bad JSON.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import json
 import os
 import shutil
 import signal
@@ -15,6 +21,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+JSON_LIMIT = 16 * 2**20  # a config, pointer, training state or threshold file is kilobytes; this is far past any
 KILL_ENV = "VAEKIT_TEST_KILL_AT"  # "point:n" kills the process the n-th time it reaches crash_point("point")
 
 
@@ -40,6 +47,36 @@ def crash_point(name: str) -> None:
     _arrivals[name] = _arrivals.get(name, 0) + 1
     if _arrivals[name] == _KILL_AT[1]:
         os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
+
+
+def read_regular(path: str | Path, limit: int | None = None) -> bytes:
+    """The bytes of ``path`` if it is a regular file (links followed) of at most ``limit`` bytes; else an
+    OSError whose strerror says why (a missing file stays a FileNotFoundError)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO opens at once instead of waiting
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device" if stat.S_ISCHR(st.st_mode) or \
+                stat.S_ISBLK(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "a folder" if \
+                stat.S_ISDIR(st.st_mode) else "not a regular file"
+            raise OSError(errno.EINVAL, f"it is {kind}, not a regular file")
+        if limit is not None and st.st_size > limit:
+            raise OSError(errno.EFBIG, f"it holds {st.st_size} bytes, over the {limit} such a file may hold")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read() if limit is None else f.read(limit + 1)
+        if limit is not None and len(data) > limit:  # it grew since fstat
+            raise OSError(errno.EFBIG, f"it holds more than the {limit} bytes such a file may hold")
+        return data
+    finally:
+        os.close(fd)
+
+
+def parse_json(blob: bytes | str) -> object:
+    """``json.loads``, with JSON nested too deeply for the parser's recursion refused as a ValueError."""
+    try:
+        return json.loads(blob)
+    except RecursionError:
+        raise ValueError("it is nested too deeply") from None
 
 
 @contextlib.contextmanager

@@ -1,0 +1,88 @@
+"""Files someone else made: JSON nested beyond the parser's recursion, links to devices, FIFOs and oversized
+JSON in a run directory get one clear error, never a traceback, a hang or an unbounded read."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import pytest
+
+import vaekit
+from vaekit import CheckpointError, ConfigError, anomaly, fileio
+from vaekit.cli import main
+from vaekit.config import load_config_file
+
+from conftest import digits_config
+
+DEEP = b"[" * 100_000 + b"]" * 100_000  # json.loads gives up with a RecursionError on this
+
+
+@pytest.fixture
+def run(tmp_path):
+    vaekit.train(digits_config(**{"train.epochs": 1}), tmp_path / "run")
+    return tmp_path / "run"
+
+
+def tamper(run, name: str, blob: bytes) -> None:
+    """Replace a file of the run's checkpoint and record its new SHA-256, as a forger would: the file is read
+    and parsed, not refused for its digest."""
+    latest = run / "latest.json"
+    if name == "latest.json":
+        latest.write_bytes(blob)
+        return
+    pointer = json.loads(latest.read_bytes())
+    (run / "checkpoints" / pointer["checkpoint"] / name).write_bytes(blob)
+    pointer["sha256"][name] = hashlib.sha256(blob).hexdigest()
+    latest.write_text(json.dumps(pointer))
+
+
+@pytest.mark.parametrize("name", ["latest.json", "config.json", "training_state.json"])
+def test_json_nested_too_deeply_is_one_error(run, name, capsys):
+    tamper(run, name, DEEP)
+    command = ["train", "--resume", str(run)] if name == "training_state.json" else \
+        ["sample", str(run), "-o", str(run / "s.png")]
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and name in err and "is not readable JSON: it is nested too deeply" in err
+
+
+def test_links_to_devices_and_fifos_are_refused_without_reading(run, capsys):
+    weights = run / "model.safetensors"
+    (run / "latest.json").unlink()  # the plain layout: the top-level files are read as they are
+    weights.unlink()
+    os.symlink("/dev/zero", weights)
+    with pytest.raises(CheckpointError, match="a device, not a regular file"):
+        vaekit.load(run)
+    weights.unlink()
+    os.mkfifo(weights)  # would block a plain open() until a writer came
+    with pytest.raises(CheckpointError, match="a FIFO, not a regular file"):
+        vaekit.load(run)
+
+
+def test_oversized_json_is_refused_by_size(run, monkeypatch):
+    monkeypatch.setattr(fileio, "JSON_LIMIT", 1000)
+    monkeypatch.setattr(vaekit.checkpoint, "JSON_LIMIT", 1000)
+    latest = run / "latest.json"
+    latest.write_bytes(latest.read_bytes() + b" " * 2000)
+    with pytest.raises(CheckpointError, match=r"over the 1000 such a file may hold"):
+        vaekit.load(run)
+
+
+def test_threshold_and_config_files_too(tmp_path, run):
+    (run / anomaly.THRESHOLD_FILE).write_bytes(DEEP)
+    with pytest.raises(CheckpointError, match="nested too deeply"):
+        anomaly.load_threshold(run)
+    deep = tmp_path / "deep.json"
+    deep.write_bytes(DEEP)
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        load_config_file(deep)
+    toml = tmp_path / "deep.toml"
+    toml.write_text("a = " + "[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ConfigError, match=r"deep\.toml"):
+        load_config_file(toml)
+    os.mkfifo(tmp_path / "fifo.json")
+    with pytest.raises(ConfigError, match="a FIFO, not a regular file"):
+        load_config_file(tmp_path / "fifo.json")
+    assert json.loads(fileio.read_regular(run / "config.json"))["format"] == "vaekit-checkpoint"
