@@ -480,7 +480,7 @@ def test_a_checkpoint_interrupted_anywhere_leaves_a_loadable_one(run_copy, monke
             p.add_(1.0)
     state = checkpoint.TrainingState(2, before.step * 2, [*before.history, {**before.history[0], "epoch": 2}],
                                      before.tensors)
-    with contextlib.suppress(OSError):
+    with contextlib.suppress(OSError, vaekit.CheckpointError):  # the set's own writes fail as CheckpointError
         checkpoint.save_run(run_copy, cfg, model.state_dict(), state)
     crashed = seen["n"] >= arrival
     # after the switch of latest.json (the publishing of the top-level copies uses the second atomic replace)

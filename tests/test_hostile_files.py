@@ -3,6 +3,7 @@ JSON in a run directory get one clear error, never a traceback, a hang or an unb
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -86,3 +87,26 @@ def test_threshold_and_config_files_too(tmp_path, run):
     with pytest.raises(ConfigError, match="a FIFO, not a regular file"):
         load_config_file(tmp_path / "fifo.json")
     assert json.loads(fileio.read_regular(run / "config.json"))["format"] == "vaekit-checkpoint"
+
+
+def test_a_full_disk_during_a_checkpoint_is_one_error_and_leaves_no_half_set(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    real, calls = vaekit.checkpoint.write_synced, []
+
+    def fill_up(path, blob):  # the disk fills during the second checkpoint's second file
+        calls.append(path)
+        if len(calls) == 6:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, blob)
+
+    monkeypatch.setattr(vaekit.checkpoint, "write_synced", fill_up)
+    with pytest.raises(CheckpointError, match=r"disk full while writing the checkpoint of epoch 2 .*; the last "
+                                              r"complete one is epoch 1; the half-written files were removed"):
+        vaekit.train(digits_config(**{"train.epochs": 3}), out)
+    assert [p.name for p in (out / "checkpoints").iterdir()] == [json.loads((out / "latest.json").read_bytes())[
+        "checkpoint"]]  # only the complete set of epoch 1
+    monkeypatch.setattr(vaekit.checkpoint, "write_synced", real)
+    (out / "checkpoints" / ".tmp-000002-0badf00d").mkdir()  # a leftover of a killed write
+    result = vaekit.resume(out)
+    assert [r["epoch"] for r in result.history] == [1, 2, 3]
+    assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".tmp-")]

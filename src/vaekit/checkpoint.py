@@ -26,6 +26,7 @@ is a run directory uploaded as is, read from the local Hub cache after downloadi
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -136,11 +137,17 @@ def save_run(directory: str | Path, config: Config, weights: dict[str, torch.Ten
     ckpt_id = f"{state.epoch:06d}-{secrets.token_hex(4)}"
     root = directory / SNAPSHOT_DIR
     tmp = root / f".tmp-{ckpt_id}"
-    tmp.mkdir(parents=True)
-    digests = _write_set(tmp, ckpt_id, config, weights, state, preprocess)
-    fsync_dir(tmp)
-    crash_point("checkpoint-before-rename")
-    os.replace(tmp, root / ckpt_id)
+    if root.is_dir():  # what an earlier write left half done would hold space the new set needs
+        _remove_stale(root, keep=None)
+    try:
+        tmp.mkdir(parents=True)
+        digests = _write_set(tmp, ckpt_id, config, weights, state, preprocess)
+        fsync_dir(tmp)
+        crash_point("checkpoint-before-rename")
+        os.replace(tmp, root / ckpt_id)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk gets its space back
+        raise _write_failed(directory, state.epoch, e) from e
     fsync_dir(root)
     crash_point("checkpoint-before-switch")
     pointer = {"format": LATEST_FORMAT, "version": VERSION, "checkpoint": ckpt_id, "epoch": state.epoch,
@@ -181,12 +188,27 @@ def _publish(directory: Path, snapshot: Path) -> None:
             os.unlink(directory / name)
 
 
-def _remove_stale(root: Path, keep: str) -> None:
-    """Earlier checkpoints and leftovers of interrupted writes; only names this module creates are touched."""
+def _remove_stale(root: Path, keep: str | None) -> None:
+    """Earlier checkpoints and leftovers of interrupted writes; only names this module creates are touched.
+    ``keep=None`` removes the leftovers only (``.tmp-*``), never a complete set."""
     for child in root.iterdir():
         name = child.name.removeprefix(".tmp-")
-        if child.name != keep and child.is_dir() and ID_PATTERN.fullmatch(name):
+        stale = child.name != keep if keep is not None else child.name != name
+        if stale and child.is_dir() and ID_PATTERN.fullmatch(name):
             shutil.rmtree(child, ignore_errors=True)
+
+
+def _write_failed(directory: Path, epoch: int, e: OSError) -> CheckpointError:
+    """The error for a checkpoint that could not be written, naming the last complete one."""
+    try:
+        last = resolve(directory).pointer
+    except CheckpointError:
+        last = None
+    kept = f"the last complete one is epoch {last['epoch']}" if last and "epoch" in last else \
+        "no complete checkpoint was written before it"
+    what = "disk full" if e.errno == errno.ENOSPC else f"cannot write ({e.strerror or e})"
+    return CheckpointError(f"{what} while writing the checkpoint of epoch {epoch} in {directory}; {kept}; the "
+                           "half-written files were removed")
 
 
 def exists(directory: str | Path) -> bool:
