@@ -110,3 +110,20 @@ def test_a_full_disk_during_a_checkpoint_is_one_error_and_leaves_no_half_set(tmp
     result = vaekit.resume(out)
     assert [r["epoch"] for r in result.history] == [1, 2, 3]
     assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_training(tmp_path, monkeypatch, capsys):
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(vaekit.TrainingError, match="is a file, not a folder: choose another --out"):
+        vaekit.train(digits_config(), tmp_path / "a-file")
+    real_mkdir = type(tmp_path).mkdir
+
+    def read_only(self, *args, **kwargs):  # tests run as root, so no chmod can make a folder read-only
+        if self.name == "ro-run":
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(tmp_path), "mkdir", read_only)
+    assert main(["train", "--dataset", "digits", "--epochs", "1", "--out", str(tmp_path / "ro-run")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write the run directory" in err and "Read-only file system" in err and "Traceback" not in err

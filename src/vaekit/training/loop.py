@@ -242,9 +242,14 @@ def _attach_output(run: Run, out_dir: str | Path | None, preprocess: Any, resume
     if out_dir is None or not run.ctx.is_main:
         return
     run.out = Path(out_dir)
-    run.out.mkdir(parents=True, exist_ok=True)
-    if not resumed:
-        (run.out / "metrics.jsonl").write_text("")
+    try:  # before any training: a run that cannot keep its results should not start
+        run.out.mkdir(parents=True, exist_ok=True)
+        if not resumed:
+            (run.out / "metrics.jsonl").write_text("")
+    except FileExistsError:
+        raise TrainingError(f"the run directory {run.out} is a file, not a folder: choose another --out") from None
+    except OSError as e:
+        raise TrainingError(f"cannot write the run directory {run.out}: {e.strerror or e}") from None
 
 
 def _save(run: Run, record: dict[str, Any] | None, final: bool = False,
@@ -264,5 +269,8 @@ def _save(run: Run, record: dict[str, Any] | None, final: bool = False,
 
 
 def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(record) + "\n")
+    try:
+        with path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as e:
+        raise TrainingError(f"cannot append epoch {record.get('epoch')} to {path}: {e.strerror or e}") from None
