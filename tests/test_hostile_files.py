@@ -127,3 +127,13 @@ def test_an_output_that_cannot_be_written_is_refused_before_training(tmp_path, m
     assert main(["train", "--dataset", "digits", "--epochs", "1", "--out", str(tmp_path / "ro-run")]) == 2
     err = capsys.readouterr().err
     assert "cannot write the run directory" in err and "Read-only file system" in err and "Traceback" not in err
+
+
+def test_a_checkpoint_folder_linked_from_outside_the_run_is_refused(run, tmp_path):
+    pointer = json.loads((run / "latest.json").read_bytes())
+    inside = run / "checkpoints" / pointer["checkpoint"]
+    elsewhere = tmp_path / "elsewhere"
+    inside.rename(elsewhere)  # the same files, now outside the run, reached through a link
+    os.symlink(elsewhere, inside)
+    with pytest.raises(CheckpointError, match=r"outside .*: a checkpoint's folders must be inside its run"):
+        vaekit.load(run)

@@ -11,7 +11,9 @@ Two layouts are read, and loading reads JSON and safetensors only, so a checkpoi
   small pointer file ``latest.json``. A process killed at any moment leaves ``latest.json`` naming either the
   previous complete set or the new one, never a mixture; the previous set is deleted only after the switch.
   ``latest.json`` records the SHA-256 of every file of the set, checked on load, so a file that was
-  truncated, altered or copied in from another checkpoint is refused by name. After the switch the model files
+  truncated, altered or copied in from another checkpoint is refused by name (the plain layout has no such
+  record: its files are checked for their format, tensor names and shapes only), and ``checkpoints/<id>``
+  must lie inside the run directory, not be a link leading elsewhere. After the switch the model files
   are also published at the top of the directory (hard links, else copies; each stamped with the checkpoint
   id), so tools that read ``DIR/model.safetensors`` by name keep working; vaekit itself reads through
   ``latest.json`` whenever it is there.
@@ -262,6 +264,9 @@ def resolve(source: Source) -> CheckpointSet:
     snapshot = directory / SNAPSHOT_DIR / ckpt_id
     if not snapshot.is_dir():
         raise CheckpointError(f"{path} names checkpoint {ckpt_id}, but {snapshot} is missing")
+    if snapshot.resolve().parent.parent != directory.resolve():  # a link: the set would come from elsewhere
+        raise CheckpointError(f"{snapshot} leads to {snapshot.resolve()}, outside {directory}: a checkpoint's "
+                              "folders must be inside its run directory")
     return CheckpointSet(directory, snapshot, doc)
 
 
