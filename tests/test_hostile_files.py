@@ -137,3 +137,14 @@ def test_a_checkpoint_folder_linked_from_outside_the_run_is_refused(run, tmp_pat
     os.symlink(elsewhere, inside)
     with pytest.raises(CheckpointError, match=r"outside .*: a checkpoint's folders must be inside its run"):
         vaekit.load(run)
+
+
+def test_a_threshold_file_cannot_ask_for_unbounded_samples(run):
+    good = {"value": 1.0, "score": "elbo", "n_samples": 10, "rule": "by hand",
+            "model_sha256": vaekit.checkpoint.model_digest(run)}
+    for n in (0, 10**9):
+        (run / anomaly.THRESHOLD_FILE).write_text(json.dumps({**good, "n_samples": n}))
+        with pytest.raises(CheckpointError, match=rf"n_samples = {n} is outside 1\.\.100000"):
+            anomaly.load_threshold(run)
+    (run / anomaly.THRESHOLD_FILE).write_text(json.dumps(good))
+    assert anomaly.load_threshold(run).n_samples == 10

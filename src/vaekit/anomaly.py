@@ -176,13 +176,19 @@ def load_threshold(source: str | Path | checkpoint.CheckpointSet) -> Threshold |
     return t
 
 
+MAX_THRESHOLD_SAMPLES = 100_000  # posterior or importance samples per score that a threshold file may ask for
+
+
 def _read_threshold(path: Path) -> Threshold:
     try:
         d = parse_json(read_regular(path, JSON_LIMIT))
         stamp = d.get("model_sha256")
         if stamp is not None and not isinstance(stamp, str):
             raise TypeError(f"model_sha256 must be a string, got {stamp!r}")
-        return Threshold(float(d["value"]), str(d["score"]), int(d["n_samples"]), str(d["rule"]), stamp)
+        n = int(d["n_samples"])
+        if not 1 <= n <= MAX_THRESHOLD_SAMPLES:  # each scored input would pay for them: a file could stall serve
+            raise ValueError(f"n_samples = {n} is outside 1..{MAX_THRESHOLD_SAMPLES}")
+        return Threshold(float(d["value"]), str(d["score"]), n, str(d["rule"]), stamp)
     except OSError as e:
         raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from e
     except (ValueError, KeyError, TypeError, AttributeError) as e:
