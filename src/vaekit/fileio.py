@@ -49,6 +49,10 @@ def crash_point(name: str) -> None:
         os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
 
 
+_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"),
+          (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"))
+
+
 def read_regular(path: str | Path, limit: int | None = None) -> bytes:
     """The bytes of ``path`` if it is a regular file (links followed) of at most ``limit`` bytes; else an
     OSError whose strerror says why (a missing file stays a FileNotFoundError)."""
@@ -56,9 +60,7 @@ def read_regular(path: str | Path, limit: int | None = None) -> bytes:
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device" if stat.S_ISCHR(st.st_mode) or \
-                stat.S_ISBLK(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "a folder" if \
-                stat.S_ISDIR(st.st_mode) else "not a regular file"
+            kind = next((name for is_kind, name in _KINDS if is_kind(st.st_mode)), "something else")
             raise OSError(errno.EINVAL, f"it is {kind}, not a regular file")
         if limit is not None and st.st_size > limit:
             raise OSError(errno.EFBIG, f"it holds {st.st_size} bytes, over the {limit} such a file may hold")

@@ -93,8 +93,13 @@ class MappedRows:
         return torch.uint8 if self._array.dtype == np.uint8 else torch.float32
 
     @property
+    def example_nbytes(self) -> int:
+        """Bytes of one example as stored."""
+        return int(np.prod(self.example_shape)) * self._array.dtype.itemsize
+
+    @property
     def nbytes(self) -> int:
-        return len(self.rows) * int(np.prod(self.example_shape)) * self._array.dtype.itemsize
+        return len(self.rows) * self.example_nbytes
 
     device = torch.device("cpu")
 

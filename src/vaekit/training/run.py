@@ -226,7 +226,7 @@ def _check_support(config: Config, x: Tensor | MappedRows) -> None:
     if not isinstance(x, MappedRows):
         likelihoods.check_support(config.model.likelihood, x, what)
     elif x.dtype != torch.uint8:  # float images on disk: in [0, 1], as images.read requires of arrays in memory
-        rows = max(1, CHECK_CHUNK_BYTES // (x.nbytes // max(1, len(x))))
+        rows = max(1, CHECK_CHUNK_BYTES // x.example_nbytes)
         for s in range(0, len(x), rows):
             chunk = x[s : s + rows]
             likelihoods.check_support(config.model.likelihood, chunk, what)

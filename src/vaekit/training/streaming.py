@@ -41,8 +41,7 @@ def batches(source: MappedRows, perm: Tensor, bounds: list[tuple[int, int]], dev
     order, chunk_bytes = perm.cpu().numpy(), chunk_bytes or CHUNK_BYTES
     parts = parts if parts is not None else [(0, end - begin) for begin, end in bounds]
     mine = [(begin + a, begin + b) for (begin, _), (a, b) in zip(bounds, parts, strict=True)]
-    per_example = max(1, source.nbytes // max(1, len(source)))
-    spans = chunk_spans(bounds, max(1, chunk_bytes // per_example))
+    spans = chunk_spans(bounds, max(1, chunk_bytes // source.example_nbytes))
 
     def read(span: tuple[int, int]) -> tuple[Tensor, Tensor]:
         # in file order, in one copy; each batch then gathers its rows from the chunk, as from memory
@@ -69,7 +68,6 @@ def in_memory(x: Tensor, perm: Tensor, bounds: list[tuple[int, int]],
 
 
 def describe(source: MappedRows, batch_size: int) -> str:
-    per_example = max(1, source.nbytes // max(1, len(source)))
-    rows = max(batch_size, CHUNK_BYTES // per_example)
-    return f"chunks of about {rows} examples ({rows * per_example / 2**20:.0f} MB, {np.ceil(rows / batch_size):.0f} " \
-           "batches)"
+    rows = max(batch_size, CHUNK_BYTES // source.example_nbytes)
+    megabytes = rows * source.example_nbytes / 2**20
+    return f"chunks of about {rows} examples ({megabytes:.0f} MB, {np.ceil(rows / batch_size):.0f} batches)"
