@@ -224,7 +224,7 @@ def test_weights_with_other_shapes(tmp_path):
     os.replace(other / "model.safetensors", directory / "model.safetensors")
     with pytest.raises(vaekit.CheckpointError, match="shape") as err:
         vaekit.load(directory)
-    assert "expected" in str(err.value) and "(6, 16)" in str(err.value) and "(10, 16)" in str(err.value)
+    assert "config.json asks for" in str(err.value) and "(6, 16)" in str(err.value) and "(10, 16)" in str(err.value)
 
 
 def test_weights_with_other_tensors(tmp_path):

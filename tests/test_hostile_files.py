@@ -7,6 +7,9 @@ import errno
 import hashlib
 import json
 import os
+import re
+import resource
+import time
 
 import pytest
 
@@ -14,6 +17,7 @@ import vaekit
 from vaekit import CheckpointError, ConfigError, anomaly, fileio
 from vaekit.cli import main
 from vaekit.config import load_config_file
+from vaekit.model import size
 
 from conftest import digits_config
 
@@ -148,3 +152,53 @@ def test_a_threshold_file_cannot_ask_for_unbounded_samples(run):
             anomaly.load_threshold(run)
     (run / anomaly.THRESHOLD_FILE).write_text(json.dumps(good))
     assert anomaly.load_threshold(run).n_samples == 10
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+@pytest.mark.parametrize("sizes", [{"hidden": [10**9]}, {"latent_dim": 10**8}, {"data_shape": [10**8]},
+                                   {"hidden": [4000] * 200}, {"prior": "mog", "prior_components": 10**8}])
+def test_sizes_in_a_config_are_checked_against_the_weights_before_allocating(run, sizes):
+    doc = json.loads((run / "checkpoints" / json.loads((run / "latest.json").read_bytes())["checkpoint"] /
+                      "config.json").read_bytes())
+    doc["config"]["model"].update(sizes)
+    tamper(run, "config.json", json.dumps(doc).encode())
+    before, start = peak_rss_mb(), time.perf_counter()
+    with pytest.raises(CheckpointError, match=r"model\.safetensors.*(but config\.json asks for|does not match "
+                                              r"config\.json: missing)"):
+        vaekit.load(run)
+    assert time.perf_counter() - start < 5 and peak_rss_mb() - before < 100  # nothing of the asked size was made
+
+
+def test_sizes_beyond_any_index_are_refused_by_name(run):
+    doc = json.loads(fileio.read_regular(run / "config.json"))
+    doc["config"]["model"]["latent_dim"] = 10**100
+    tamper(run, "config.json", json.dumps(doc).encode())
+    with pytest.raises(CheckpointError, match=r"config\.json: model\.latent_dim = 1e\+100 is out of range"):
+        vaekit.load(run)
+    with pytest.raises(ConfigError, match=r"model\.hidden = \(4, 4, 4, 4, 4, 4, \.\.\.\) is invalid: expected "
+                                          r"layer widths in 1\.\.2147483647"):
+        digits_config(**{"model.hidden": [4] * 2000})
+
+
+@pytest.mark.parametrize("flags", [["--hidden", "1000000000"], ["--latent-dim", "1000000000"],
+                                   ["--arch", "conv", "--conv-channels", "100000,100000"]])
+def test_sizes_typed_on_the_command_line_are_refused_with_the_memory_they_need(tmp_path, flags, capsys):
+    before = peak_rss_mb()
+    assert main(["train", "--dataset", "digits", "--epochs", "1", "--out", str(tmp_path / "run"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"training this model needs about [0-9,.]+ GB, more than the [0-9.]+ GB free on cpu: "
+                     r"[0-9,]+ parameters", err), err
+    assert "Traceback" not in err and peak_rss_mb() - before < 100
+    assert not (tmp_path / "run" / "latest.json").exists()
+
+
+def test_the_memory_estimate_counts_parameters_exactly_and_scales_with_the_batch():
+    config = digits_config(**{"model.data_shape": [64]})
+    model = vaekit.checkpoint.VAE(config.model)
+    weights, batch = size.training_bytes(config)
+    assert weights == 16 * sum(p.numel() for p in model.parameters())
+    _, double = size.training_bytes(config.override({"train.batch_size": 2 * config.train.batch_size}))
+    assert double == 2 * batch > 0

@@ -61,7 +61,7 @@ from vaekit.fileio import (
     read_regular,
     write_synced,
 )
-from vaekit.model import VAE
+from vaekit.model import VAE, size
 
 log = logging.getLogger(__name__)
 
@@ -350,8 +350,9 @@ def load_run(source: Source, device: str | torch.device = "cpu") -> tuple[VAE, C
     from one checkpoint."""
     ckpt = resolve(source)
     config = load_config(ckpt)
+    weights = load_weights(ckpt, size.on_meta(config.model))  # the config's sizes checked before they allocate
     model = VAE(config.model)
-    model.load_state_dict(load_weights(ckpt, model))
+    model.load_state_dict(weights)
     return model.to(device).eval(), config
 
 
@@ -375,7 +376,7 @@ def load_preprocess(source: Source) -> Standardizer | None:
 
 
 def load_weights(source: Source, model: VAE) -> dict[str, torch.Tensor]:
-    """The saved weights, checked against ``model``'s tensor names and shapes."""
+    """The saved weights, checked against ``model``'s tensor names and shapes (a meta model's will do)."""
     path, blob, ckpt_id = _read_verified(resolve(source), WEIGHTS_FILE)
     if blob is None:
         pickles = sorted(p.name for p in path.parent.iterdir() if p.suffix in PICKLE_SUFFIXES)
@@ -392,7 +393,8 @@ def check_tensors(path: Path, tensors: dict[str, torch.Tensor], expected: dict[s
         raise CheckpointError(f"{path} does not match {against}: missing {missing}, unexpected {extra}")
     for k, t in expected.items():
         if tensors[k].shape != t.shape:
-            raise CheckpointError(f"{path}: tensor {k} has shape {tuple(tensors[k].shape)}, expected {tuple(t.shape)}")
+            raise CheckpointError(f"{path}: tensor {k} has shape {tuple(tensors[k].shape)}, but {against} asks for "
+                                  f"{tuple(t.shape)}")
     return tensors
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import reprlib
 import sys
 import types
 import typing
@@ -32,6 +33,11 @@ ARCHS = ("mlp", "conv")
 UPSAMPLES = ("transposed", "resize")
 OBJECTIVES = ("elbo", "iwae")
 NONFINITE = ("stop", "skip")
+# A size (a width, a latent dimension, a channel count) must fit a signed 32-bit index, which many kernels use;
+# what a model of such sizes would need in memory is judged where it is built (``vaekit.model.size``).
+MAX_SIZE = 2**31 - 1
+MAX_LAYERS = 1024  # entries of a list of layer sizes, and flow steps: far beyond any VAE's depth
+MAX_INT = 2**63 - 1  # any integer setting: what a 64-bit integer holds
 
 
 @dataclass(frozen=True)
@@ -60,21 +66,24 @@ class ModelConfig:
     def __post_init__(self) -> None:
         _require(self.arch in ARCHS, "model.arch", self.arch, f"one of {ARCHS}")
         _require(self.upsample in UPSAMPLES, "model.upsample", self.upsample, f"one of {UPSAMPLES}")
-        _require(all(c >= 1 for c in self.channels), "model.channels", self.channels, "positive channel counts")
-        _require(self.latent_dim >= 1, "model.latent_dim", self.latent_dim, "an integer >= 1")
-        _require(all(d >= 1 for d in self.lower_latent_dims), "model.lower_latent_dims", self.lower_latent_dims,
-                 "positive layer sizes")
-        _require(all(h >= 1 for h in self.hidden), "model.hidden", self.hidden, "positive layer widths")
-        _require(self.latent_channels >= 0, "model.latent_channels", self.latent_channels,
-                 "an integer >= 0 (0: no spatial layer)")
+        _require(_sizes(self.channels), "model.channels", self.channels, f"channel counts in 1..{MAX_SIZE}")
+        _require(_sizes([self.latent_dim]), "model.latent_dim", self.latent_dim, f"an integer in 1..{MAX_SIZE}")
+        _require(_sizes(self.lower_latent_dims), "model.lower_latent_dims", self.lower_latent_dims,
+                 f"layer sizes in 1..{MAX_SIZE}")
+        _require(_sizes(self.hidden), "model.hidden", self.hidden, f"layer widths in 1..{MAX_SIZE}")
+        _require(0 <= self.latent_channels <= MAX_SIZE, "model.latent_channels", self.latent_channels,
+                 f"an integer in 0..{MAX_SIZE} (0: no spatial layer)")
         _require(self.latent_channels == 0 or self.arch == "conv", "model.latent_channels", self.latent_channels,
                  "0 unless model.arch = conv (a spatial layer is a convolutional map)")
         _require(self.obs_std > 0, "model.obs_std", self.obs_std, "a positive number")
-        _require(self.prior_components >= 1, "model.prior_components", self.prior_components, "an integer >= 1")
-        _require(self.flow_steps >= 1, "model.flow_steps", self.flow_steps, "an integer >= 1")
-        _require(self.flow_hidden >= 1, "model.flow_hidden", self.flow_hidden, "an integer >= 1")
+        _require(_sizes([self.prior_components]), "model.prior_components", self.prior_components,
+                 f"an integer in 1..{MAX_SIZE}")
+        _require(1 <= self.flow_steps <= MAX_LAYERS, "model.flow_steps", self.flow_steps,
+                 f"an integer in 1..{MAX_LAYERS}")
+        _require(_sizes([self.flow_hidden]), "model.flow_hidden", self.flow_hidden, f"an integer in 1..{MAX_SIZE}")
         if self.data_shape is not None:
-            _require(all(d >= 1 for d in self.data_shape), "model.data_shape", self.data_shape, "positive sizes")
+            _require(_sizes(self.data_shape) and math.prod(self.data_shape) <= MAX_SIZE, "model.data_shape",
+                     self.data_shape, f"positive sizes of at most {MAX_SIZE} values in all")
 
     @property
     def n_layers(self) -> int:
@@ -354,9 +363,14 @@ def _all_keys() -> list[str]:
     return [f"{s}.{f.name}" for s, cls in sections.items() for f in dataclasses.fields(cls)]
 
 
+def _sizes(values: Any) -> bool:
+    """Whether ``values`` is a list of at most MAX_LAYERS sizes, each in 1..MAX_SIZE."""
+    return len(values) <= MAX_LAYERS and all(1 <= v <= MAX_SIZE for v in values)
+
+
 def _require(ok: bool, key: str, value: Any, expected: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key} = {value!r} is invalid: expected {expected}")
+    if not ok:  # reprlib: a list of thousands of values is shown by its first few
+        raise ConfigError(f"{key} = {reprlib.repr(value)} is invalid: expected {expected}")
 
 
 def _build(cls: type, d: Any, prefix: str) -> Any:
@@ -393,7 +407,9 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"{key} must be a finite number, got {value!r}")
         return number
     if tp is int and isinstance(value, float) and value.is_integer():
-        return int(value)
+        value = int(value)
+    if tp is int and isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+        raise ConfigError(f"{key} = {value:.3g} is out of range: an integer setting holds at most {MAX_INT}")
     if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
         return value
     raise ConfigError(f"{key} must be of type {tp.__name__}, got {value!r}")

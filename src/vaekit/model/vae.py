@@ -209,9 +209,10 @@ class VAE(nn.Module):
         if y.shape != (batch,) or y.dtype not in (torch.int64, torch.int32):
             raise DataError(f"labels must be integers of shape ({batch},), got {y.dtype} {tuple(y.shape)}")
         # reading the range back syncs the host, which a CUDA graph being captured forbids (the training data's
-        # labels were checked when the graph's inputs were built), and a traced export would bake it in
-        capturing = (y.is_cuda and torch.cuda.is_current_stream_capturing()) or torch.jit.is_tracing()
-        if len(y) and not capturing and (int(y.min()) < 0 or int(y.max()) >= self.n_classes):
+        # labels were checked when the graph's inputs were built), a traced export would bake it in, and a meta
+        # tensor (a size estimate) has no values
+        unreadable = (y.is_cuda and torch.cuda.is_current_stream_capturing()) or torch.jit.is_tracing() or y.is_meta
+        if len(y) and not unreadable and (int(y.min()) < 0 or int(y.max()) >= self.n_classes):
             raise DataError(f"labels must lie in 0..{self.n_classes - 1} ({', '.join(self.config.labels)}), "
                             f"got {int(y.min())}..{int(y.max())}")
         return nn.functional.one_hot(y.long(), self.n_classes).to(self._anchor.dtype)

@@ -17,9 +17,9 @@ from vaekit import data, objectives
 from vaekit.batches import floats
 from vaekit.config import Config
 from vaekit.data import images
-from vaekit.data.mapped import MappedRows
-from vaekit.errors import TrainingError
-from vaekit.model import VAE, NotAvailable, likelihoods
+from vaekit.data.mapped import MappedRows, available_memory
+from vaekit.errors import ConfigError, TrainingError
+from vaekit.model import VAE, NotAvailable, likelihoods, size
 from vaekit.training import distributed, graphs, streaming
 from vaekit.training.steps import StepOptions, batch_bounds, make_optimizer
 
@@ -136,6 +136,7 @@ def start(config: Config, splits: data.Splits, device: torch.device, ctx: distri
     """A run at epoch 0: the config resolved against the data, the model, optimiser and data on the device."""
     _check_support(config, splits.train.stored)
     config = resolve(config, splits)
+    check_memory(config, device)
     torch.manual_seed(config.train.seed)  # the same initial weights in every process
     model = VAE(config.model).to(device)
     if ctx.world_size > 1:  # but independent posterior noise in each
@@ -217,6 +218,32 @@ def _on_device(split: data.Split, model: VAE, device: torch.device) -> tuple[Ten
     y = model.labels_of(split.y, f"the {split.name} split")
     x = split.stored if isinstance(split.stored, MappedRows) else split.stored.to(device)
     return x, None if y is None else y.to(device)
+
+
+def check_memory(config: Config, device: torch.device) -> None:
+    """A ConfigError, before anything is allocated, when the model and one batch cannot fit the memory the
+    device has free: what sizes typed by hand (``--hidden 1000000000``) would otherwise end in."""
+    free = _free_memory(device)
+    if free is None:
+        return
+    weights, activations = size.training_bytes(config)
+    if weights + activations <= free:
+        return
+    m, gb = config.model, lambda n: f"{n / 2**30:,.1f} GB"
+    sizes = f"model.hidden = {list(m.hidden)}, model.latent_dim = {m.latent_dim}" + \
+        (f", model.channels = {list(m.channels)}" if m.arch == "conv" else "")
+    raise ConfigError(
+        f"training this model needs about {gb(weights + activations)}, more than the {gb(free)} free on {device}: "
+        f"{weights // (4 * size.ADAM_COPIES):,} parameters with their gradients and Adam's moments take "
+        f"{gb(weights)} and one batch of {config.train.batch_size} takes {gb(activations)}. Reduce the sizes "
+        f"({sizes}) or train.batch_size")
+
+
+def _free_memory(device: torch.device) -> int | None:
+    """Bytes free for new tensors on ``device``; None where it cannot be told."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return available_memory() if device.type == "cpu" else None
 
 
 def _check_support(config: Config, x: Tensor | MappedRows) -> None:
