@@ -324,7 +324,8 @@ def test_run_directories_load_through_the_pointer(run_copy):
 
 def test_a_load_racing_a_new_checkpoint_never_pairs_files_of_two(run_copy, monkeypatch):
     """latest.json switching to a newer checkpoint between the config and the weights reads of one load_run:
-    the load reads both through the pointer it resolved first, so it refuses rather than mixing the two."""
+    the load reads both through the pointer it resolved first, so it refuses rather than mixing the two, and
+    given the directory it reads the newer checkpoint whole instead."""
     model, cfg = checkpoint.load_run(run_copy)
     before = checkpoint.load_state(run_copy)
     newer_cfg = cfg.override({"train.epochs": 2})
@@ -340,10 +341,13 @@ def test_a_load_racing_a_new_checkpoint_never_pairs_files_of_two(run_copy, monke
         return config
 
     monkeypatch.setattr(checkpoint, "load_config", load_config_then_switch)
+    old_set = checkpoint.resolve(run_copy)
     with pytest.raises(vaekit.CheckpointError, match=r"model\.safetensors is gone: checkpoint .* was replaced by "
                                                       r".* while it was being read .* load it again"):
-        checkpoint.load_run(run_copy)
-    loaded, loaded_cfg = checkpoint.load_run(run_copy)  # loading again gets the newer one, whole
+        checkpoint.load_run(old_set)  # a set given by the caller is read as it is, or not at all
+    monkeypatch.setattr(checkpoint, "load_config", load_config_then_switch)
+    checkpoint.save_run(run_copy, cfg, model.state_dict(), before)  # back to the first weights, as a new set
+    loaded, loaded_cfg = checkpoint.load_run(run_copy)  # a directory is read again, from the newer set, whole
     assert loaded_cfg == newer_cfg
     for k, v in loaded.state_dict().items():
         torch.testing.assert_close(v, newer[k])

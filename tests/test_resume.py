@@ -432,3 +432,40 @@ def test_sigterm_stops_training_saying_where_the_last_checkpoint_is(tmp_path):
     resumed = vaekit_cli(["train", "--resume", str(run), "--epochs", str(epoch + 1), "--quiet"])
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "no checkpoint of this run was completed" in _where_to_resume(tmp_path / "never")
+
+
+def test_one_writer_per_run_while_readers_race_it(tmp_path, capsys):
+    """A trainer checkpointing every epoch in its own process: 200 loads racing it each get one whole checkpoint,
+    a second writer (a resume, or a fresh run onto the same --out) is refused naming the trainer's PID, and once
+    the trainer is killed the kernel has released its lock, so the run resumes."""
+    import time
+
+    from vaekit.cli import main
+
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "vaekit", *TRAIN[:4], "100000", *TRAIN[5:], "--out", str(run)],
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "latest.json").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        seen = set()
+        for _ in range(200):
+            seen.add(checkpoint.resolve(run).checkpoint_id)
+            _, config = checkpoint.load_run(run)  # raises if its files came from two checkpoints
+            assert config.train.epochs == 100000 and checkpoint.load_state(run).epoch >= 1
+        assert len(seen) >= 3, seen  # the trainer really replaced the checkpoint while the loads ran
+        lines = len((run / "metrics.jsonl").read_text().splitlines())
+        with pytest.raises(TrainingError, match=rf"{run} is being written by another training process "
+                                                rf"\(PID {proc.pid} on {socket.gethostname()}\)"):
+            vaekit.resume(run)
+        assert main([*TRAIN, "--out", str(run), "--overwrite"]) == 2
+        assert f"PID {proc.pid}" in capsys.readouterr().err
+        assert len((run / "metrics.jsonl").read_text().splitlines()) >= lines  # not truncated by the refused one
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+    epoch = checkpoint.load_state(run).epoch
+    result = vaekit.resume(run, {"train.epochs": epoch})  # SIGKILL left the lock to the kernel to release
+    assert result.history[-1]["epoch"] == epoch

@@ -52,7 +52,8 @@ def test_training_on_digits_improves_and_writes_metrics(tmp_path):
     assert lines == json.loads(json.dumps(hist))
     assert {p.name for p in tmp_path.iterdir()} == {
         "config.json", "model.safetensors", "metrics.jsonl", "reconstructions.png", "samples.png",
-        "latest.json", "checkpoints"}  # the pointer to the current checkpoint set, and the set (see test_resume)
+        "latest.json", "checkpoints",  # the pointer to the current checkpoint set, and the set (see test_resume)
+        ".vaekit-lock"}  # the one writer's lock (test_hostile_files)
     assert result.config.model.data_shape == (1, 8, 8)
 
 

@@ -20,7 +20,8 @@ Two layouts are read, and loading reads JSON and safetensors only, so a checkpoi
 
 A load resolves ``latest.json`` once (``resolve``, a ``CheckpointSet``) and reads every file it needs against
 that one pointer, so a load racing a writer gets the config, weights, standardization and training state of
-one checkpoint, or a CheckpointError saying the checkpoint was replaced while it was read; never a mixture.
+one checkpoint, or a CheckpointError saying the checkpoint was replaced while it was read; never a mixture
+(``load_run`` of a directory then reads the newer checkpoint instead).
 
 Every reader also takes a Hugging Face Hub id, ``hf://owner/name[@revision]`` (``vaekit.hub``): the repository
 is a run directory uploaded as is, read from the local Hub cache after downloading what a model needs.
@@ -36,9 +37,10 @@ import os
 import re
 import secrets
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors import SafetensorError
@@ -312,6 +314,14 @@ def _read_verified(ckpt: CheckpointSet, name: str) -> tuple[Path, bytes | None, 
     return path, blob, ckpt.checkpoint_id
 
 
+class SetReplaced(CheckpointError):
+    """A file of a checkpoint set vanished because a newer set replaced it while it was being read."""
+
+
+REREADS = 3
+T = TypeVar("T")
+
+
 def _check_not_replaced(ckpt: CheckpointSet, path: Path) -> None:
     """A CheckpointError when ``path`` of the set is gone because a newer checkpoint replaced the set meanwhile."""
     try:
@@ -319,7 +329,7 @@ def _check_not_replaced(ckpt: CheckpointSet, path: Path) -> None:
     except CheckpointError:  # e.g. the pointer is mid-replacement or damaged: report the missing file itself
         return
     if now != ckpt.checkpoint_id:
-        raise CheckpointError(f"{path} is gone: checkpoint {ckpt.checkpoint_id} was replaced by {now} while it "
+        raise SetReplaced(f"{path} is gone: checkpoint {ckpt.checkpoint_id} was replaced by {now} while it "
                               f"was being read (a training run is writing to {ckpt.directory}); load it again")
 
 
@@ -347,8 +357,24 @@ def load_config(source: Source) -> Config:
 
 def load_run(source: Source, device: str | torch.device = "cpu") -> tuple[VAE, Config]:
     """The model (in eval mode, on ``device``) and the Config saved in a directory (or resolved set), both
-    from one checkpoint."""
-    ckpt = resolve(source)
+    from one checkpoint. A directory whose checkpoint a training run replaces during the read is read again,
+    from the newer checkpoint (a few times: a writer publishes a set at most once per epoch)."""
+    return _reread(lambda ckpt: _load_set(ckpt, device), source)
+
+
+def _reread(read: Callable[[CheckpointSet], T], source: Source) -> T:
+    """``read`` of the set ``source`` resolves to, resolved and read again when a newer set replaces it midway;
+    a set given as such is read once."""
+    for attempt in range(REREADS):
+        try:
+            return read(resolve(source))
+        except SetReplaced:
+            if isinstance(source, CheckpointSet) or attempt == REREADS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _load_set(ckpt: CheckpointSet, device: str | torch.device) -> tuple[VAE, Config]:
     config = load_config(ckpt)
     weights = load_weights(ckpt, size.on_meta(config.model))  # the config's sizes checked before they allocate
     model = VAE(config.model)
@@ -403,7 +429,10 @@ def load_state(source: Source) -> TrainingState:
 
     Its ``source`` is the set it was read from, so the weights restored with it can be read from that one.
     """
-    ckpt = resolve(source)  # a missing directory says so
+    return _reread(_load_state, source)
+
+
+def _load_state(ckpt: CheckpointSet) -> TrainingState:
     if ckpt.pointer is None:
         raise CheckpointError(f"{ckpt.directory} holds no training state to resume from (no {LATEST_FILE}): it was "
                               "not written by `vaekit train`, or by a vaekit from before resume existed")

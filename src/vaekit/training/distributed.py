@@ -37,6 +37,11 @@ class Context:
         return self.rank == 0
 
 
+def env_rank() -> int:
+    """This process's rank as ``torchrun`` sets it in the environment, before the group is joined (0 alone)."""
+    return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+
+
 def from_env(device: torch.device) -> tuple[Context, torch.device]:
     """Join the process group that ``torchrun`` describes in the environment (NCCL on GPUs, gloo on CPU)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -30,7 +30,7 @@ from vaekit.devices import resolve_device
 from vaekit.errors import TrainingError
 from vaekit.fileio import crash_point
 from vaekit.model import check_parts
-from vaekit.training import distributed, paths, runstate, streaming
+from vaekit.training import distributed, paths, runlock, runstate, streaming
 from vaekit.training.records import epoch_record
 from vaekit.training.run import Callback, Run, TrainResult, start
 from vaekit.training.steps import TERMS, epoch_means, train_step
@@ -45,8 +45,17 @@ def train(config: Config, out_dir: str | Path | None = None, callbacks: Sequence
     ``splits`` may be passed to reuse data already in memory; otherwise ``config.data`` is loaded. Under
     ``torchrun`` the run is data-parallel across the processes (see ``training.distributed``). With ``resume``,
     ``out_dir`` is a run directory written by ``train`` and training continues from its latest checkpoint;
-    ``config`` must be the saved one, apart from the keys in ``RESUMABLE_CHANGES`` (see ``resume``).
+    ``config`` must be the saved one, apart from the keys in ``RESUMABLE_CHANGES`` (see ``resume``). A run
+    directory takes one writer: another process training into it is refused with the first one's PID.
     """
+    if out_dir is None or distributed.env_rank() != 0:  # under torchrun rank 0 alone writes the run
+        return _train(config, out_dir, callbacks, splits, resume)
+    with runlock.held(Path(out_dir), create=not resume):  # before a resume reads the state it continues
+        return _train(config, out_dir, callbacks, splits, resume)
+
+
+def _train(config: Config, out_dir: str | Path | None, callbacks: Sequence[Callback], splits: data.Splits | None,
+           resume: bool) -> TrainResult:
     state, saved_epochs = None, 0
     if resume:
         if out_dir is None:
@@ -242,12 +251,10 @@ def _attach_output(run: Run, out_dir: str | Path | None, preprocess: Any, resume
     if out_dir is None or not run.ctx.is_main:
         return
     run.out = Path(out_dir)
+    runlock.make_run_directory(run.out)
     try:  # before any training: a run that cannot keep its results should not start
-        run.out.mkdir(parents=True, exist_ok=True)
         if not resumed:
             (run.out / "metrics.jsonl").write_text("")
-    except FileExistsError:
-        raise TrainingError(f"the run directory {run.out} is a file, not a folder: choose another --out") from None
     except OSError as e:
         raise TrainingError(f"cannot write the run directory {run.out}: {e.strerror or e}") from None
 
