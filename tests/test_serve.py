@@ -7,6 +7,7 @@ interpolation are the inputs' codes, and no request, however malformed, gets a 5
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -23,6 +24,8 @@ from PIL import Image
 import vaekit
 from vaekit import anomaly
 from vaekit.cli import main
+from vaekit.errors import ConfigError
+from vaekit.serve.limits import InFlightLimit, default_max_in_flight
 from vaekit.serve.service import ModelService
 
 pytest.importorskip("fastapi", reason="vaekit serve needs FastAPI: pip install -e '.[dev]'")
@@ -120,6 +123,8 @@ def test_sample_is_seeded_and_comes_as_arrays_or_png(client):
     assert (im.format, im.size, im.mode) == ("PNG", (8, 8), "L")
     fresh = ok(client.post("/v1/sample", json={}))
     assert len(fresh["x"]) == 16 and isinstance(fresh["seed"], int)
+    as_floats = ok(client.post("/v1/sample", json={"n": 5.0, "seed": 3.0}))  # JSON Schema's integers: 3.0 is one
+    assert as_floats["x"] == a["x"] and as_floats["seed"] == 3
 
 
 def test_temperature_zero_decodes_the_origin(client):
@@ -240,8 +245,10 @@ def test_table_model_takes_arrays_only(table_client):
     info = ok(table_client.get("/v1/info"))
     assert info["data_shape"] == [5] and info["image"] is False and info["examples"] == 0
     ok(table_client.post("/v1/score", json={"x": [[0.1, -2.0, 3.0, 0.0, 1e3]], "details": True}))
-    r = table_client.post("/v1/sample", json={"n": 2, "format": "png"})
-    assert r.status_code == 422 and "format png needs image data" in r.json()["detail"]
+    for path, body in [("/v1/sample", {"n": 2}), ("/v1/score", {"x": [[0.0] * 5]})]:  # score: whatever details says
+        r = table_client.post(path, json={**body, "format": "png"})
+        assert r.status_code == 422 and "format png needs image data" in r.json()["detail"], path
+    assert table_client.post("/v1/score/upload", files=[("files", ("a.png", b"", "image/png"))]).status_code == 404
     r = table_client.post("/v1/encode", json={"x": [png_b64(digits(1)[0])]})
     assert r.status_code == 422 and "data has shape (5,)" in r.json()["detail"]
     assert table_client.get("/v1/examples").status_code == 404
@@ -280,6 +287,7 @@ BAD = [
     ("/v1/sample", b'{"temperature": Infinity}', 422, "finite"),
     ("/v1/sample", {"n": "3"}, 422, "valid integer"),
     ("/v1/sample", {"n": 2.5}, 422, "valid integer"),
+    ("/v1/sample", {"seed": 2**53}, 422, "less than or equal to 9007199254740991"),
     ("/v1/sample", {"n": True}, 422, "valid integer"),
     ("/v1/sample", {"n": 10**30}, 422, "less than or equal to 256"),
     ("/v1/sample", {"n": 0}, 422, "greater than or equal to 1"),
@@ -304,6 +312,9 @@ BAD = [
     ("/v1/encode", {"x": [[[[0.5] * 8] * 7 + [[0.5] * 3]]]}, 422, "not a rectangular array"),
     ("/v1/encode", {"x": [[[["0.5"] * 8] * 8]]}, 422, "numbers only, got strings"),
     ("/v1/encode", {"x": [[[[True] * 8] * 8]]}, 422, "numbers only, got booleans"),
+    ("/v1/encode", {"x": [[[[0.5] * 7 + [False]] + [[0.5] * 8] * 7]]}, 422, "numbers only, got booleans"),
+    ("/v1/sample", b'{"label": "\xff\xfe"}', 400, "not UTF-8 text"),
+    ("/v1/encode", b'{"x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, "nests too deeply"),
     ("/v1/encode", {"x": [[[[None] * 8] * 8]]}, 422, "numbers only"),
     ("/v1/encode", {"x": [[[[10**400] * 8] * 8]]}, 422, "numbers only"),
     ("/v1/encode", {"x": [[[[1e300] * 8] * 8]]}, 422, "float32"),
@@ -361,6 +372,23 @@ def test_other_http_errors(client):
     assert r.status_code == 422 and "files" in r.json()["detail"]
     assert client.get("/v1/examples", params={"n": 0}).status_code == 422
     assert client.get("/v1/examples", params={"n": 10, "format": "bmp"}).status_code == 422
+    r = client.delete("/v1/sample")
+    assert r.status_code == 405 and r.headers["allow"] == "POST" and r.json()["detail"] == "Method Not Allowed"
+
+
+def test_upload_forms_are_checked_like_json_bodies(client):
+    png = base64.b64decode(png_b64(digits(1)[0]))
+    files = [("files", ("a.png", png, "image/png"))]
+    for data, fragment in [({"detials": "true"}, "body.detials: Extra inputs are not permitted"),
+                           ({"details": "yes"}, "body.details: Value error, expected true or false, got 'yes'"),
+                           ({"label": "3"}, "not conditional"), ({"method": "magic"}, "'elbo', 'recon', 'nll'")]:
+        r = client.post("/v1/score/upload", files=files, data=data)
+        assert r.status_code == 422 and fragment in r.json()["detail"], (data, r.text)
+    r = client.post("/v1/score/upload", files=files * 17)  # one limit for every method: the costliest score's
+    assert r.status_code == 422 and "17 files uploaded; this route takes at most 16" in r.json()["detail"]
+    r = client.post("/v1/encode/upload", files=[("files", (None, "not a file", "text/plain"))])
+    assert r.status_code == 422 and "body.files: must be a file (PNG), not a text field" in r.json()["detail"]
+    assert len(ok(client.post("/v1/encode/upload", files=files * 17))["mu"]) == 17
 
 
 def _random_json(rng: random.Random, depth: int = 0):
@@ -412,6 +440,84 @@ def test_fuzz_malformed_bodies_never_get_a_5xx(client):
     assert ok(client.get("/v1/info"))["latent_dim"] == LATENT  # still up
 
 
+# ---- requests in flight ------------------------------------------------------------------------------------
+
+def test_requests_beyond_the_cap_get_503_until_one_finishes(model):
+    """Two requests held inside the model: the third is answered 503 at once, with Retry-After; once they are
+    released both complete, and the next request goes through."""
+    service = ModelService(model)
+    inside, release, real_sample = threading.Semaphore(0), threading.Event(), service.sample
+
+    def held_sample(*args, **kwargs):
+        inside.release()
+        assert release.wait(timeout=60)
+        return real_sample(*args, **kwargs)
+
+    service.sample = held_sample
+    with TestClient(create_app(service, max_in_flight=2)) as c:
+        assert ok(c.get("/v1/info"))["limits"]["max_in_flight"] == 2
+        answers = []
+        held = [threading.Thread(target=lambda: answers.append(c.post("/v1/sample", json={"n": 1, "seed": 0})))
+                for _ in range(2)]
+        for t in held:
+            t.start()
+        assert inside.acquire(timeout=60) and inside.acquire(timeout=60)  # both are in the model now
+        for r in (c.post("/v1/sample", json={"n": 1}), c.get("/v1/info")):  # every request counts
+            assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+            assert r.json()["detail"] == "the server is busy: 2 requests are in flight, the most it serves at once; " \
+                                         "retry in 1 s"
+        release.set()
+        for t in held:
+            t.join(timeout=60)
+        assert [r.status_code for r in answers] == [200, 200]
+        assert ok(c.post("/v1/sample", json={"n": 1, "seed": 0}))["x"] == answers[0].json()["x"]
+
+
+def test_the_cap_answers_before_reading_the_body():
+    """The 503 comes before the body is read, so a refused request never has its body buffered."""
+    scope = {"type": "http", "method": "POST", "path": "/v1/encode", "headers": [(b"content-length", b"8388608")]}
+    entered, leave, answers = asyncio.Event(), asyncio.Event(), []
+
+    async def slow_app(scope, receive, send):
+        entered.set()
+        await leave.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    async def body():
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def must_not_read():
+        raise AssertionError("the refused request's body was read")
+
+    async def record(message):
+        answers.append(message)
+
+    async def scenario():
+        limit = InFlightLimit(slow_app, max_in_flight=1)
+        first = asyncio.create_task(limit(scope, body, record))
+        await entered.wait()
+        await limit(scope, must_not_read, record)
+        assert answers[0]["status"] == 503 and (b"retry-after", b"1") in answers[0]["headers"]
+        assert (b"connection", b"close") not in answers[0]["headers"]  # the server drops the body, then reuses
+        leave.set()
+        await first
+        assert answers[-2]["status"] == 200 and limit.in_flight == 0
+
+    asyncio.run(scenario())
+
+
+def test_the_default_cap_fits_maximum_size_bodies_in_a_memory_budget(model):
+    assert default_max_in_flight(8 * 2**20) == 8  # 8 x 16 x 8 MiB = 1 GiB at the measured peak cost
+    assert default_max_in_flight(2**20) == 40 and default_max_in_flight(2**30) == 2  # thread pool; a floor
+    with TestClient(create_app(model)) as c:
+        assert ok(c.get("/v1/info"))["limits"]["max_in_flight"] == 8
+    with TestClient(create_app(model, max_in_flight=0)) as c:  # 0: no cap
+        assert ok(c.get("/v1/info"))["limits"]["max_in_flight"] == 0
+    with pytest.raises(ConfigError, match="max_in_flight must be >= 0"):
+        create_app(model, max_in_flight=-1)
+
+
 # ---- the command ---------------------------------------------------------------------------------------------
 
 def test_serve_command_without_the_web_framework_says_what_to_install(run_dir, monkeypatch, capsys):
@@ -423,6 +529,8 @@ def test_serve_command_without_the_web_framework_says_what_to_install(run_dir, m
 def test_serve_command_checks_its_flags(run_dir, capsys):
     assert main(["serve", str(run_dir), "--port", "70000"]) == 2
     assert "--port must lie in 0..65535" in capsys.readouterr().err
+    assert main(["serve", str(run_dir), "--max-in-flight", "-1"]) == 2
+    assert "--max-in-flight must be >= 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["serve", "--help"])
     assert "loopback" in capsys.readouterr().out
@@ -433,8 +541,9 @@ def test_serve_command_builds_the_app_and_listens_on_loopback(run_dir, monkeypat
 
     seen = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: seen.update(app=app, **kwargs))
-    assert main(["serve", str(run_dir), "--port", "8123", "--examples", "0"]) == 0
+    assert main(["serve", str(run_dir), "--port", "8123", "--examples", "0", "--max-in-flight", "3"]) == 0
     assert (seen["host"], seen["port"]) == ("127.0.0.1", 8123)
     assert "http://127.0.0.1:8123/" in capsys.readouterr().err
     with TestClient(seen["app"]) as c:
-        assert ok(c.get("/v1/info"))["examples"] == 0
+        info = ok(c.get("/v1/info"))
+        assert info["examples"] == 0 and info["limits"]["max_in_flight"] == 3

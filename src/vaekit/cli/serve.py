@@ -22,14 +22,17 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", help="where the run's dataset lives, for the examples (default: $VAEKIT_DATA)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--max-body-mb", type=float, default=8.0, help="largest request body accepted, in MiB")
+    p.add_argument("--max-in-flight", type=int, metavar="N",
+                   help="requests served at once; more are answered 503 with Retry-After (default: as many "
+                        "maximum-size bodies as fit 1 GiB at their peak cost, 8 for 8 MiB; 0: no cap)")
     p.set_defaults(func=cmd_serve)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise VaekitError(f"--port must lie in 0..65535, got {args.port}")
-    if args.examples < 0 or args.max_body_mb <= 0:
-        raise VaekitError("--examples must be >= 0 and --max-body-mb positive")
+    if args.examples < 0 or args.max_body_mb <= 0 or (args.max_in_flight is not None and args.max_in_flight < 0):
+        raise VaekitError("--examples and --max-in-flight must be >= 0 and --max-body-mb positive")
     try:  # here, not at the top: the rest of vaekit works without the web framework
         import uvicorn
 
@@ -38,7 +41,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise VaekitError(f"vaekit serve needs FastAPI and uvicorn, and {e.name} is not installed: "
                           "pip install 'vaekit[serve]'") from None
     app = create_app(args.dir, n_examples=args.examples, data_dir=args.data_dir, device=args.device,
-                     max_body_bytes=int(args.max_body_mb * 2**20))
+                     max_body_bytes=int(args.max_body_mb * 2**20), max_in_flight=args.max_in_flight)
     host = f"[{args.host}]" if ":" in args.host else args.host
     if args.host not in LOOPBACK:
         print(f"vaekit: warning: listening on {args.host}, reachable from other machines", file=sys.stderr)

@@ -9,8 +9,9 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import itertools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -26,18 +27,30 @@ PNG_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 DATA_URL_PREFIX = "data:image/png;base64,"
 
 
-def example_from_json(item: Any, shape: tuple[int, ...], index: int = 0) -> np.ndarray:
-    """One input as float32 of ``shape``: a nested array of numbers, or a PNG (base64 text, or the bytes of an
-    uploaded file) of an image model."""
+class Bounds(NamedTuple):
+    """The closed range each value of an input must lie in: ``low`` and ``high`` (float64, broadcastable to
+    the data shape: one pair, or one per feature), and why, for the message."""
+
+    low: np.ndarray
+    high: np.ndarray
+    why: str
+
+
+def example_from_json(item: Any, shape: tuple[int, ...], index: int = 0, bounds: Bounds | None = None) -> np.ndarray:
+    """One input as float32 of ``shape``: a nested array of numbers (within ``bounds``), or a PNG (base64 text,
+    or the bytes of an uploaded file) of an image model."""
     if isinstance(item, bytes):
         return png_to_array(item, shape, f"file {index}")
     if isinstance(item, str):
         return png_to_array(b64decode(item, f"x[{index}]"), shape, f"x[{index}]")
-    return array_from_json(item, shape, f"x[{index}]")
+    return array_from_json(item, shape, f"x[{index}]", bounds)
 
 
-def array_from_json(value: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
-    """A nested JSON array of finite numbers with exactly ``shape``, as float32."""
+def array_from_json(value: Any, shape: tuple[int, ...], what: str, bounds: Bounds | None = None) -> np.ndarray:
+    """A nested JSON array of finite numbers with exactly ``shape``, each within ``bounds``, as float32.
+
+    The bounds are checked on the numbers as sent (float64 or integers), before the cast to float32, so the
+    server refuses exactly what the range published in its OpenAPI schema excludes."""
     try:
         a = np.asarray(value)
     except (ValueError, TypeError, OverflowError) as e:  # ragged nesting, or a number too large for any dtype
@@ -46,12 +59,32 @@ def array_from_json(value: Any, shape: tuple[int, ...], what: str) -> np.ndarray
         raise DataError(f"{what} must hold numbers only, got {_kind_name(a)}")
     if a.shape != shape:
         raise DataError(f"{what} has shape {a.shape}, expected {shape} (the model's data shape)")
+    if _holds_booleans(value, len(shape)):  # numpy reads [true, 0.5] as [1.0, 0.5]; JSON Schema's number excludes true
+        raise DataError(f"{what} must hold numbers only, got booleans")
     with np.errstate(over="ignore"):
         a32 = a.astype(np.float32)
     if not np.isfinite(a32).all():
         bad = "values beyond float32's range (about 3.4e38)" if np.isfinite(a).all() else "NaN or infinite values"
         raise DataError(f"{what} contains {bad}")
+    if bounds is not None:
+        _check_bounds(a, bounds, what)
     return a32
+
+
+def _check_bounds(a: np.ndarray, bounds: Bounds, what: str) -> None:
+    low, high = np.broadcast_to(bounds.low, a.shape), np.broadcast_to(bounds.high, a.shape)
+    outside = (a < low) | (a > high)
+    if outside.any():
+        i = tuple(int(k) for k in np.argwhere(outside)[0])
+        raise DataError(f"{what}{list(i)} = {a[i]:g}: this model needs x in [{low[i]:g}, {high[i]:g}] ({bounds.why})")
+
+
+def _holds_booleans(value: Any, depth: int) -> bool:
+    """Whether a rectangular nested list ``depth`` deep has a boolean among its leaves."""
+    leaves = value
+    for _ in range(depth - 1):
+        leaves = itertools.chain.from_iterable(leaves)
+    return bool in set(map(type, leaves))
 
 
 def _kind_name(a: np.ndarray) -> str:

@@ -1,8 +1,11 @@
 """Request and response bodies of the HTTP API, with the limits every request is held to.
 
 Unknown fields are refused (a misspelt ``temprature`` is an error, not a silently ignored option), numbers
-are strict (``"3"`` is not 3) and finite (NaN and infinity are refused), and every list has a maximum length,
-so one request's work is bounded before it reaches the model.
+are strict (``"3"`` is not 3; but 3.0 is 3, as JSON Schema's ``integer`` says) and finite (NaN and infinity are
+refused), and every list has a maximum length, so one request's work is bounded before it reaches the model.
+
+These are the bodies any vaekit server takes; ``contract`` narrows them to one model (its latent size, data
+shape, labels, scores) in the OpenAPI schema that server publishes.
 """
 
 from __future__ import annotations
@@ -10,18 +13,38 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 MAX_BATCH = 256  # inputs, codes or samples per request
 MAX_STEPS = 64  # points of an interpolation path
 MAX_TEMPERATURE = 10.0
 MAX_ABS_Z = 100.0  # latent codes live near N(0, I): |z| beyond 100 standard deviations is a mistake
 MAX_LATENT = 4096
-MAX_SEED = 2**63 - 1
+MAX_SEED = 2**53 - 1  # the largest integer every JSON parser reads exactly (JavaScript's MAX_SAFE_INTEGER)
 MAX_LABEL_CHARS = 200
 DEFAULT_MAX_BODY_BYTES = 8 * 2**20  # 256 MNIST images as JSON text take about 3 MB
 
 Format = Literal["array", "png"]
+
+
+def _integral(value: Any) -> Any:
+    # JSON Schema's integer is any number with a zero fractional part, so 97.0 is one; "97" and true are not.
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Integer = Annotated[int, BeforeValidator(_integral), Field(strict=True)]
+
+
+def _form_bool(value: Any) -> Any:
+    # A multipart field is text: a JSON boolean travels as "true" or "false", and only these two mean one.
+    if isinstance(value, str):
+        if value not in ("true", "false"):
+            raise ValueError(f"expected true or false, got {value[:40]!r}")
+        return value == "true"
+    return value
+
+
+FormBool = Annotated[bool, BeforeValidator(_form_bool), Field(strict=True)]
 
 
 def _score_name(value: str) -> str:
@@ -52,10 +75,12 @@ class Request(BaseModel):
 
 
 class SampleRequest(Request):
-    n: int = Field(16, strict=True, ge=1, le=MAX_BATCH, description="number of samples")
+    n: Integer = Field(16, ge=1, le=MAX_BATCH, description="number of samples")
     temperature: float = Field(1.0, strict=True, ge=0, le=MAX_TEMPERATURE, allow_inf_nan=False,
                                description="z ~ N(0, temperature^2 I)")
-    seed: int | None = Field(None, strict=True, ge=0, le=MAX_SEED, description="omitted: a fresh seed, returned")
+    # the bounds inside the optional type: outside it, pydantic writes them into the schema as unknown keys
+    seed: Annotated[int, Field(strict=True, ge=0, le=MAX_SEED), BeforeValidator(_integral)] | None = Field(
+        None, description="omitted: a fresh seed, returned")
     label: Label = None
     format: FormatField = "array"
 
@@ -83,7 +108,7 @@ class ReconstructRequest(EncodeRequest):
 class InterpolateRequest(Request):
     x: list[Any] | None = Field(None, min_length=2, max_length=2, description="two inputs (as in /v1/encode)")
     z: list[Code] | None = Field(None, min_length=2, max_length=2, description="or two latent codes")
-    steps: int = Field(10, strict=True, ge=2, le=MAX_STEPS, description="points on the path, both ends included")
+    steps: Integer = Field(10, ge=2, le=MAX_STEPS, description="points on the path, both ends included")
     method: Literal["lerp", "slerp"] = "lerp"
     label: Label = None
     format: FormatField = "array"
@@ -100,6 +125,34 @@ class ScoreRequest(EncodeRequest):
                                  "threshold's score, else elbo")
     details: bool = Field(False, strict=True, description="also return reconstructions and per-pixel errors")
     format: FormatField = Field("array", description="format of the reconstructions when details is true")
+
+
+class EncodeUploadFields(Request):
+    """The text fields of /v1/encode/upload (its files are checked apart)."""
+
+    label: Label = None
+
+
+class ReconstructUploadFields(EncodeUploadFields):
+    format: FormatField = "array"
+
+
+class ScoreUploadFields(ReconstructUploadFields):
+    method: Score | None = Field(None, description="as in /v1/score")
+    details: FormBool = Field(False, description="true or false, as in /v1/score")
+
+
+class ErrorItem(BaseModel):
+    loc: list[str] = Field(description="where in the request, e.g. [\"body\", \"z\", \"0\"]")
+    msg: str
+    type: str
+
+
+class ErrorResponse(BaseModel):
+    """Every refusal: one message naming what was wrong; a request that fails validation also lists each fault."""
+
+    detail: str
+    errors: list[ErrorItem] | None = Field(None, description="each field at fault (422 from validation only)")
 
 
 class ImagesResponse(BaseModel):

@@ -38,6 +38,10 @@ DEFAULT_EXAMPLES = 500  # test inputs kept for the page: thumbnails, the latent 
 NLL_MAX_BATCH = 16  # importance sampling costs 1000 decoder passes per input: keep one request's work bounded
 NLL_SAMPLES = 1000
 LLR_MAX_BATCH = 64  # the likelihood ratio: two bounds of 100 importance samples each, 200 passes per input
+# Inputs of a likelihood without a bounded range (gaussian) must lie within this many units of the model's
+# inputs (standard deviations of the training data, for a standardized table): the farthest plausible outlier
+# is far inside, while inputs much farther out make the model's outputs and scores overflow float32.
+MAX_ABS_INPUT = 1e6
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,7 @@ class ModelService:
         self.examples = examples
         self._lock = threading.Lock()  # one request at a time on the model: PyTorch already uses all cores
         self._device = next(model.parameters()).device
+        self.bounds = input_bounds(model, preprocess)
         self._mu = None if examples is None else self._posterior_means(examples)
         self.ranking, self.kl, self.ranked_by = latent_ranking(model, examples, self._mu)
         self.map = None if self._mu is None else latent_map(self._mu.double().numpy())
@@ -87,6 +92,22 @@ class ModelService:
     @property
     def is_image(self) -> bool:
         return is_image_shape(self.data_shape)
+
+    def batch_limit(self, method: str | None) -> int | None:
+        """The most inputs one request may score with ``method`` (None: the default score); None: no limit
+        beyond the API's own on any batch."""
+        name, _ = anomaly.parse_score(self.score_name(method), len(self.model.layers))
+        return {"nll": NLL_MAX_BATCH, "llr": LLR_MAX_BATCH}.get(name)
+
+    def score_name(self, method: str | None) -> str:
+        """The score ``method`` names; omitted: the stored threshold's score, else elbo."""
+        return method or (self.threshold.score if self.threshold else "elbo")
+
+    def check_format(self, fmt: str) -> None:
+        """Refuse PNG output for a model whose data are not images, whether or not the request makes images."""
+        if fmt == "png" and not self.is_image:
+            raise DataError(f"format png needs image data, but this model's data has shape {self.data_shape}; "
+                            "ask for format array")
 
     @contextmanager
     def _inference(self) -> Iterator[None]:
@@ -148,11 +169,10 @@ class ModelService:
               details: bool = False) -> dict[str, Any]:
         """Anomaly scores (anomaly.py's, seeded), flags against the stored threshold when it is for this score,
         and with ``details`` each input's reconstruction and per-pixel (per-feature) contribution."""
-        method = method or (self.threshold.score if self.threshold else "elbo")
+        method = self.score_name(method)
         name, _ = anomaly.parse_score(method, len(self.model.layers))
         xt = self.inputs(x)
-        most = {"nll": NLL_MAX_BATCH, "llr": LLR_MAX_BATCH}.get(name)
-        if most is not None and len(xt) > most:
+        if (most := self.batch_limit(method)) is not None and len(xt) > most:
             raise DataError(f"the {method} score takes at most {most} inputs per request, got {len(xt)}")
         y = self.model.labels_named(label, len(xt))
         thr = self.threshold if self.threshold is not None and self.threshold.score == method else None
@@ -172,7 +192,8 @@ class ModelService:
         """Request inputs (nested arrays or base64 PNGs, data units) as one (N, *shape) tensor in model units."""
         if not items:
             raise DataError("x is empty: send at least one input")
-        x = codec.stack([codec.example_from_json(item, self.data_shape, i) for i, item in enumerate(items)])
+        x = codec.stack([codec.example_from_json(item, self.data_shape, i, self.bounds)
+                         for i, item in enumerate(items)])
         x = self.preprocess(x.flatten(1)).reshape(x.shape) if self.preprocess is not None else x
         likelihoods.check_support(self.model.config.likelihood, x, "x")
         return x
@@ -218,6 +239,22 @@ class ModelService:
             "examples": 0 if self.examples is None else len(self.examples.x),
             "examples_source": None if self.examples is None else self.examples.source,
         }
+
+
+def input_bounds(model: VAE, preprocess: Standardizer | None) -> codec.Bounds:
+    """The range of each input value in data units: the likelihood's, else MAX_ABS_INPUT model units around 0
+    (per feature, mean +- MAX_ABS_INPUT standard deviations, for a standardized table)."""
+    lk = likelihoods.get(model.config.likelihood)
+    if lk.support is not None:
+        low, high = (np.float64(v) for v in lk.support)
+        return codec.Bounds(low, high, f"the range of the {lk.name} likelihood")
+    if preprocess is None:
+        return codec.Bounds(np.float64(-MAX_ABS_INPUT), np.float64(MAX_ABS_INPUT),
+                            f"|x| <= {MAX_ABS_INPUT:g}: farther out the model's outputs overflow")
+    mean = preprocess.mean.double().numpy().reshape(model.data_shape)
+    std = preprocess.std.double().numpy().reshape(model.data_shape)
+    return codec.Bounds(mean - MAX_ABS_INPUT * std, mean + MAX_ABS_INPUT * std,
+                        f"within {MAX_ABS_INPUT:g} standard deviations of the training data's mean")
 
 
 def load_examples(config: Config, n: int, data_dir: str | None = None) -> Examples | None:
