@@ -11,6 +11,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from vaekit.estimator import VAEAnomalyDetector, VAEEstimator
 
 FAST = {"epochs": 2, "hidden": (16,), "latent_dim": 2}
+FAST_DETECTOR = {"steps": 30, "hidden": (16,), "latent_dim": 2}
 
 
 def expected_failures(estimator):
@@ -22,7 +23,8 @@ def expected_failures(estimator):
     return {}
 
 
-@parametrize_with_checks([VAEEstimator(**FAST), VAEAnomalyDetector(**FAST)], expected_failed_checks=expected_failures)
+@parametrize_with_checks([VAEEstimator(**FAST), VAEAnomalyDetector(**FAST_DETECTOR)],
+                         expected_failed_checks=expected_failures)
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
 
@@ -78,17 +80,68 @@ def test_unfitted_use_raises_and_params_round_trip():
         VAEAnomalyDetector(contamination=0.7).fit(plane_data())
 
 
-def test_detector_defaults_are_the_outliers_preset():
-    """VAEAnomalyDetector() trains the model the CLI's ``--preset outliers`` trains (and the benchmark measures)."""
-    from vaekit.config import preset
+def test_detector_defaults_follow_the_data():
+    """Sizes from the number of features, training length in optimizer steps with a floor: 88 rows train as
+    long as 800 (the floor), 20,000 rows for ten epochs."""
+    from vaekit import detector
 
-    det = VAEAnomalyDetector().fit(np.random.default_rng(0).normal(size=(80, 3)))
-    vae = det.vae_
-    cfg = preset("outliers")
-    assert (vae.latent_dim, tuple(vae.hidden), vae.likelihood, vae.obs_std, vae.activation) == (
-        cfg.model.latent_dim, tuple(cfg.model.hidden), cfg.model.likelihood, cfg.model.obs_std, cfg.model.activation)
-    assert (vae.epochs, vae.batch_size, vae.lr, vae.beta) == (
-        cfg.train.epochs, cfg.train.batch_size, cfg.train.lr, cfg.train.beta)
+    assert detector.auto_sizes(3) == ((32,), 2) and detector.auto_sizes(21) == ((42,), 6)
+    assert detector.auto_sizes(1000) == ((256,), 16)
+    assert detector.auto_steps(88, 64) == detector.auto_steps(800, 64) == detector.MIN_STEPS
+    assert detector.auto_steps(20_000, 64) == 10 * 313
+    det = VAEAnomalyDetector(random_state=0).fit(np.random.default_rng(0).normal(size=(88, 21)))
+    model = det.vae_.model_
+    assert (model.config.hidden, model.latent_dim) == ((42,), 6)
+    steps_per_epoch = 2  # 88 rows in batches of 64
+    assert len(det.vae_.history_) * steps_per_epoch >= detector.MIN_STEPS
+
+
+def test_detector_follows_scikit_learn_conventions():
+    X = plane_data(120)
+    fresh = [VAEAnomalyDetector(steps=50).fit(X).decision_scores_ for _ in range(2)]
+    assert not np.allclose(*fresh)  # random_state=None: fresh randomness each fit
+    seeded = [VAEAnomalyDetector(steps=50, random_state=3).fit(X).decision_scores_ for _ in range(2)]
+    np.testing.assert_array_equal(*seeded)
+    auto = VAEAnomalyDetector(steps=50, contamination="auto", random_state=0).fit(X)
+    q1, q3 = np.quantile(auto.decision_scores_, [0.25, 0.75])
+    assert auto.threshold_ == pytest.approx(q3 + 1.5 * (q3 - q1))  # Tukey's upper fence
+    half = VAEAnomalyDetector(steps=50, contamination=0.5, random_state=0).fit(X)
+    assert abs((half.predict(X) == -1).mean() - 0.5) < 0.02
+    for bad in (0.0, 0.51, "most"):
+        with pytest.raises(ValueError, match=r"contamination must be 'auto' or a fraction in \(0, 0.5\]"):
+            VAEAnomalyDetector(contamination=bad).fit(X)
+    with pytest.raises(ValueError, match="VAEAnomalyDetector"):
+        VAEAnomalyDetector(steps=50).fit(np.where(np.eye(120, 6) > 0, np.nan, X))
+    opts = VAEAnomalyDetector(steps=50, standardize=False, likelihood="gaussian-learned",
+                              hidden=(8,), latent_dim=3, random_state=0).fit(X)
+    assert opts.vae_.standardizer_ is None and opts.vae_.model_.config.hidden == (8,)
+    assert opts.vae_.model_.config.likelihood == "gaussian-learned" and opts.vae_.model_.latent_dim == 3
+
+
+def test_the_default_detector_is_an_ensemble_of_two_likelihoods_fitted_without_its_worst_rows():
+    X = np.vstack([plane_data(), np.random.default_rng(3).normal(scale=40, size=(15, 6)) + 100])
+    det = VAEAnomalyDetector(steps=200, random_state=0).fit(X)
+    assert [v.model_.config.likelihood for v in det.vaes_] == ["gaussian", "gaussian-learned"]
+    untrimmed = VAEAnomalyDetector(steps=50, likelihood="gaussian", trim=0.0, random_state=0).fit(X)
+    for v in det.vaes_:  # standardized by the rows each was fitted on: without the planted outliers' spread
+        assert (v.standardizer_.std < 0.95 * untrimmed.vae_.standardizer_.std).all()
+    members = [-anomaly_score for anomaly_score in (v.score_samples(X) for v in det.vaes_)]
+    scaled = [(m - np.median(m)) / np.subtract(*np.quantile(m, [0.75, 0.25])) for m in members]
+    np.testing.assert_allclose(det.decision_scores_, np.mean(scaled, axis=0), rtol=1e-5, atol=1e-6)
+    assert np.median(det.decision_scores_[-15:]) > np.quantile(det.decision_scores_[:-15], 0.9)
+    three = VAEAnomalyDetector(steps=50, likelihood="gaussian", n_models=3, trim=0.0, random_state=0).fit(X)
+    assert len({v.random_state for v in three.vaes_}) == 3
+
+
+def test_the_latent_neighbour_score_leaves_a_row_out_of_its_own_neighbours():
+    X = np.vstack([plane_data(), np.random.default_rng(3).normal(scale=40, size=(15, 6)) + 100])
+    det = VAEAnomalyDetector(score_method="knn", n_neighbors=1, steps=300, random_state=0).fit(X)
+    codes = det.vae_.transform(X)
+    d = np.linalg.norm(codes[:, None] - codes[None], axis=-1)
+    np.fill_diagonal(d, np.inf)
+    np.testing.assert_allclose(det.decision_scores_, d.min(1), rtol=1e-4, atol=1e-5)  # nearest other row
+    np.testing.assert_allclose(det.score_samples(X), -det.decision_scores_)  # training rows score as new ones
+    assert np.median(det.decision_scores_[-15:]) > np.median(det.decision_scores_[:-15])
 
 
 @pytest.mark.parametrize("family", [{"prior": "mog"}, {"prior": "vamp"}, {"posterior": "iaf"},

@@ -26,7 +26,7 @@ STAGES = [
     ("uses", ("vaekit",)),  # evaluation, generate, embedding, anomaly, plots, previews, estimator, serve, cli
 ]
 MAX_LINES, MAX_PARAMS = 60, 7
-SKLEARN_CONSTRUCTORS = {("estimator.py", "__init__")}
+SKLEARN_CONSTRUCTORS = {("estimator.py", "__init__"), ("detector.py", "__init__")}
 
 
 def module_name(path: Path) -> str:

@@ -1,0 +1,212 @@
+"""``VAEAnomalyDetector``: anomaly detection on tables with a VAE, in scikit-learn's outlier-detector conventions.
+
+The detector adapts to its data: training runs for a number of optimizer steps with a floor (an epoch of 88
+rows is two steps, of 30,000 rows hundreds), and the network's width and latent size follow the number of
+features. By default it is an ensemble of two VAEs, one with a fixed-variance Gaussian likelihood (close to a
+linear-Gaussian density: good where outliers form clusters) and one that learns each feature's variance (a
+sharper density: good where outliers break the features' dependencies), each fitted after leaving out the
+10% of rows a brief first fit explains worst, so that outliers in the training data are not learned as
+normal. Members' scores are averaged after scaling each by its training scores' median and interquartile
+range. The defaults were chosen on benchmarks/anomaly_suite.py (README: "Tabular anomaly detection").
+
+Scores: the model's own (``elbo``, ``recon``, ``nll``, ``llr>K``), or in the latent space ``knn``, the distance
+from an input's posterior mean to its k-th nearest training code, and ``elbo+knn``, the two combined.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, OutlierMixin, clone
+from sklearn.neighbors import NearestNeighbors
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted
+
+from vaekit import anomaly
+from vaekit.estimator import VAEEstimator, validate_data
+
+MIN_STEPS = 1000  # optimizer steps at least: below this a VAE has not left its initial state
+EPOCHS = 10  # beyond the floor, passes over the data
+MAX_STEPS = 20_000  # a cap on fitting time for large tables
+LATENT_SCORES = ("knn", "elbo+knn")
+SAME_CODE = 1e-5  # codes this close are one row's (a subset's codes may differ from the whole's in the last bit)
+
+
+def auto_steps(n_rows: int, batch_size: int) -> int:
+    """Optimizer steps for ``n_rows`` training rows: ``EPOCHS`` passes, at least ``MIN_STEPS``."""
+    per_epoch = math.ceil(n_rows / batch_size)
+    return min(MAX_STEPS, max(MIN_STEPS, EPOCHS * per_epoch))
+
+
+def auto_sizes(n_features: int) -> tuple[tuple[int, ...], int]:
+    """(hidden widths, latent size) for ``n_features`` inputs: a latent code of about a quarter of the features
+    (2 to 16) and a hidden layer of twice the features (32 to 256), so the bottleneck compresses every table."""
+    return (min(256, max(32, 2 * n_features)),), min(16, max(2, math.ceil(n_features / 4)))
+
+
+class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
+    """Anomaly detection with a VAE, in scikit-learn's outlier-detector conventions.
+
+    ``score_samples`` is minus the anomaly score (higher = more normal); ``decision_function`` is
+    ``score_samples - offset_``, negative for outliers; ``predict`` returns +1 for inliers and -1 for
+    outliers. ``threshold_`` is the anomaly score above which the ``contamination`` fraction of the training
+    data lies; ``contamination="auto"`` puts it at Tukey's upper fence of the training scores (the third
+    quartile plus 1.5 interquartile ranges) instead of assuming a fraction. ``hidden``, ``latent_dim`` and
+    ``steps`` left at None follow the data (``auto_sizes``, ``auto_steps``); ``random_state=None`` draws fresh
+    randomness. ``likelihood`` names one likelihood or several (one ensemble member each), ``n_models`` the
+    members per likelihood (different seeds), ``trim`` the fraction of training rows left out of each
+    member's fit (0: none). ``lower_latent_dims`` makes the models hierarchies, which the likelihood-ratio
+    score ``"llr>K"`` needs.
+
+    For PyOD users: ``decision_scores_`` (the training data's anomaly scores, higher = more abnormal),
+    ``labels_`` (their 0/1 outlier labels) and ``predict_proba`` are PyOD's; ``decision_function`` and
+    ``predict`` keep scikit-learn's signs (negative and -1 for outliers), where PyOD's differ.
+    """
+
+    def __init__(self, contamination: float | str = 0.1, score_method: str = "elbo",
+                 latent_dim: int | None = None, hidden: tuple[int, ...] | None = None, steps: int | None = None,
+                 epochs: int | None = None, batch_size: int = 64, lr: float = 1e-3, beta: float = 1.0,
+                 likelihood: str | tuple[str, ...] = ("gaussian", "gaussian-learned"), standardize: bool = True, n_neighbors: int = 5,
+                 n_score_samples: int = 10, device: str = "cpu", random_state: int | None = None,
+                 lower_latent_dims: tuple[int, ...] = (), trim: float = 0.1, n_models: int = 1) -> None:
+        self.contamination = contamination
+        self.score_method = score_method
+        self.latent_dim = latent_dim
+        self.hidden = hidden
+        self.steps = steps
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.beta = beta
+        self.likelihood = likelihood
+        self.standardize = standardize
+        self.n_neighbors = n_neighbors
+        self.n_score_samples = n_score_samples
+        self.device = device
+        self.random_state = random_state
+        self.lower_latent_dims = lower_latent_dims
+        self.trim = trim
+        self.n_models = n_models
+
+    def fit(self, X: Any, y: Any = None) -> VAEAnomalyDetector:
+        """Train on X (unlabelled, possibly contaminated) and set the threshold; y is ignored."""
+        self._check_params()
+        X = validate_data(self, X, dtype=np.float32, ensure_min_samples=2)
+        rng = check_random_state(self.random_state)  # None: fresh randomness, as scikit-learn's estimators
+        self.vaes_ = [self._fit_model(X, int(rng.randint(2**31 - 1)), lik) for lik in self._likelihoods
+                      for _ in range(self.n_models)]
+        self.vae_ = self.vaes_[0]
+        if self._reads_latents:
+            codes = self.vae_.transform(X)
+            self.neighbors_ = NearestNeighbors(n_neighbors=min(self.n_neighbors, len(X) - 1)).fit(codes)
+        parts = self._parts(X)
+        self.scales_ = [(float(np.median(p)), _iqr(p)) for p in parts]
+        anomaly_scores = self._combine(parts)
+        self.threshold_ = self._threshold(anomaly_scores)
+        self.decision_scores_ = anomaly_scores  # PyOD's names: the training data's outlier scores ...
+        self.labels_ = (anomaly_scores > self.threshold_).astype(int)  # ... and its 0/1 outlier labels
+        self.offset_ = -self.threshold_
+        return self
+
+    @property
+    def _likelihoods(self) -> tuple[str, ...]:
+        return (self.likelihood,) if isinstance(self.likelihood, str) else tuple(self.likelihood)
+
+    def _fit_model(self, X: np.ndarray, seed: int, likelihood: str) -> VAEEstimator:
+        """The VAE: with ``trim``, a brief first fit (a quarter of the steps) finds the rows it explains worst,
+        and the full fit leaves that fraction out, so that a cluster of outliers in the training data is not
+        learned as normal."""
+        est = self._estimator(X.shape, seed, likelihood)
+        if not self.trim:
+            return est.fit(X)
+        brief = {"steps": max(1, est.steps // 4)} if est.steps else {"epochs": max(1, est.epochs // 4)}
+        first = clone(est).set_params(**brief).fit(X)
+        s = -first.score_samples(X)
+        return est.fit(X[s <= np.quantile(s, 1 - self.trim)])
+
+    def _check_params(self) -> None:
+        c = self.contamination
+        if not (c == "auto" or (isinstance(c, (int, float)) and 0 < c <= 0.5)):
+            raise ValueError(f"contamination must be 'auto' or a fraction in (0, 0.5], got {c!r}")
+        if not 0 <= self.trim < 0.5:
+            raise ValueError(f"trim must be a fraction in [0, 0.5), got {self.trim!r}")
+        if self.n_neighbors < 1:
+            raise ValueError(f"n_neighbors must be >= 1, got {self.n_neighbors}")
+
+    def _estimator(self, shape: tuple[int, int], seed: int, likelihood: str) -> VAEEstimator:
+        n, d = shape
+        hidden, latent = auto_sizes(d)
+        steps = self.steps if self.steps is not None else (0 if self.epochs else auto_steps(n, self.batch_size))
+        return VAEEstimator(latent if self.latent_dim is None else self.latent_dim,
+                            hidden if self.hidden is None else tuple(self.hidden), likelihood=likelihood,
+                            epochs=self.epochs or 1, steps=steps, batch_size=self.batch_size, lr=self.lr,
+                            beta=self.beta, standardize=self.standardize, device=self.device, random_state=seed,
+                            lower_latent_dims=tuple(self.lower_latent_dims))
+
+    @property
+    def _reads_latents(self) -> bool:
+        return self.score_method in LATENT_SCORES
+
+    def _parts(self, X: Any) -> list[np.ndarray]:
+        """The anomaly scores the method combines, each (n,)."""
+        parts = []
+        if self.score_method != "knn":
+            method = "elbo" if self._reads_latents else self.score_method
+            n = self.n_score_samples
+            parts += [anomaly.score(v.model_, v._checked(X), method, n).double().numpy() for v in self.vaes_]
+        if self._reads_latents:
+            parts.append(self._knn_distance(self.vae_.transform(X)))
+        return parts
+
+    def _knn_distance(self, codes: np.ndarray) -> np.ndarray:
+        """Distance from each code to its k-th nearest training code, a training row not counting as its own
+        neighbour: one neighbour at distance 0 (the row itself, or its exact copy) is set aside, so a training
+        row scores as a new input would and the threshold fitted on the training rows holds for new ones."""
+        k = self.neighbors_.n_neighbors
+        distances = self.neighbors_.kneighbors(codes, n_neighbors=min(k + 1, self.neighbors_.n_samples_fit_))[0]
+        itself = distances[:, 0] <= SAME_CODE
+        kth = np.where(itself, distances[:, min(k, distances.shape[1] - 1)], distances[:, k - 1])
+        return kth.astype(np.float64)
+
+    def _combine(self, parts: list[np.ndarray]) -> np.ndarray:
+        if len(parts) == 1:
+            return parts[0]
+        return np.mean([(p - center) / scale for p, (center, scale) in zip(parts, self.scales_, strict=True)],
+                       axis=0)
+
+    def _threshold(self, scores: np.ndarray) -> float:
+        if self.contamination == "auto":
+            q1, q3 = np.quantile(scores, [0.25, 0.75])
+            return float(q3 + 1.5 * (q3 - q1))
+        return float(np.quantile(scores, 1 - self.contamination))
+
+    def score_samples(self, X: Any) -> np.ndarray:
+        """Minus the anomaly score of each row (higher = more normal)."""
+        check_is_fitted(self, "vae_")
+        X = validate_data(self, X, dtype=np.float32, reset=False)
+        return -self._combine(self._parts(X))
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """``score_samples(X) - offset_``: negative for outliers."""
+        check_is_fitted(self, "offset_")
+        return self.score_samples(X) - self.offset_
+
+    def predict(self, X: Any) -> np.ndarray:
+        """+1 for inliers, -1 for outliers."""
+        return np.where(self.decision_function(X) < 0, -1, 1)
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """(n_samples, 2): the probability of being an inlier and an outlier, PyOD's "linear" conversion: the
+        anomaly score min-max scaled by the training data's scores (``decision_scores_``), clipped to [0, 1]."""
+        check_is_fitted(self, "decision_scores_")
+        lo, hi = float(self.decision_scores_.min()), float(self.decision_scores_.max())
+        outlier = np.clip((-self.score_samples(X) - lo) / ((hi - lo) or 1.0), 0.0, 1.0)
+        return np.column_stack([1.0 - outlier, outlier])
+
+
+def _iqr(scores: np.ndarray) -> float:
+    """The interquartile range, or 1 where it is 0 (a constant score)."""
+    q1, q3 = np.quantile(scores, [0.25, 0.75])
+    return float(q3 - q1) or 1.0
