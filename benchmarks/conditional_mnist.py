@@ -49,10 +49,12 @@ def main() -> None:
     p.add_argument("--per-label", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--grid", type=Path, default=Path("conditional_samples.png"), help="a grid of the first run")
+    p.add_argument("--dataset", default="mnist", help="the runs' data set of digits (digits: a smoke test)")
+    p.add_argument("--judge-epochs", type=int, default=3, help="epochs of the judge's training")
     args = p.parse_args()
-    splits = data.load(vaekit.DataConfig(dataset="mnist", val_size=0))
+    splits = data.load(vaekit.DataConfig(dataset=args.dataset, val_size=0))
     t0 = time.perf_counter()
-    judge = train_classifier(splits.train.x, splits.train.y)
+    judge = train_classifier(splits.train.x, splits.train.y, args.judge_epochs)
     print(f"judge: {accuracy(judge, splits.test.x, splits.test.y):.4f} on the real test digits, trained in "
           f"{time.perf_counter() - t0:.0f} s")
     print("| run | model | judge accuracy on generated digits | per label 0..9 |")
@@ -61,7 +63,7 @@ def main() -> None:
     for run in args.runs:
         model, config = vaekit.load_run(run)
         first = model if first is None else first
-        fake = generate.sample_per_label(model, args.per_label, seed=args.seed)  # (10 * per_label, 1, 28, 28)
+        fake = generate.sample_per_label(model, args.per_label, seed=args.seed)  # (10 * per_label, *image shape)
         labels = torch.tensor([int(n) for n in model.config.labels]).repeat_interleave(args.per_label)
         per_label = [accuracy(judge, fake[labels == c], labels[labels == c]) for c in range(10)]
         print(f"| {run} | {config.model.arch} {list(config.model.hidden)}, z = {model.latent_dim}, "

@@ -11,6 +11,7 @@ says which numbers can be compared with which (see README, "Which numbers are co
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -26,9 +27,14 @@ def main() -> None:
     p.add_argument("--iw-samples", type=int, default=100)
     p.add_argument("--likelihoods", nargs="+", default=list(LIKELIHOODS))
     p.add_argument("--results", type=Path, default=Path("benchmarks/results/likelihoods.jsonl"))
+    p.add_argument("--limit", type=int, help="only the first N training and test images (a smoke test)")
     args = p.parse_args()
     base = vaekit.preset("seed").override({"data.dataset": "mnist", "train.epochs": args.epochs})
     splits = vaekit.load_data(base.data)
+    if args.limit:
+        splits = dataclasses.replace(splits, **{
+            name: dataclasses.replace(split, stored=split.stored[: args.limit], y=split.y[: args.limit])
+            for name, split in (("train", splits.train), ("test", splits.test))})
     rows = []
     for name in args.likelihoods:
         config = base.override({"model.likelihood": name})

@@ -15,6 +15,7 @@ the training pass alone and the whole epoch (training + the per-epoch test pass)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import platform
@@ -80,8 +81,9 @@ class ReferenceRun:
     def __init__(self, args: argparse.Namespace, device: torch.device) -> None:
         saved = torch.get_rng_state()
         torch.manual_seed(args.seed)
-        self.train_set = MNISTImages(*mnist.load_split("train", None))
-        test_set = MNISTImages(*mnist.load_split("test", None))
+        n = args.limit  # None: all
+        self.train_set = MNISTImages(*(a[:n] for a in mnist.load_split("train", None)))
+        test_set = MNISTImages(*(a[:n] for a in mnist.load_split("test", None)))
         kwargs = {"num_workers": 1, "pin_memory": True} if device.type == "cuda" else {}
         self.train_loader = DataLoader(self.train_set, batch_size=args.batch_size, shuffle=True, **kwargs)
         self.test_loader = DataLoader(test_set, batch_size=args.batch_size, shuffle=True, **kwargs)
@@ -153,6 +155,10 @@ def run(args: argparse.Namespace, device: torch.device) -> dict:
         "train.seed": args.seed, "train.device": device.type,
     })
     splits = vaekit.load_data(config.data)
+    if args.limit:  # the same first images as the reference's
+        splits = dataclasses.replace(splits, **{
+            name: dataclasses.replace(split, stored=split.stored[: args.limit], y=split.y[: args.limit])
+            for name, split in (("train", splits.train), ("test", splits.test))})
     reference = ReferenceRun(args, device)
     result = vaekit.train(config, callbacks=[Interleave(reference)], splits=splits)
     test = vaekit.evaluate_model(result.model, splits.test.x.to(device), iw_samples=0)
@@ -161,6 +167,7 @@ def run(args: argparse.Namespace, device: torch.device) -> dict:
                                    "test_loss": reference.test_loss},
         "vaekit": {"train_s": [r["time_s"] for r in result.history], "test_s": [0.0] * args.epochs,
                    "test_loss": test["neg_elbo"]},
+        "n_train": len(splits.train),
     }
 
 
@@ -171,12 +178,15 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", help="also write the results to this JSON file")
+    p.add_argument("--limit", type=int, help="only the first N training and test images (a smoke test)")
     args = p.parse_args()
     device = torch.device(args.device)
     rows = run(args, device)
+    n_train = rows.pop("n_train")
     machine = (torch.cuda.get_device_name() if device.type == "cuda"
                else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
-    print(f"\nseed VAE (784-400-20), MNIST, batch {args.batch_size}, {args.epochs} epochs interleaved, {machine}, "
+    print(f"\nseed VAE (784-400-20), MNIST ({n_train:,} training images), batch {args.batch_size}, {args.epochs} "
+          f"epochs interleaved, {machine}, "
           f"torch {torch.__version__}; medians over epochs")
     print(f"| loop | training pass s/epoch | samples/s | speed-up | whole epoch s (with the per-epoch test pass) "
           f"| speed-up | test loss after {args.epochs} epochs |")
@@ -187,7 +197,7 @@ def main() -> None:
     for name, r in rows.items():
         train = statistics.median(r["train_s"])
         epoch = statistics.median([a + b for a, b in zip(r["train_s"], r["test_s"], strict=True)])
-        print(f"| {name} | {train:.2f} | {60000 / train:,.0f} | {ref_train / train:.2f}x | {epoch:.2f} "
+        print(f"| {name} | {train:.2f} | {n_train / train:,.0f} | {ref_train / train:.2f}x | {epoch:.2f} "
               f"| {ref_epoch / epoch:.2f}x | {r['test_loss']:.2f} |")
     if args.json:
         with open(args.json, "w") as f:

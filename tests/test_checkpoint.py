@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import pathlib
 import pickle
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -363,11 +363,23 @@ def test_readers_take_a_resolved_set_and_read_only_its_files(run_copy):
     assert checkpoint.model_digest(ckpt) == hashlib.sha256((run_copy / "model.safetensors").read_bytes()).hexdigest()
 
 
+# Each reader of a run and the files of the set it reads.
+READERS = {
+    "load_config": (checkpoint.load_config, {"config.json"}),
+    "load_run": (checkpoint.load_run, {"config.json", "model.safetensors"}),
+    "vaekit.load": (vaekit.load, {"config.json", "model.safetensors"}),
+    "load_state": (checkpoint.load_state, {"training_state.json", "training_state.safetensors"}),
+    "resume": (lambda run: vaekit.resume(run, {"train.epochs": 2}),
+               {"config.json", "model.safetensors", "training_state.json", "training_state.safetensors"}),
+}
+
+
 @pytest.mark.parametrize("name", ["model.safetensors", "config.json", "training_state.json",
                                   "training_state.safetensors"])
 @pytest.mark.parametrize("damage", ["truncate", "flip"])
 def test_damaged_file_of_a_run_checkpoint_is_refused(run_copy, name, damage):
-    """Any change to a file of the set after it was written is caught by its SHA-256 in latest.json."""
+    """Any change to a file of the set after it was written is caught by its SHA-256 in latest.json, by every
+    reader of that file, each on its own (a resume too, before it trains)."""
     path = current_file(run_copy, name)
     blob = bytearray(path.read_bytes())
     if damage == "truncate":
@@ -375,9 +387,11 @@ def test_damaged_file_of_a_run_checkpoint_is_refused(run_copy, name, damage):
     else:
         blob[len(blob) // 2] ^= 0x01
     path.write_bytes(bytes(blob))
-    with pytest.raises(vaekit.CheckpointError, match=rf"{name} does not match the SHA-256"):
-        checkpoint.load_run(run_copy)
-        checkpoint.load_state(run_copy)
+    readers = [reader for reader, (_, files) in READERS.items() if name in files]
+    assert readers
+    for reader in readers:
+        with pytest.raises(vaekit.CheckpointError, match=rf"{name} does not match the SHA-256"):
+            READERS[reader][0](run_copy)
 
 
 def test_truncated_training_state_tensors_are_refused_even_when_vouched_for(run_copy):
@@ -455,46 +469,77 @@ def test_a_plain_save_over_a_run_replaces_its_model(run_copy):
         checkpoint.load_state(run_copy)
 
 
-POINTS = ["checkpoint-file", "checkpoint-before-rename", "atomic-replace", "checkpoint-before-switch",
-          "checkpoint-after-switch"]
+# Every place save_run can be interrupted, each time it is reached in one save of a run without preprocessing:
+# (crash point, its n-th arrival, whether latest.json already names the new set by then).
+CRASHES = [
+    *[("checkpoint-file", n, False) for n in (1, 2, 3, 4)],  # after each of the set's four files
+    ("checkpoint-before-rename", 1, False),
+    ("checkpoint-before-switch", 1, False),
+    ("atomic-replace", 1, False),  # latest.json's temporary file, written but not yet renamed
+    ("atomic-replace", 2, True),  # publishing the top-level copies: model.safetensors ...
+    ("atomic-replace", 3, True),  # ... then config.json
+    ("checkpoint-after-switch", 1, True),
+]
 
 
-@pytest.mark.parametrize("point", POINTS)
-@pytest.mark.parametrize("arrival", [1, 2])
-def test_a_checkpoint_interrupted_anywhere_leaves_a_loadable_one(run_copy, monkeypatch, point, arrival):
-    """An exception at each crash point of save_run (in-process; the kill test does it with SIGKILL)."""
-    from vaekit import fileio
-
-    before, before_model = checkpoint.load_state(run_copy), vaekit.load(run_copy)
-    old_weights = checkpoint.current(run_copy)[0] / "model.safetensors"
-    old_bytes = old_weights.read_bytes()
-    seen = {"n": 0}
-
-    def crash(name):
-        if name == point:
-            seen["n"] += 1
-            if seen["n"] == arrival:
-                raise OSError(5, f"simulated crash at {point}")
-
-    monkeypatch.setattr(checkpoint, "crash_point", crash)
-    monkeypatch.setattr(fileio, "crash_point", crash)
-    model, cfg = checkpoint.load_run(run_copy)
+def next_epoch(run: Path) -> tuple[VAE, Config, checkpoint.TrainingState]:
+    """The run's model with changed weights and the training state of a second epoch: what the next save holds."""
+    before = checkpoint.load_state(run)
+    model, cfg = checkpoint.load_run(run)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(1.0)
     state = checkpoint.TrainingState(2, before.step * 2, [*before.history, {**before.history[0], "epoch": 2}],
                                      before.tensors)
-    with contextlib.suppress(OSError, vaekit.CheckpointError):  # the set's own writes fail as CheckpointError
-        checkpoint.save_run(run_copy, cfg, model.state_dict(), state)
-    crashed = seen["n"] >= arrival
-    # after the switch of latest.json (the publishing of the top-level copies uses the second atomic replace)
-    switched = not crashed or point == "checkpoint-after-switch" or (point == "atomic-replace" and arrival == 2)
+    return model, cfg, state
+
+
+def test_the_crash_cases_are_every_arrival_at_every_crash_point(run_copy, monkeypatch):
+    """CRASHES lists each crash point as often as one save reaches it: none is missing and none unreachable."""
+    from vaekit import fileio
+
+    reached = []
+    monkeypatch.setattr(checkpoint, "crash_point", reached.append)
+    monkeypatch.setattr(fileio, "crash_point", reached.append)
+    model, cfg, state = next_epoch(run_copy)
+    checkpoint.save_run(run_copy, cfg, model.state_dict(), state)
+    arrivals = [(point, reached[: i + 1].count(point)) for i, point in enumerate(reached)]
+    assert sorted(arrivals) == sorted((point, n) for point, n, _ in CRASHES)
+
+
+@pytest.mark.parametrize(("point", "arrival", "switched"), CRASHES, ids=[f"{p}-{n}" for p, n, _ in CRASHES])
+def test_a_checkpoint_interrupted_anywhere_leaves_a_loadable_one(run_copy, monkeypatch, point, arrival, switched):
+    """An exception at each crash point of save_run (in-process; the kill test does it with SIGKILL): the save
+    fails there, and the run loads whole, as the previous set until latest.json switches, the new one after."""
+    from vaekit import fileio
+
+    before_set, before_model = checkpoint.current(run_copy)[0], vaekit.load(run_copy)
+    before_files = {p.name: p.read_bytes() for p in before_set.iterdir()}
+    seen = Counter()
+
+    def crash(name):
+        seen[name] += 1
+        if name == point and seen[name] == arrival:
+            raise OSError(5, f"simulated crash at {point}")
+
+    model, cfg, state = next_epoch(run_copy)
+    with monkeypatch.context() as mp, pytest.raises((OSError, vaekit.CheckpointError)) as err:
+        mp.setattr(checkpoint, "crash_point", crash)
+        mp.setattr(fileio, "crash_point", crash)
+        checkpoint.save_run(run_copy, cfg, model.state_dict(), state)  # the set's own writes fail as CheckpointError
+    assert seen[point] == arrival and f"simulated crash at {point}" in repr(err.value) + repr(err.value.__cause__)
     assert checkpoint.load_state(run_copy).epoch == (2 if switched else 1)
     assert_same_model(vaekit.load(run_copy), model if switched else before_model)
-    if not switched:
-        assert old_weights.read_bytes() == old_bytes
+    if not switched:  # the previous set is still the current one, every file as it was
+        assert checkpoint.current(run_copy)[0] == before_set
+        assert {p.name: p.read_bytes() for p in before_set.iterdir()} == before_files
     load_file(run_copy / "model.safetensors")  # the files at the top are whole, whichever checkpoint they are from
     json.loads((run_copy / "config.json").read_text())
+    # and the next save, uncrashed, leaves one complete set and no leftovers
+    checkpoint.save_run(run_copy, cfg, model.state_dict(), state)
+    assert [p.name for p in (run_copy / "checkpoints").iterdir()] == [checkpoint.current(run_copy)[0].name]
+    assert_same_model(vaekit.load(run_copy), model)
+    assert checkpoint.load_state(run_copy).epoch == 2
 
 
 def test_written_files_get_the_permissions_a_plain_open_would_give(tmp_path):

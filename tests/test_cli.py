@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import json
+import math
+import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import torch
 
 import vaekit
+from vaekit import anomaly, data, embedding, generate, plots
 from vaekit.cli import main
+from vaekit.evaluation import evaluate_model
+
+from conftest import split_sizes
 
 SMALL = ["--dataset", "digits", "--epochs", "2", "--hidden", "32", "--latent-dim", "4", "--quiet"]
 
@@ -23,7 +31,7 @@ def test_train_evaluate_sample_reconstruct(tmp_path, capsys):
     capsys.readouterr()
     assert main(["evaluate", str(run), "--iw-samples", "8", "--json", "--device", "cpu"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["n"] == 359 and result["iw_samples"] == 8 and result["binarization"] == "none"
+    assert result["n"] == split_sizes(cfg)["test"] and result["iw_samples"] == 8 and result["binarization"] == "none"
     assert main(["evaluate", str(run), "--iw-samples", "8"]) == 0
     table = capsys.readouterr().out
     assert "negative ELBO" in table and "NLL (K=8)" in table and "active units" in table
@@ -103,10 +111,17 @@ def test_conditional_conv_model_from_the_command_line(tmp_path, capsys):
     assert main(["reconstruct", str(run), "-n", "8", "-o", str(tmp_path / "r.png")]) == 0
 
 
-def test_every_analysis_command_takes_a_conditional_model(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def conditional_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("cond") / "run"
+    assert main(["train", *SMALL, "--conditional", "--out", str(run)]) == 0
+    return run
+
+
+def test_every_analysis_command_takes_a_conditional_model(conditional_run, tmp_path, capsys):
     """Dataset inputs are encoded with their own labels; commands that decode need --label (or --base)."""
     run = tmp_path / "run"
-    assert main(["train", *SMALL, "--conditional", "--out", str(run)]) == 0
+    shutil.copytree(conditional_run, run)  # anomaly --contamination stores a threshold in the run
     out = lambda name: str(tmp_path / name)  # noqa: E731
     commands = [
         ["embed", str(run), "-o", out("z.npz"), "--probe", "--plot", out("map.png")],
@@ -128,10 +143,114 @@ def test_every_analysis_command_takes_a_conditional_model(tmp_path, capsys):
     assert "traverse needs --label or --base" in capsys.readouterr().err
 
 
-def test_iwae_objective_from_the_command_line(tmp_path):
-    run = tmp_path / "run"
-    assert main(["train", *SMALL, "--objective", "iwae", "--k", "3", "--out", str(run)]) == 0
-    assert (vaekit.load_config(run).train.objective, vaekit.load_config(run).train.iw_k) == ("iwae", 3)
+def wrong(y: torch.Tensor) -> torch.Tensor:
+    """Every input given another class's label."""
+    return (y + 1) % 10
+
+
+def assert_same_not_wrong(got, own, other, rtol: float, what: str) -> None:
+    """``got`` (the command's output) is ``own`` (the library with each input's label) to ``rtol``, and ``other``
+    (the library with wrong labels) is far outside that tolerance."""
+    got, own, other = (torch.as_tensor(np.asarray(v, dtype=np.float64)) for v in (got, own, other))
+    torch.testing.assert_close(got, own, rtol=rtol, atol=rtol, msg=what)
+    assert (own - other).abs().max() > 100 * rtol * max(1.0, float(own.abs().max())), what
+
+
+class Captured:
+    """Wraps a plots function: remembers the images each call drew, then draws them."""
+
+    def __init__(self, real) -> None:
+        self.real, self.images = real, []
+
+    def __call__(self, images, *args, **kwargs):
+        self.images.append(images.detach().clone())
+        return self.real(images, *args, **kwargs)
+
+
+def test_conditional_analysis_outputs_are_the_library_with_each_inputs_own_label(conditional_run, tmp_path, capsys,
+                                                                                  monkeypatch):
+    """evaluate, anomaly, embed, reconstruct and sample --sampler gmm give what the library gives when every
+    dataset input is encoded with its own label, and not what it gives with wrong labels."""
+    run, out = str(conditional_run), lambda name: str(tmp_path / name)
+    model, config = vaekit.load_run(conditional_run)
+    splits = data.load(config.data)
+    test, train = (data.evaluation_split(splits, s, config.data) for s in ("test", "train"))
+    x, y = test.x, test.y
+
+    capsys.readouterr()
+    assert main(["evaluate", run, "--iw-samples", "8", "--json", "--device", "cpu"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    own, other = (evaluate_model(model, x, 8, config.data.eval_seed, labels, config.train.eval_batch_size)
+                  for labels in (y, wrong(y)))
+    keys = ["neg_elbo", "recon", "kl", "nll"]
+    assert_same_not_wrong([got[k] for k in keys], [own[k] for k in keys], [other[k] for k in keys], 1e-6, "evaluate")
+
+    assert main(["anomaly", run, "-o", out("s.csv"), "--samples", "4"]) == 0
+    table = np.genfromtxt(out("s.csv"), delimiter=",", names=True)
+    np.testing.assert_array_equal(table["index"], np.arange(len(x)))
+    assert_same_not_wrong(table["score"], anomaly.score(model, x, "elbo", 4, y=y),
+                          anomaly.score(model, x, "elbo", 4, y=wrong(y)), 1e-5, "anomaly")  # CSV: 6 digits
+
+    assert main(["embed", run, "-o", out("z.npz")]) == 0
+    z = np.load(out("z.npz"))
+    np.testing.assert_array_equal(z["labels"], y.numpy())
+    assert_same_not_wrong(z["z"], embedding.posterior_means(model, x, y=y),
+                          embedding.posterior_means(model, x, y=wrong(y)), 1e-6, "embed")
+
+    monkeypatch.setattr(plots, "save_grid", grid := Captured(plots.save_grid))
+    assert main(["reconstruct", run, "-n", "8", "-o", out("r.png")]) == 0
+    (drawn,) = grid.images  # the 8 inputs, then their 8 reconstructions
+    torch.testing.assert_close(drawn[:8], x[:8])
+    assert_same_not_wrong(drawn[8:], model.reconstruct(x[:8], y[:8]), model.reconstruct(x[:8], wrong(y[:8])), 1e-6,
+                          "reconstruct")
+
+    monkeypatch.setattr(plots, "labelled_grid", grid := Captured(plots.labelled_grid))
+    assert main(["sample", run, "--sampler", "gmm", "--components", "3", "--nrow", "2", "--seed", "5",
+                 "-o", out("gmm.png")]) == 0
+    (drawn,) = grid.images  # 2 samples of each class from the mixture fitted to mu(x_train, y_train)
+    own, other = (generate.sample_per_label(model, 2, 1.0, 5, generate.fit_latent_gmm(model, train.x, 3, 5, labels))
+                  for labels in (train.y, wrong(train.y)))
+    assert_same_not_wrong(drawn, own, other, 1e-6, "sample --sampler gmm")
+
+
+def test_iwae_objective_from_the_command_line_trains_on_minus_the_iwae_bound(tmp_path, monkeypatch):
+    """--objective iwae --k 3, one batch of every training example and one epoch: the loss the loop records is
+    -L_3 of that batch, computed here by hand from the weights and random state the step began with, and Adam's
+    first step, -lr * g / (|g| + eps), moves the weights against the gradient g of that -L_3."""
+    from vaekit.training import loop
+
+    began = {}
+    real_step = loop.train_step
+
+    def spy(model, opt, x, *args):
+        began.setdefault("state", {k: v.clone() for k, v in model.state_dict().items()})
+        began.setdefault("x", x.clone())
+        began.setdefault("rng", torch.get_rng_state())
+        return real_step(model, opt, x, *args)
+
+    monkeypatch.setattr(loop, "train_step", spy)
+    run, k = tmp_path / "run", 3
+    assert main(["train", "--dataset", "digits", "--epochs", "1", "--hidden", "32", "--latent-dim", "4", "--quiet",
+                 "--objective", "iwae", "--k", str(k), "--batch-size", "4096", "--out", str(run)]) == 0
+    config = vaekit.load_config(run)
+    assert (config.train.objective, config.train.iw_k) == ("iwae", k)
+    (record,) = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    x = began["x"]
+    assert len(x) == split_sizes(config)["train"]  # the one step saw every training example
+
+    model = vaekit.VAE(config.model)
+    model.load_state_dict(began["state"])
+    torch.set_rng_state(began["rng"])
+    qz_x = model.encode(x)
+    z = qz_x.rsample((k,))  # (k, B, L)
+    log_w = model.decode(z).log_prob(x) + model.prior().log_prob(z) - qz_x.log_prob(z)  # (k, B)
+    neg_bound = -(torch.logsumexp(log_w, 0) - math.log(k)).mean()
+    assert record["train_loss"] == pytest.approx(neg_bound.item(), rel=1e-5)
+    neg_bound.backward()
+    after = vaekit.load(run).state_dict()
+    for name, p in model.named_parameters():
+        adam_first_step = -config.train.lr * p.grad / (p.grad.abs() + 1e-8)
+        torch.testing.assert_close(after[name] - began["state"][name], adam_first_step, rtol=0, atol=2e-5, msg=name)
 
 
 def test_version_is_printed_without_a_command(capsys):

@@ -467,7 +467,7 @@ def test_support_refuses_empty():
         likelihoods.check_support("bernoulli", torch.zeros(0, 1, 4, 4))
 
 
-# --- real MNIST (skipped when ../shared/data is absent) --------------------------------------------------
+# --- real MNIST (skipped when $VAEKIT_DATA/mnist is absent) --------------------------------------------------
 
 
 def test_mnist_checksum_table_matches_reference_files(shared_data):
@@ -520,7 +520,7 @@ def test_mnist_found_through_vaekit_data(shared_data, monkeypatch):
     assert np.bincount(labels, minlength=10).tolist() == MNIST_TEST_COUNTS
 
 
-# --- real Fashion-MNIST (skipped when ../shared/data/fashion-mnist is absent) ----------------------------
+# --- real Fashion-MNIST (skipped when $VAEKIT_DATA/fashion-mnist is absent) ----------------------------
 
 
 @pytest.fixture

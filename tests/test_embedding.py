@@ -70,16 +70,40 @@ def test_knn_accuracy_on_separable_and_random_labels():
     assert embedding.knn_accuracy(f[::2], shuffled[::2], f[1::2], shuffled[1::2]) < 0.7
 
 
+def nearest_neighbour_accuracy(f_train: np.ndarray, y_train: np.ndarray, f_test: np.ndarray,
+                               y_test: np.ndarray) -> float:
+    """1-NN by brute force: each test point takes the label of its closest training point (Euclidean)."""
+    d = ((f_test[:, None, :] - f_train[None, :, :]) ** 2).sum(-1)  # (N_test, N_train)
+    return float((y_train[d.argmin(1)] == y_test).mean())
+
+
 def test_embed_command_writes_file_plot_and_probe(tmp_path, capsys):
+    """The file holds the posterior means of the test split; the probe's two accuracies are 1-NN on those means
+    and on PCA of the pixels (numpy's SVD, same dimension), computed here independently (to one example: ties)."""
     run = tmp_path / "run"
-    vaekit.train(digits_config(**{"train.epochs": 5}), run)
+    cfg = digits_config(**{"train.epochs": 5})
+    vaekit.train(cfg, run)
     capsys.readouterr()
     out, png = tmp_path / "z.npz", tmp_path / "map.png"
     assert main(["embed", str(run), "-o", str(out), "--plot", str(png), "--probe"]) == 0
     text = capsys.readouterr().out
+    model = vaekit.load(run)
+    splits = vaekit.load_data(cfg.data)
+    train_x, train_y = splits.train.x, splits.train.y.numpy()
+    test_x, test_y = splits.test.x, splits.test.y.numpy()
     f = np.load(out)
-    assert f["z"].shape == (359, 4) and f["labels"].shape == (359,)
+    np.testing.assert_allclose(f["z"], model.encode(test_x).mean.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(f["labels"], test_y)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "1-NN accuracy on test (359 examples, fitted on 1294)" in text and "PCA-4" in text
+    assert f"1-NN accuracy on test ({len(test_y)} examples, fitted on {len(train_y)})" in text
     vae_acc = float(text.split("VAE latent (4-d) ")[1].split(",")[0])
-    assert vae_acc > 0.5  # far above the 0.1 of chance: the latent carries the digit
+    pca_acc = float(text.split("PCA-4 ")[1].split()[0])
+    z_train = model.encode(train_x).mean.detach().numpy()
+    expected_vae = nearest_neighbour_accuracy(z_train, train_y, f["z"], test_y)
+    raw_train, raw_test = train_x.flatten(1).double().numpy(), test_x.flatten(1).double().numpy()
+    mean = raw_train.mean(0)
+    axes = np.linalg.svd(raw_train - mean, full_matrices=False)[2][:4]  # the 4 principal axes
+    expected_pca = nearest_neighbour_accuracy((raw_train - mean) @ axes.T, train_y, (raw_test - mean) @ axes.T, test_y)
+    one = 1 / len(test_y) + 1e-4  # printed to 4 decimals; a tie may fall either way
+    assert abs(vae_acc - expected_vae) <= one and abs(pca_acc - expected_pca) <= one
+    assert vae_acc > 0.5 and pca_acc > 0.5  # far above the 0.1 of chance: both carry the digit

@@ -179,3 +179,26 @@ def test_the_detector_has_pyods_fitted_attributes_and_outlier_probabilities():
     assert proba[order[0], 1] == 0 and proba[order[-1], 1] == 1
     with pytest.raises(NotFittedError):
         VAEAnomalyDetector().predict_proba(X)
+
+
+def test_the_detect_command_is_the_detector_on_a_table(tmp_path, capsys):
+    from vaekit.cli import main
+
+    X = np.vstack([plane_data(), np.random.default_rng(3).normal(scale=40, size=(15, 6)) + 100])
+    y = np.r_[np.zeros(300), np.ones(15)]
+    table = tmp_path / "rows.csv"
+    np.savetxt(table, np.column_stack([X, y]), delimiter=",", header="a,b,c,d,e,f,outlier", comments="")
+    out = tmp_path / "scores.csv"
+    assert main(["detect", str(table), "--label-column", "outlier", "--seed", "4", "-o", str(out)]) == 0
+    written = np.loadtxt(out, delimiter=",", skiprows=1)
+    det = VAEAnomalyDetector(random_state=4).fit(X.astype(np.float32))
+    np.testing.assert_allclose(written[:, 1], -det.score_samples(X.astype(np.float32)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(written[:, 2], det.predict(X.astype(np.float32)) == -1)
+    report = capsys.readouterr().out
+    assert f"{int(written[:, 2].sum())} flagged" in report and "ROC AUC" in report
+    np.savetxt(tmp_path / "narrow.csv", np.column_stack([X[:, :5], y]), delimiter=",", header="a,b,c,d,e,outlier",
+               comments="")
+    assert main(["detect", str(table), "--label-column", "outlier", "--score-table", str(tmp_path / "narrow.csv"),
+                 "-o", str(out)]) == 2
+    assert "narrow.csv has 5 feature columns" in capsys.readouterr().err
+    assert main(["detect", str(table), "--contamination", "most"]) == 2

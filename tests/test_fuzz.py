@@ -72,16 +72,97 @@ def _report_counts(request):
             f"{k} {v} ({OUTCOMES[k, 'accepted']}/{OUTCOMES[k, 'refused']})" for k, v in sorted(COUNTS.items())))
 
 
-def outcome(target: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """``fn(...)``, or the VaekitError it raised (which must say something); anything else fails the test."""
+def outcome(target: str, fn: Callable[..., Any], *args: Any, check: Callable[[Any], None] | None = None,
+            **kwargs: Any) -> Any:
+    """``fn(...)``, or the VaekitError it raised (which must say something); anything else fails the test. An
+    accepted result must pass ``check``: a loader that returns NaN rows or a wrong shape is not accepting."""
     try:
         result = fn(*args, **kwargs)
     except VaekitError as e:
         assert str(e).strip(), f"{type(e).__name__} without a message"
         OUTCOMES[target, "refused"] += 1
         return e
+    if check is not None:
+        check(result)
     OUTCOMES[target, "accepted"] += 1
     return result
+
+
+# --- what an accepted result must be ----------------------------------------------------------------------
+
+
+def valid_idx(ndim: int) -> Callable[[np.ndarray], None]:
+    def check(a: np.ndarray) -> None:
+        assert isinstance(a, np.ndarray) and a.dtype == np.uint8 and a.ndim == ndim, (type(a), a.dtype, a.ndim)
+    return check
+
+
+def valid_mnist_split(result: tuple[np.ndarray, np.ndarray]) -> None:
+    images, labels = result
+    valid_idx(3)(images)
+    valid_idx(1)(labels)
+    assert images.shape[1:] == (28, 28) and len(images) == len(labels)
+
+
+def valid_values(x: np.ndarray) -> None:
+    """Image values as vaekit keeps them: bytes, or float32 in [0, 1] (so no NaN or infinity)."""
+    assert x.dtype in (np.uint8, np.float32), x.dtype
+    if x.dtype == np.float32 and x.size:
+        assert np.isfinite(x).all() and x.min() >= 0 and x.max() <= 1
+
+
+def valid_images(size: tuple[int, int] | None, channels: int | None) -> Callable[[images.ImageSet], None]:
+    """(N, C, H, W) with N >= 1, C in 1/3/4, the size and channels asked for, and labels that fit."""
+    def check(s: images.ImageSet) -> None:
+        x = s.x
+        assert isinstance(x, np.ndarray) and x.ndim == 4 and len(x) >= 1 and x.shape[1] in (1, 3, 4), x.shape
+        assert size is None or x.shape[2:] == tuple(size)
+        assert channels is None or x.shape[1] == channels
+        valid_values(x)
+        if s.y is not None:
+            assert s.y.shape == (len(x),) and np.issubdtype(s.y.dtype, np.integer)
+            if s.classes is not None:
+                assert s.y.min() >= 0 and s.y.max() < len(s.classes)
+    return check
+
+
+def valid_table(t: tabular.Table) -> None:
+    """(N, D) float32 with N >= 2 and D >= 1, every value finite; integer labels, one per row."""
+    assert isinstance(t.x, np.ndarray) and t.x.dtype == np.float32 and t.x.ndim == 2, (t.x.dtype, t.x.shape)
+    assert t.x.shape[0] >= 2 and t.x.shape[1] >= 1 and np.isfinite(t.x).all()
+    if t.y is not None:
+        assert t.y.shape == (len(t.x),) and np.issubdtype(t.y.dtype, np.integer)
+    assert t.columns == () or len(t.columns) == t.x.shape[1]
+
+
+def valid_splits(s: Any) -> None:
+    """Every split's values finite (and in [0, 1] for images, (N, C, H, W); tables, (N, D), are standardized), of
+    one example shape, with one label per example."""
+    shapes = set()
+    for split in (s.train, s.val, s.test):
+        if split is None:
+            continue
+        x = split.x.numpy()
+        assert len(x) >= 1 and x.dtype == np.float32 and x.ndim in (2, 4) and np.isfinite(x).all(), x.shape
+        if x.ndim == 4:
+            valid_values(x)
+        shapes.add(x.shape[1:])
+        assert split.y is None or tuple(split.y.shape) == (len(x),)
+    assert len(shapes) == 1, shapes
+
+
+def valid_run(result: tuple[vaekit.VAE, vaekit.Config]) -> None:
+    """A model built from the loaded config whose weights have the config's shapes."""
+    model, config = result
+    assert isinstance(model, vaekit.VAE) and model.config == config.model
+    reference = vaekit.VAE(config.model).state_dict()
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == \
+        {k: tuple(v.shape) for k, v in reference.items()}
+
+
+def valid_state(state: checkpoint.TrainingState) -> None:
+    assert isinstance(state.epoch, int) and isinstance(state.step, int) and state.epoch >= 0 and state.step >= 0
+    assert isinstance(state.history, list) and all(isinstance(r, dict) for r in state.history)
 
 
 def digests(root: Path) -> dict[str, str]:
@@ -151,11 +232,11 @@ def test_mnist_idx_files(images_idx, labels_idx, gz):
         (folder / f"train-images-idx3-ubyte{suffix}").write_bytes(images_idx)
         (folder / f"train-labels-idx1-ubyte{suffix}").write_bytes(labels_idx)
         with untouched(root):
-            outcome("mnist-idx", mnist.read_idx, folder / f"train-images-idx3-ubyte{suffix}", 3)
-            outcome("mnist-idx", mnist.read_idx, folder / f"train-labels-idx1-ubyte{suffix}", 1)
+            outcome("mnist-idx", mnist.read_idx, folder / f"train-images-idx3-ubyte{suffix}", 3, check=valid_idx(3))
+            outcome("mnist-idx", mnist.read_idx, folder / f"train-labels-idx1-ubyte{suffix}", 1, check=valid_idx(1))
             for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
                 (folder / name).write_bytes(b"")
-            outcome("mnist-idx", mnist.load_split, "train", str(root))
+            outcome("mnist-idx", mnist.load_split, "train", str(root), check=valid_mnist_split)
     COUNTS["mnist-idx"] += 1
 
 
@@ -199,7 +280,8 @@ def test_image_folders(files, classes, strict, size, channels):
             where.mkdir(exist_ok=True)
             (where / f"{i}-{name}").write_bytes(blob)
         with untouched(root):
-            outcome("image-folder", folders.read_folder, folder, size, channels, strict)
+            outcome("image-folder", folders.read_folder, folder, size, channels, strict,
+                    check=valid_images(size, channels))
     COUNTS["image-folder"] += 1
 
 
@@ -261,8 +343,9 @@ def test_image_arrays(file, size, channels):
     with scratch() as root:
         (root / name).write_bytes(blob)
         with untouched(root):
-            outcome("image-array", images.read_array, root / name, size, channels)
-            outcome("image-array", load_data, vaekit.DataConfig(dataset=str(root / name), val_size=0))
+            outcome("image-array", images.read_array, root / name, size, channels, check=valid_images(size, channels))
+            outcome("image-array", load_data, vaekit.DataConfig(dataset=str(root / name), val_size=0),
+                    check=valid_splits)
     COUNTS["image-array"] += 1
 
 
@@ -297,7 +380,7 @@ def test_csv_tables(file):
     with scratch() as root:
         (root / "t.csv").write_bytes(blob)
         with untouched(root):
-            outcome("table-csv", tabular.read, root / "t.csv", label)
+            outcome("table-csv", tabular.read, root / "t.csv", label, check=valid_table)
     COUNTS["table-csv"] += 1
 
 
@@ -308,7 +391,7 @@ def test_array_tables(file):
     with scratch() as root:
         (root / name).write_bytes(blob)
         with untouched(root):
-            outcome("table-array", tabular.read, root / name)
+            outcome("table-array", tabular.read, root / name, check=valid_table)
     COUNTS["table-array"] += 1
 
 
@@ -316,10 +399,20 @@ def test_array_tables(file):
 def mat_files(draw: st.DrawFn) -> bytes:
     if draw(st.integers(0, 5)) == 0:
         return draw(st.binary(max_size=512))
-    x = draw(arrays(max_dims=3).filter(lambda a: a.dtype != np.float16))  # MATLAB has no half floats
-    content: dict[str, Any] = {draw(st.sampled_from(["X", "x", "data"])): x}
-    if draw(st.booleans()):
-        content["y"] = draw(arrays(max_dims=2).filter(lambda a: a.dtype != np.float16))
+    if draw(st.integers(0, 3)) == 0:  # an intact, well-formed table, at times with labels: the accepting path
+        x = draw(hnp.arrays(np.float64, (draw(st.integers(2, 6)), draw(st.integers(1, 4))),
+                            elements=st.floats(-1e6, 1e6)))
+        content: dict[str, Any] = {"X": x}
+        if draw(st.booleans()):
+            content["y"] = draw(hnp.arrays(np.int64, (len(x),), elements=st.integers(0, 3)))
+        buf = io.BytesIO()
+        scipy.io.savemat(buf, content)
+        return buf.getvalue()
+    else:
+        x = draw(arrays(max_dims=3).filter(lambda a: a.dtype != np.float16))  # MATLAB has no half floats
+        content = {draw(st.sampled_from(["X", "x", "data"])): x}
+        if draw(st.booleans()):
+            content["y"] = draw(arrays(max_dims=2).filter(lambda a: a.dtype != np.float16))
     if draw(st.integers(0, 5)) == 0:
         content["X"] = scipy.sparse.csr_matrix(np.eye(3))
     buf = io.BytesIO()
@@ -333,7 +426,7 @@ def test_mat_tables(blob):
     with scratch() as root:
         (root / "t.mat").write_bytes(blob)
         with untouched(root):
-            outcome("table-mat", tabular.read, root / "t.mat")
+            outcome("table-mat", tabular.read, root / "t.mat", check=valid_table)
     COUNTS["table-mat"] += 1
 
 
@@ -367,7 +460,7 @@ def test_config_files(content, suffix):
         path = root / f"c{suffix}"
         path.write_bytes(content)
         with untouched(root):
-            d = outcome("config-file", load_config_file, path)
+            d = outcome("config-file", load_config_file, path, check=lambda d: assert_type(d, dict))
             if isinstance(d, dict):
                 outcome("config-file", lambda: Config().override(flatten(d)))
     COUNTS["config-file"] += 1
@@ -377,10 +470,19 @@ def test_config_files(content, suffix):
 @given(text=st.text(max_size=40) | st.builds(lambda k, v: f"{k}={v}", st.sampled_from(
     [*flatten(Config().to_dict()), "model", "x.y.z", ""]), st.text(max_size=12) | JSON_VALUES.map(json.dumps)))
 def test_config_assignments(text):
-    pair = outcome("config-assignment", parse_assignment, text)
+    pair = outcome("config-assignment", parse_assignment, text, check=valid_pair)
     if isinstance(pair, tuple):
         outcome("config-assignment", lambda: Config().override(dict([pair])))
     COUNTS["config-assignment"] += 1
+
+
+def assert_type(value: Any, kind: type) -> None:
+    assert isinstance(value, kind), type(value)
+
+
+def valid_pair(pair: Any) -> None:
+    """KEY=VALUE parsed to (section.key, value) for a key of the config."""
+    assert isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], str) and "=" not in pair[0], pair
 
 
 # --- checkpoints ----------------------------------------------------------------------------------------------
@@ -412,8 +514,8 @@ def test_checkpoint_files(run_dir, data, name, rehash):
             pointer["sha256"][name] = hashlib.sha256(blob).hexdigest()
             (directory / "latest.json").write_text(json.dumps(pointer))
         with untouched(root):
-            outcome("checkpoint", checkpoint.load_run, directory)
-            outcome("checkpoint", checkpoint.load_state, directory)
+            outcome("checkpoint", checkpoint.load_run, directory, check=valid_run)
+            outcome("checkpoint", checkpoint.load_state, directory, check=valid_state)
     COUNTS["checkpoint"] += 1
 
 
@@ -467,6 +569,73 @@ def test_cli_with_random_arguments(command, rest):
         assert sorted(os.listdir(root)) == entries  # nothing written either
     OUTCOMES["cli", "accepted" if status == 0 else "refused"] += 1
     COUNTS["cli"] += 1
+
+
+# --- headers that promise more than the file holds: refused before anything is allocated ------------------------
+
+
+PROMISED = 2**28  # 256 MiB: what each header below asks for, in files of a few hundred bytes
+ALLOCATED_AT_MOST = 2**25  # what refusing one may cost (tracemalloc: every numpy and Python allocation)
+
+
+def in_zip(member: str, blob: bytes) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr(member, blob)
+    return buf.getvalue()
+
+
+def idx_claiming(dims: tuple[int, ...]) -> bytes:
+    return mnist.IDX_MAGIC[len(dims)] + b"".join(d.to_bytes(4, "big") for d in dims) + b"\x00" * 64
+
+
+IMAGE_SHAPE, TABLE_SHAPE = (1024, 1, 256, 256), (2**22, 16)  # float32: 256 MiB each
+OVER_PROMISING = {  # name -> (file name, bytes, the loader given the path)
+    "npy image array": ("a.npy", npy_claiming(IMAGE_SHAPE), images.read_array),
+    "npz image array": ("a.npz", in_zip("x.npy", npy_claiming(IMAGE_SHAPE)), images.read_array),
+    "npy table": ("t.npy", npy_claiming(TABLE_SHAPE), tabular.read),
+    "npz table": ("t.npz", in_zip("X.npy", npy_claiming(TABLE_SHAPE)), tabular.read),
+    "IDX images": ("train-images-idx3-ubyte", idx_claiming((1024, 512, 512)), lambda p: mnist.read_idx(p, 3)),
+    "IDX images, gzip": ("train-images-idx3-ubyte.gz", gzip.compress(idx_claiming((1024, 512, 512))),
+                         lambda p: mnist.read_idx(p, 3)),
+    "IDX labels": ("train-labels-idx1-ubyte", idx_claiming((PROMISED,)), lambda p: mnist.read_idx(p, 1)),
+}
+
+
+@pytest.mark.parametrize("case", OVER_PROMISING)
+def test_over_promising_headers_are_refused_before_allocating(case, tmp_path):
+    """Each header asks for 256 MiB in a file of a few hundred bytes: refused with a VaekitError while the peak of
+    traced allocations stays under 32 MiB (numpy allocates the whole promised array before reading it)."""
+    import tracemalloc
+
+    name, blob, load = OVER_PROMISING[case]
+    (tmp_path / name).write_bytes(blob)
+    assert len(blob) < 2**12
+    tracemalloc.start()
+    try:
+        with pytest.raises(VaekitError):
+            load(tmp_path / name)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < ALLOCATED_AT_MOST, f"{case}: {peak / 2**20:.0f} MiB allocated before refusing"
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # said at open; then refused
+def test_an_image_header_promising_more_than_its_file_is_refused_without_decoding(tmp_path, monkeypatch):
+    """A 10000 x 10000 RGB PNG header (300 MB of pixels, under PIL's own bomb limit) in a 60-byte file: the
+    folder reader refuses it without ever asking PIL to decode (and so allocate) the image."""
+    from PIL import ImageFile
+
+    decoded = []
+    real_load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda im: decoded.append(im.size) or real_load(im))
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "huge.png").write_bytes(png_claiming(10_000, 10_000))
+    with pytest.raises(VaekitError, match=r"huge\.png"):
+        folders.read_folder(folder, strict=True)
+    assert (10_000, 10_000) not in decoded
 
 
 # --- the counts -----------------------------------------------------------------------------------------------

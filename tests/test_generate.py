@@ -11,7 +11,7 @@ import vaekit
 from vaekit import generate
 from vaekit.cli import main
 
-from conftest import digits_config, tiny_model
+from conftest import digits_config, split_sizes, tiny_model
 
 
 def test_lerp_and_slerp_paths():
@@ -120,8 +120,8 @@ def test_commands_write_their_images(tmp_path, capsys):
 
 
 def test_interpolate_from_image_files_checks_their_size(tmp_path, capsys):
-    run = tmp_path / "run"
-    vaekit.train(digits_config(**{"train.epochs": 1}), run)
+    run, cfg = tmp_path / "run", digits_config(**{"train.epochs": 1})
+    vaekit.train(cfg, run)
     Image.fromarray(np.full((8, 8), 200, np.uint8)).save(tmp_path / "a.png")
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "b.png")
     Image.fromarray(np.zeros((9, 8), np.uint8)).save(tmp_path / "big.png")
@@ -130,7 +130,7 @@ def test_interpolate_from_image_files_checks_their_size(tmp_path, capsys):
     assert main(["interpolate", str(run), "--from", str(tmp_path / "big.png"), "--to", "0"]) == 2
     assert "is 8x9 pixels; the model takes 8x8" in capsys.readouterr().err
     assert main(["interpolate", str(run), "--from", "5000", "--to", "0"]) == 2
-    assert "index 5000 is outside the test split of 359 examples" in capsys.readouterr().err
+    assert f"index 5000 is outside the test split of {split_sizes(cfg)['test']} examples" in capsys.readouterr().err
 
 
 def test_a_traversal_says_what_each_row_and_column_is():

@@ -7,6 +7,7 @@ against the ordinary loop. Capture itself is only exercised where a GPU is prese
 from __future__ import annotations
 
 import logging
+from typing import ClassVar
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ import vaekit
 from vaekit import TrainingError
 from vaekit.training import graphs, paths
 
-from conftest import digits_config
+from conftest import digits_config, split_sizes
 
 
 @pytest.fixture
@@ -37,11 +38,13 @@ def test_static_step_matches_the_ordinary_loop(static_on_cpu, monkeypatch):
 
 
 def test_fast_path_drops_the_last_partial_batch_and_says_so(static_on_cpu, caplog):
-    cfg = digits_config(**{"train.epochs": 1})  # 1294 examples, batch 64: 20 full batches and 14 over
+    cfg = digits_config(**{"train.epochs": 1})  # e.g. 1294 examples, batch 64: 20 full batches and 14 over
+    full, partial = divmod(split_sizes(cfg)["train"], cfg.train.batch_size)
+    assert partial
     with caplog.at_level(logging.INFO, logger="vaekit"):
         vaekit.train(cfg, callbacks=[steps := StepCounter()])
-    assert steps.per_epoch == 20
-    assert "dropping the last partial batch (14 examples)" in caplog.text
+    assert steps.per_epoch == full
+    assert f"dropping the last partial batch ({partial} examples)" in caplog.text
 
 
 class StepCounter(vaekit.Callback):
@@ -89,13 +92,53 @@ def test_fast_path_blocker_reasons():
     assert "disabled" in graphs.fast_path_blocker(torch.device("cuda"), 1, False)
 
 
+class RecordingStep(graphs.StaticStep):
+    """The static step, remembering itself and counting the steps whose body ran in Python (eagerly, or once
+    while being captured) rather than as a replay of the graph."""
+
+    made: ClassVar[list[RecordingStep]] = []
+    capture_allowed: ClassVar[bool] = True
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs["capture"] = kwargs.get("capture", True) and self.capture_allowed
+        super().__init__(*args, **kwargs)
+        self.bodies = 0
+        RecordingStep.made.append(self)
+
+    def _body(self) -> None:
+        self.bodies += 1
+        super()._body()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; CI has none")
-def test_captured_step_matches_eager_on_gpu():
-    cfg = digits_config(**{"train.device": "cuda", "train.drop_last": True, "train.epochs": 2})
-    graphed = vaekit.train(cfg)
-    eager = vaekit.train(cfg.override({"train.cuda_graph": False}))
+def test_captured_step_matches_eager_on_gpu(monkeypatch, caplog):
+    """On a GPU the step is really captured: one graph, whose replays run every step after the warm-up and the
+    capture, and whose weights are those of the very same static step run eagerly on the GPU (same buffers, same
+    kernels, same random-number offsets), to float rounding; the ordinary eager loop (non-capturable Adam) agrees
+    on the loss."""
+    cfg = digits_config(**{"train.device": "cuda", "train.drop_last": True, "train.epochs": 2,
+                           "data.binarize": "dynamic"})
+    steps = 2 * (split_sizes(cfg)["train"] // cfg.train.batch_size)
+    real = graphs.StaticStep
+    monkeypatch.setattr(graphs, "StaticStep", RecordingStep)
+    RecordingStep.made = []
+    with caplog.at_level(logging.INFO, logger="vaekit"):
+        graphed = vaekit.train(cfg)
+    (step,) = RecordingStep.made
+    assert step.graph is not None and "captured the training step as a CUDA graph" in caplog.text
+    assert "capture failed" not in caplog.text and "not captured" not in caplog.text
+    assert step.bodies == graphs.WARMUP_STEPS + 1 < steps  # the rest were replays
+    monkeypatch.setattr(RecordingStep, "capture_allowed", False)
+    eager = vaekit.train(cfg)
+    assert RecordingStep.made[-1].graph is None and RecordingStep.made[-1].bodies == steps
+    for k, v in eager.model.state_dict().items():
+        torch.testing.assert_close(graphed.model.state_dict()[k], v, rtol=1e-4, atol=1e-5, msg=k)
     for a, b in zip(graphed.history, eager.history, strict=True):
-        assert a["train_neg_elbo"] == pytest.approx(b["train_neg_elbo"], rel=0.02)
+        assert a["train_neg_elbo"] == pytest.approx(b["train_neg_elbo"], rel=1e-5, abs=1e-4)
+    monkeypatch.setattr(graphs, "StaticStep", real)
+    plain = vaekit.train(cfg.override({"train.cuda_graph": False}))
+    for a, b in zip(graphed.history, plain.history, strict=True):
+        assert a["train_neg_elbo"] == pytest.approx(b["train_neg_elbo"], rel=1e-3)
 
 
 def test_static_step_matches_the_ordinary_loop_with_labels_warmup_and_iwae(static_on_cpu, monkeypatch):

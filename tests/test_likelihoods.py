@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.distributions import ContinuousBernoulli
 
 import vaekit
@@ -213,6 +214,37 @@ def test_evaluation_states_the_density_kind_and_bits_per_dim(name, binary, densi
     else:
         assert "bits_per_dim" not in r and "neg_elbo_bits_per_dim" not in r
     assert "bits_per_dim" not in evaluate_model(model, x, iw_samples=0)
+
+
+@pytest.mark.parametrize("name", ["bernoulli", "logistic"])
+def test_nll_and_bits_per_dim_of_a_model_whose_likelihood_is_known_by_hand(name):
+    """A decoder that ignores z (zero weights; its bias the parameters of one fixed p(x)) and an encoder that
+    gives the prior itself make every importance weight p(x|z) p(z) / q(z|x) = p(x): the negative ELBO, the NLL
+    and bits/dim must be -log p(x) and -log p(x) / (D ln 2), with p(x) computed here from its formula."""
+    shape, dim = (1, 8, 8), 64
+    model = VAE(ModelConfig(likelihood=name, data_shape=shape, hidden=(), latent_dim=2))
+    g = torch.Generator().manual_seed(0)
+    x = eight_bit(20)
+    if name == "bernoulli":
+        x = torch.bernoulli(x, generator=g)
+        params = torch.randn(dim, generator=g) * 2  # logits
+        log_px = (x.flatten(1) * F.logsigmoid(params) + (1 - x.flatten(1)) * F.logsigmoid(-params)).sum(1)
+    else:  # loc in [0, 1], log-scale in [-5, -1]: both halves of the decoder's output, loc first
+        loc, log_scale = torch.rand(dim, generator=g), torch.rand(dim, generator=g) * 4 - 5
+        params = torch.cat([loc, log_scale])
+        log_px = direct_log_prob(loc.double(), log_scale.double(), x.double().flatten(1)).sum(1)
+    with torch.no_grad():
+        model.encoder[0].weight.zero_()  # mu = 0, log sigma^2 = 0: q(z|x) = N(0, I) = p(z)
+        model.encoder[0].bias.zero_()
+        model.decoder[0].weight.zero_()
+        model.decoder[0].bias.copy_(params)
+    r = evaluate_model(model, x, iw_samples=7)
+    nll = -log_px.mean().item()
+    assert r["density"] == "discrete" and r["kl"] == pytest.approx(0, abs=1e-6)
+    for key in ("nll", "neg_elbo", "recon"):
+        assert r[key] == pytest.approx(nll, rel=1e-5), key
+    assert r["bits_per_dim"] == pytest.approx(nll / (dim * math.log(2)), rel=1e-5)
+    assert r["neg_elbo_bits_per_dim"] == pytest.approx(nll / (dim * math.log(2)), rel=1e-5)
 
 
 def test_cli_evaluate_prints_density_and_bits_per_dim(tmp_path, capsys):

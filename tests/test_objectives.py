@@ -6,12 +6,11 @@ import math
 
 import pytest
 import torch
-from torch.distributions import MultivariateNormal, Normal, kl_divergence
+from torch.distributions import Normal, kl_divergence
 
-from vaekit import VAE, Config
 from vaekit.objectives import Objective, elbo, elbo_per_example, iwae, iwae_bound, kl_weight, log_weights
 
-from conftest import tiny_model
+from conftest import linear_gaussian_vae, tiny_model
 
 
 def closed_form_kl(mu, logvar):
@@ -91,32 +90,6 @@ def test_iwae_bound_grows_with_k_on_average():
     x = torch.rand(16, 1, 4, 4)
     means = {k: torch.stack([iwae_bound(model, x, k) for _ in range(50)]).mean().item() for k in (1, 10, 100)}
     assert means[1] < means[10] < means[100]
-
-
-def linear_gaussian_vae(exact_posterior: bool):
-    """x = W z + b + sigma * noise with orthogonal W: log p(x) and the (diagonal) posterior are known."""
-    d, latent, sigma = 6, 3, 0.5
-    cfg = Config().override({"model.data_shape": [d], "model.latent_dim": latent, "model.hidden": [],
-                             "model.likelihood": "gaussian", "model.obs_std": sigma})
-    model = VAE(cfg.model)
-    q, _ = torch.linalg.qr(torch.randn(d, latent))
-    s = torch.tensor([2.0, 1.0, 0.5])
-    w, b = q * s, torch.randn(d)
-    post_var = 1 / (1 + s**2 / sigma**2)  # diagonal because W has orthogonal columns
-    with torch.no_grad():
-        dec = model.decoder[0]
-        dec.weight.copy_(w)
-        dec.bias.copy_(b)
-        enc = model.encoder[0]
-        enc.weight.zero_()
-        enc.weight[:latent] = (post_var[:, None] * w.T) / sigma**2  # posterior mean = A (x - b)
-        enc.bias[:latent] = -(enc.weight[:latent] @ b)
-        enc.bias[latent:] = post_var.log()
-        if not exact_posterior:
-            enc.bias[latent:] += 1.0
-            enc.weight[:latent] *= 0.7
-    marginal = MultivariateNormal(b, w @ w.T + sigma**2 * torch.eye(d))
-    return model, marginal
 
 
 def test_importance_sampler_is_exact_with_the_true_posterior():

@@ -25,9 +25,9 @@ from vaekit.fileio import KILL_ENV
 from vaekit.training import fused, graphs, loop
 from vaekit.training.steps import StepOptions, make_optimizer, train_step
 
-from conftest import digits_config, tiny_model
+from conftest import digits_config, split_sizes, tiny_model
 
-STEPS = 21  # 1294 training digits in batches of 64
+STEPS = -(-split_sizes(digits_config())["train"] // digits_config().train.batch_size)  # 21: 1294 digits in 64s
 
 
 class Killed(Exception):
