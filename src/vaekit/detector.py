@@ -68,8 +68,8 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
     def __init__(self, contamination: float | str = 0.1, score_method: str = "elbo",
                  latent_dim: int | None = None, hidden: tuple[int, ...] | None = None, steps: int | None = None,
                  epochs: int | None = None, batch_size: int = 64, lr: float = 1e-3, beta: float = 1.0,
-                 likelihood: str | tuple[str, ...] = ("gaussian", "gaussian-learned"), standardize: bool = True, n_neighbors: int = 5,
-                 n_score_samples: int = 10, device: str = "cpu", random_state: int | None = None,
+                 likelihood: str | tuple[str, ...] = ("gaussian", "gaussian-learned"), standardize: bool = True,
+                 n_neighbors: int = 5, n_score_samples: int = 10, device: str = "cpu", random_state: int | None = None,
                  lower_latent_dims: tuple[int, ...] = (), trim: float = 0.1, n_models: int = 1) -> None:
         self.contamination = contamination
         self.score_method = score_method

@@ -11,7 +11,7 @@ import threading
 import torch
 
 from vaekit import __version__, hub, progress
-from vaekit.cli import analysis, curves, exporting, images, serve, train
+from vaekit.cli import analysis, curves, detect, exporting, images, serve, train
 from vaekit.errors import VaekitError
 
 
@@ -29,6 +29,7 @@ def parser() -> argparse.ArgumentParser:
     images.add_commands(sub)
     analysis.add_embed(sub)
     analysis.add_anomaly(sub)
+    detect.add_detect(sub)
     exporting.add_export(sub)
     exporting.add_card(sub)
     serve.add_serve(sub)

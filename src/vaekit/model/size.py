@@ -8,6 +8,7 @@ real model; training compares the estimate with the memory the device has.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -17,6 +18,8 @@ from torch import nn
 
 from vaekit.config import Config, ModelConfig
 from vaekit.model.vae import VAE
+
+log = logging.getLogger(__name__)
 
 ADAM_COPIES = 4  # fp32 weights, their gradients, and Adam's two moment estimates
 SAVED_COPIES = 2  # each module output is kept for the backward pass and meets a gradient of its size there
@@ -35,11 +38,16 @@ def n_parameters(model: nn.Module) -> int:
 
 def activation_bytes(model: VAE, batch_size: int, iw_k: int = 1) -> int:
     """Bytes of the module outputs of one training forward pass of ``batch_size`` examples (``iw_k``
-    posterior samples each), measured by running a meta ``model`` on meta inputs."""
+    posterior samples each), measured by running a meta ``model`` on meta inputs; 0 for a model with a part
+    that needs values to run (e.g. a registered distribution that validates its arguments)."""
     x = torch.empty(batch_size, *model.data_shape, device="meta")  # (B, *data_shape)
     y = torch.zeros(batch_size, dtype=torch.long, device="meta") if model.n_classes else None
     with _output_bytes() as total, torch.no_grad():
-        model(x, y, k=iw_k if iw_k > 1 else None)
+        try:
+            model(x, y, k=iw_k if iw_k > 1 else None)
+        except (RuntimeError, NotImplementedError, ValueError) as e:  # the weights alone are estimated then
+            log.debug("no activation estimate for this model on the meta device: %s", e)
+            return 0
     return total[0]
 
 
