@@ -48,7 +48,7 @@ def pyod(name: str, x_train: np.ndarray, x_test: np.ndarray, seed: int) -> np.nd
     return made.fit(x_train).decision_function(x_test)
 
 
-def run(path: Path, seed: int, overrides: dict) -> tuple[float, ...]:
+def run(path: Path, seed: int, overrides: dict, steps: int | None = None) -> tuple[float, ...]:
     config = vaekit.Config().override({**DETECTOR, **overrides, "data.dataset": str(path),
                                        "data.split_seed": seed, "train.seed": seed})
     splits = vaekit.load_data(config.data)
@@ -57,7 +57,7 @@ def run(path: Path, seed: int, overrides: dict) -> tuple[float, ...]:
     elbo, recon = (anomaly.auc_scores(y, anomaly.score(model, splits.test.x, s).numpy())["roc_auc"]
                    for s in ("elbo", "recon"))
     x_train, x_test = splits.train.x.numpy(), splits.test.x.numpy()
-    detector = VAEAnomalyDetector(random_state=seed).fit(x_train)
+    detector = VAEAnomalyDetector(random_state=seed, steps=steps).fit(x_train)
     default = anomaly.auc_scores(y, -detector.score_samples(x_test))["roc_auc"]
     forest = IsolationForest(random_state=seed).fit(x_train)
     iforest = anomaly.auc_scores(y, -forest.score_samples(x_test))["roc_auc"]
@@ -71,7 +71,9 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=5, help="how many seeded splits")
     p.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed .. first-seed + seeds - 1")
     p.add_argument("--data-dir", default=os.environ.get("VAEKIT_DATA", "../shared/data"))
-    p.add_argument("--set", action="append", default=[], help="detector config overrides KEY=VALUE")
+    p.add_argument("--set", action="append", default=[], help="outliers preset config overrides KEY=VALUE")
+    p.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
+    p.add_argument("--detector-steps", type=int, help="VAEAnomalyDetector(steps=N) (default: its own choice)")
     args = p.parse_args()
     torch.set_num_threads(min(2, torch.get_num_threads()))
     overrides = dict(parse_assignment(a) for a in args.set)
@@ -81,9 +83,9 @@ def main() -> None:
           "IsolationForest | PyOD VAE | PyOD KNN | PyOD AutoEncoder | seconds |")
     print("|---|---|---|---|---|---|---|---|---|")
     means = []
-    for name in SETS:
+    for name in args.sets:
         t0 = time.perf_counter()
-        runs = [run(Path(args.data_dir) / "odds" / f"{name}.mat", s, overrides) for s in seeds]
+        runs = [run(Path(args.data_dir) / "odds" / f"{name}.mat", s, overrides, args.detector_steps) for s in seeds]
         means.append([statistics.mean(r[i] for r in runs) for i in range(len(runs[0]))])
         cells = " | ".join(f"{m:.4f}" for m in means[-1])
         print(f"| {name} | {cells} | {time.perf_counter() - t0:.0f} |", flush=True)

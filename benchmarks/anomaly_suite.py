@@ -9,10 +9,11 @@ training part, ROC AUC on the test part, features standardized with the training
 - ``odds``: the three ODDS sets in ../shared/data/odds (cardio, pendigits, wbc), as PyOD's benchmark uses them.
 - ``local``, ``global``, ``dependency``, ``clustered``: the four synthetic anomaly types of ADBench (Han et al.
   2022, section 4.2), generated from the inliers of real tables (the ODDS inliers, scikit-learn's breast-cancer
-  benign rows, wine and digits), 5% anomalies each. Local: a Gaussian mixture fitted to the inliers (components
-  by BIC), sampled with its covariances scaled by 5. Global: uniform in 1.1 times each feature's range.
-  Dependency: each feature drawn independently from its inlier marginal (the correlations broken, every marginal
-  kept). Clustered: the mixture with its means scaled by 5.
+  benign rows, wine and digits), 5% anomalies each, made with every feature min-max scaled to [0, 1]. Local:
+  a Gaussian mixture fitted to the inliers (components by BIC), sampled with its covariances scaled by 5.
+  Global: uniform in 1.1 times each feature's range. Dependency: each feature drawn independently from its
+  inlier marginal (the correlations broken, every marginal kept). Clustered: the mixture with its means
+  scaled by 5.
 - ``classes``: tables scikit-learn ships, one class held out as the outliers at several contamination rates
   (breast cancer's malignant rows at 2, 5 and 10%; each wine class at 10%; five digits at 5%).
 
@@ -71,23 +72,23 @@ def base_tables(data_dir: Path) -> dict[str, np.ndarray]:
 
 
 def synthesize(x: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
-    """5% anomalies of ADBench's ``kind`` made from inliers ``x`` (standardized first, then mapped back)."""
-    mean, std = x.mean(axis=0), x.std(axis=0) + 1e-12
-    z, n = (x - mean) / std, max(5, round(0.05 * len(x)))
+    """5% anomalies of ADBench's ``kind`` made from inliers ``x``, in the min-max scaled space of ``x`` (every
+    feature in [0, 1], as ADBench prepares its tables), then mapped back."""
+    lo, span = x.min(axis=0), np.ptp(x, axis=0) + 1e-12
+    u, n = (x - lo) / span, max(5, round(0.05 * len(x)))
     if kind == "global":
-        lo, hi = z.min(axis=0), z.max(axis=0)
-        out = rng.uniform(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo), size=(n, z.shape[1]))
+        out = rng.uniform(-0.05, 1.05, size=(n, u.shape[1]))
     elif kind == "dependency":
-        out = np.stack([rng.choice(z[:, j], size=n) for j in range(z.shape[1])], axis=1)
+        out = np.stack([rng.choice(u[:, j], size=n) for j in range(u.shape[1])], axis=1)
     else:
-        gmm = _mixture(z, int(rng.integers(2**31)))
+        gmm = _mixture(u, int(rng.integers(2**31)))
         if kind == "local":
             gmm.covariances_ = gmm.covariances_ * 5.0
-        else:  # clustered
+        else:  # clustered: the means scaled by 5 move each cluster away from the origin of [0, 1]^d
             gmm.means_ = gmm.means_ * 5.0
         gmm.random_state = int(rng.integers(2**31))
         out = gmm.sample(n)[0]
-    return out * std + mean
+    return out * span + lo
 
 
 def _mixture(z: np.ndarray, seed: int) -> GaussianMixture:
@@ -223,7 +224,8 @@ def main() -> None:
     variants = {k: json.loads(v) for k, v in (a.split("=", 1) for a in args.vae)}
     names = args.detectors.split(",") + [n for n in variants if n not in args.detectors.split(",")]
     keep = set(args.families.split(","))
-    tasks = [t for t in odds_tasks(args.data_dir) + synthetic_tasks(args.data_dir) + class_tasks() if t[0] in keep]
+    synthetic = synthetic_tasks(args.data_dir) if keep & set(SYNTHETIC) else []  # mixtures to fit: seconds
+    tasks = [t for t in odds_tasks(args.data_dir) + synthetic + class_tasks() if t[0] in keep]
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     print(f"{len(tasks)} tasks; seeds {seeds.start}..{seeds.stop - 1}")
     print(table(run(tasks, detectors(names, variants), seeds, args.out)))

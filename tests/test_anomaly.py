@@ -38,9 +38,11 @@ def test_recon_score_is_the_squared_reconstruction_error():
 
 
 def test_threshold_rules():
-    s = torch.arange(100, dtype=torch.float32)
-    assert anomaly.threshold_from(s, contamination=0.1) == pytest.approx(89.1)
-    assert anomaly.threshold_from(s, quantile=0.5) == pytest.approx(49.5)
+    s = torch.randperm(1000).float()  # distinct scores in no order
+    for c in (0.01, 0.1, 0.25):  # the contamination fraction lies above the threshold
+        assert (s > anomaly.threshold_from(s, contamination=c)).float().mean() == pytest.approx(c)
+    for q in (0.5, 0.9):  # and the quantile's fraction at or below it
+        assert (s <= anomaly.threshold_from(s, quantile=q)).float().mean() == pytest.approx(q, abs=1e-3)
     with pytest.raises(vaekit.ConfigError):
         anomaly.threshold_from(s, 0.1, 0.5)
     with pytest.raises(vaekit.ConfigError):

@@ -2,9 +2,8 @@
 they should; and a short MNIST run of the ``seed`` preset still lands in the band recorded with its command.
 
 Each script runs in this process (``runpy``, its own ``main`` with its own argument parser), from an empty
-working directory and with every output file under ``tmp_path``. benchmarks/anomaly_*.py and
-benchmarks/serve_*.py are not covered here. The scripts that start fresh processes (scale.py, tables.py) or
-train convolutions (upsampling.py) are marked slow.
+working directory and with every output file under ``tmp_path``. The scripts that start fresh processes
+(scale.py, tables.py, serve_load.py) or train convolutions (upsampling.py) are marked slow.
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ import runpy
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -39,7 +39,10 @@ def bench(monkeypatch, tmp_path, capsys):
     def run(script: str, *argv: str) -> str:
         monkeypatch.setattr(sys, "argv", [str(BENCH / script), *argv])
         capsys.readouterr()
-        runpy.run_path(str(BENCH / script), run_name="__main__")
+        try:
+            runpy.run_path(str(BENCH / script), run_name="__main__")
+        except SystemExit as e:  # a script that ends with sys.exit(status)
+            assert e.code in (0, None), f"{script} exited with {e.code}"
         out = capsys.readouterr().out
         assert not list(work.iterdir()), f"{script} wrote into the working directory: {list(work.iterdir())}"
         return out
@@ -218,3 +221,67 @@ def test_a_short_mnist_run_of_the_seed_preset_lands_in_its_recorded_band(mnist):
     assert low <= got["test_neg_elbo"] <= high, (got, BAND["band"], BAND["command"])
     if (torch.__version__, torch.backends.cpu.get_cpu_capability()) == (BAND["torch"], BAND["cpu_capability"]):
         assert got["test_neg_elbo"] == pytest.approx(BAND["runs"]["1"]["test_neg_elbo"], abs=0.05)
+
+
+# --- anomaly detection and serving ------------------------------------------------------------------------------
+
+
+def test_anomaly_odds(bench, mnist):
+    out = bench("anomaly_odds.py", "--sets", "wbc", "--seeds", "1", "--detector-steps", "30",
+                "--set", "train.epochs=1", "--data-dir", str(mnist))
+    (row,) = table_rows(out, "wbc")
+    aucs = [float(c) for c in row[1:-1] if c != "nan"]
+    assert len(aucs) >= 4 and all(0 <= a <= 1 for a in aucs)
+    assert number(row[4]) > 0.8  # IsolationForest on wbc, whatever the VAE's budget
+
+
+def test_anomaly_suite_tasks_and_table(bench, mnist, tmp_path):
+    import anomaly_suite as suite
+
+    tasks = suite.odds_tasks(mnist) + suite.class_tasks()  # the synthetic ones: the test below
+    assert {t[0] for t in tasks} == {"odds", "classes"}
+    for _, name, x, y in tasks:
+        assert len(x) == len(y) and np.isfinite(x).all() and 0 < y.mean() < 0.5, name
+    out_file = tmp_path / "suite.jsonl"
+    out = bench("anomaly_suite.py", "--families", "odds", "--seeds", "1", "--detectors", "iforest",
+                "--vae", 'tiny={"steps": 20, "hidden": [8], "latent_dim": 2}', "--data-dir", str(mnist),
+                "--out", str(out_file))
+    rows = {r[0]: r for r in table_rows(out, "iforest|tiny")}
+    assert set(rows) == {"iforest", "tiny"} and number(rows["iforest"][1]) > 0.8
+    assert len(jsonl(out_file)) == 2 * 3  # two detectors, three ODDS sets
+
+
+def test_synthetic_anomalies_are_of_their_kind(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import anomaly_suite as suite
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 3)) @ np.array([[1.0, 0.9, 0.0], [0.0, 0.4, 0.0], [0.0, 0.0, 1.0]])
+    made = {kind: suite.synthesize(x, kind, np.random.default_rng(1)) for kind in suite.SYNTHETIC}
+    assert all(m.shape == (20, 3) for m in made.values())  # 5% of the inliers
+    lo, hi = x.min(0), x.max(0)
+    assert ((made["global"] >= lo - 0.06 * (hi - lo)) & (made["global"] <= hi + 0.06 * (hi - lo))).all()
+    dep = made["dependency"]  # every value one of its column's inlier values, the correlation broken
+    assert all(np.abs(dep[:, j, None] - x[None, :, j]).min(1).max() < 1e-9 for j in range(3))
+    assert abs(np.corrcoef(dep[:, 0], dep[:, 1])[0, 1]) < abs(np.corrcoef(x[:, 0], x[:, 1])[0, 1])
+    spread = np.linalg.norm(x - x.mean(0), axis=1).mean()
+    assert np.linalg.norm(made["clustered"] - x.mean(0), axis=1).mean() > 2 * spread  # means scaled by 5
+    assert np.linalg.norm(made["local"] - x.mean(0), axis=1).mean() > spread  # covariances scaled by 5
+
+
+def test_anomaly_mnist(bench, mnist):
+    out = bench("anomaly_mnist.py", "--epochs", "1", "--digits", "1", "--scores", "recon",
+                "--set", "train.steps=20")
+    (row,) = table_rows(out, "1")
+    assert 0.5 < number(row[2]) <= 1  # the digit 1 against the rest, after 20 steps
+
+
+def test_serve_contract(bench):
+    out = bench("serve_contract.py", "--max-examples", "2", "--models", "table")
+    assert re.search(r"\b0 failures", out), out[-2000:]
+
+
+@pytest.mark.slow
+def test_serve_load(bench):
+    out = bench("serve_load.py", "--requests", "24", "--concurrency", "4", "--batch", "2")
+    assert re.search(r"^all\s+24(\s+\S+){2}\s+0\s+0\s+0$", out, re.M), out[-2000:]  # no errors, 503 or 5xx
