@@ -39,10 +39,13 @@ def bench(monkeypatch, tmp_path, capsys):
     def run(script: str, *argv: str) -> str:
         monkeypatch.setattr(sys, "argv", [str(BENCH / script), *argv])
         capsys.readouterr()
+        threads = torch.get_num_threads()  # scripts set their own; later tests compare results bitwise
         try:
             runpy.run_path(str(BENCH / script), run_name="__main__")
         except SystemExit as e:  # a script that ends with sys.exit(status)
             assert e.code in (0, None), f"{script} exited with {e.code}"
+        finally:
+            torch.set_num_threads(threads)
         out = capsys.readouterr().out
         assert not list(work.iterdir()), f"{script} wrote into the working directory: {list(work.iterdir())}"
         return out
