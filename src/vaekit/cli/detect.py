@@ -24,6 +24,8 @@ def add_detect(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--contamination", default="0.1", help="the fraction of rows flagged, or 'auto' (Tukey's "
                    "upper fence of the fitted rows' scores)")
     p.add_argument("--seed", type=int, help="seeds the fit (default: fresh randomness)")
+    p.add_argument("--steps", type=int, help="optimizer steps per model (default: ten passes over the rows, "
+                   "1,000 to 20,000)")
     p.add_argument("-o", "--output", type=Path, default=Path("scores.csv"), help="CSV: index, score, flag")
     p.set_defaults(func=cmd_detect)
 
@@ -38,7 +40,10 @@ def cmd_detect(args: argparse.Namespace) -> int:
     if scored.x.shape[1] != fitted.x.shape[1]:
         raise DataError(f"{args.score_table} has {scored.x.shape[1]} feature columns; {args.table} has "
                         f"{fitted.x.shape[1]}")
-    detector = VAEAnomalyDetector(contamination=_contamination(args.contamination), random_state=args.seed)
+    if args.steps is not None and args.steps < 1:
+        raise ConfigError(f"--steps must be >= 1, got {args.steps}")
+    detector = VAEAnomalyDetector(contamination=_contamination(args.contamination), random_state=args.seed,
+                                  steps=args.steps)
     print(f"fitting {len(detector._likelihoods)} VAEs on {len(fitted.x)} rows of {fitted.x.shape[1]} features of "
           f"{args.table}", flush=True)
     try:
