@@ -3,12 +3,15 @@ JSON in a run directory get one clear error, never a traceback, a hang or an unb
 
 from __future__ import annotations
 
+import base64
 import errno
 import hashlib
 import json
 import os
 import re
 import resource
+import subprocess
+import sys
 import time
 
 import pytest
@@ -202,3 +205,31 @@ def test_the_memory_estimate_counts_parameters_exactly_and_scales_with_the_batch
     assert weights == 16 * sum(p.numel() for p in model.parameters())
     _, double = size.training_bytes(config.override({"train.batch_size": 2 * config.train.batch_size}))
     assert double == 2 * batch > 0
+
+
+# A .mat file whose damage (a zero-sized element) makes scipy 1.17's reader raise and leave its memory
+# corrupted: a second read in the same process crashed it (SIGSEGV) before vaekit parsed such files apart.
+DAMAGED_MAT = base64.b64decode(
+    "TUFUTEFCIDUuMCBNQVQtZmlsZSBQbGF0Zm9ybTogcG9zaXgsIENyZWF0ZWQgb246IE1vbiBOb3YgMzAgMTI6Mjc6NDMgMjAyNgAA"
+    "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAJ8AAAAAAAAAAAAAAAAAAAAAAAABSU0OAAAA8AAAAAYAAAAIAAAABgAAAAAA"
+    "AAAFAAAACAAAAAYAAAAEAAAAAQABAFgAAAAJRgAAwAAAAAgCX5vlXAhBCE8nNv1IF0FgVxlz2ikdQcBAH3fC2u1AiQic1sEpJcEA"
+    "AAAAAAAAgHv5jk2S5SzBvBaKra2ZIUEAAAAAfoQuwQAAAAAAAABAKNSALA8YDkGib2VsqXwhwQAAAAAAAAiA46VuZpSeK8ECyhjd"
+    "3i4swTbvPMdGDilBAAAAAAAAMEAQOSPKPX70QBkRLu5S6yvBwM7cL03/28BqKDKI4UEcwbDu3cfxFBhBF8a91ZdYk4Kk9Mc0CXEt"
+    "QQ==")
+
+
+def test_a_damaged_mat_file_is_refused_without_corrupting_the_process(tmp_path):
+    path = tmp_path / "damaged.mat"
+    path.write_bytes(DAMAGED_MAT)
+    code = ("from vaekit.data import tabular\n"
+            "for _ in range(3):\n"
+            "    try:\n"
+            f"        tabular.read({str(path)!r})\n"
+            "    except Exception as e:\n"
+            "        print(type(e).__name__, e)\n"
+            "print('alive')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert len(lines) == 4 and lines[-1] == "alive"
+    assert all(line.startswith("DataError cannot read") and "as a MATLAB file" in line for line in lines[:3])

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import lzma
 import math
+import os
 import struct
 import tokenize
 import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -117,6 +118,9 @@ def _check_stored_size(f, stored: int, what: str) -> None:
 def _read_mat(path: Path) -> Table:
     from scipy.io import loadmat
 
+    refused = _parse_apart(path, loadmat)
+    if refused is not None:
+        raise DataError(f"cannot read {path} as a MATLAB file: {refused}")
     try:
         mat = loadmat(path)
     except Exception as e:  # scipy's parser raises many kinds (IndexError, ValueError, ...) on bad bytes
@@ -125,6 +129,35 @@ def _read_mat(path: Path) -> Table:
         raise DataError(f"{path} has no variable X; it holds {sorted(k for k in mat if not k.startswith('__'))}")
     y = _labels(mat["y"], f"{path}, variable y") if "y" in mat else None
     return Table(_features(mat["X"], path), y, ())
+
+
+def _parse_apart(path: Path, loadmat: Any) -> str | None:
+    """What scipy's MATLAB reader says of ``path``, parsed first in a forked child (None: it reads).
+
+    Some damaged files (scipy 1.17: a zero-sized element) raise an error and leave the reader's memory
+    corrupted, so that a later read in the same process crashes it; a file is read here only once a throwaway
+    process has read it whole. Where fork does not exist, the file is read directly.
+    """
+    if not hasattr(os, "fork"):  # pragma: no cover - Windows
+        return None
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: parse, report, and leave without running any of the parent's exit handlers
+        os.close(r)
+        try:
+            loadmat(path)
+            said = b""
+        except BaseException as e:  # whatever it is, it is reported, not raised, here
+            said = (str(e) or type(e).__name__).encode(errors="replace")[:2000]
+        os.write(w, said)
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as pipe:
+        said = pipe.read()
+    status = os.waitpid(pid, 0)[1]
+    if status != 0:
+        return f"the MATLAB reader crashed on it (wait status {status})"
+    return said.decode(errors="replace") or None
 
 
 def _features(a: np.ndarray, path: Path) -> np.ndarray:
