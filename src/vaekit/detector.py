@@ -5,7 +5,7 @@ rows is two steps, of 30,000 rows hundreds), and the network's width and latent 
 features. By default it is an ensemble of two VAEs, one with a fixed-variance Gaussian likelihood (close to a
 linear-Gaussian density: good where outliers form clusters) and one that learns each feature's variance (a
 sharper density: good where outliers break the features' dependencies), each fitted after leaving out the
-10% of rows a brief first fit explains worst, so that outliers in the training data are not learned as
+20% of rows a brief first fit explains worst, so that outliers in the training data are not learned as
 normal. Members' scores are averaged after scaling each by its training scores' median and interquartile
 range. The defaults were chosen on benchmarks/anomaly_suite.py (README: "Tabular anomaly detection").
 
@@ -70,7 +70,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
                  epochs: int | None = None, batch_size: int = 64, lr: float = 1e-3, beta: float = 1.0,
                  likelihood: str | tuple[str, ...] = ("gaussian", "gaussian-learned"), standardize: bool = True,
                  n_neighbors: int = 5, n_score_samples: int = 10, device: str = "cpu", random_state: int | None = None,
-                 lower_latent_dims: tuple[int, ...] = (), trim: float = 0.1, n_models: int = 1) -> None:
+                 lower_latent_dims: tuple[int, ...] = (), trim: float = 0.2, n_models: int = 1) -> None:
         self.contamination = contamination
         self.score_method = score_method
         self.latent_dim = latent_dim
