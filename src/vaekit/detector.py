@@ -19,6 +19,7 @@ import math
 from typing import Any
 
 import numpy as np
+import torch
 from sklearn.base import BaseEstimator, OutlierMixin, clone
 from sklearn.neighbors import NearestNeighbors
 from sklearn.utils import check_random_state
@@ -152,10 +153,10 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
     def _parts(self, X: Any) -> list[np.ndarray]:
         """The anomaly scores the method combines, each (n,)."""
         parts = []
-        if self.score_method != "knn":
+        if self.score_method != "knn":  # X is validated already: each member only standardizes it its way
             method = "elbo" if self._reads_latents else self.score_method
-            n = self.n_score_samples
-            parts += [anomaly.score(v.model_, v._checked(X), method, n).double().numpy() for v in self.vaes_]
+            x, n = torch.from_numpy(np.ascontiguousarray(X)), self.n_score_samples
+            parts += [anomaly.score(v.model_, v._prepare(x), method, n).double().numpy() for v in self.vaes_]
         if self._reads_latents:
             parts.append(self._knn_distance(self.vae_.transform(X)))
         return parts
@@ -180,7 +181,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         if self.contamination == "auto":
             q1, q3 = np.quantile(scores, [0.25, 0.75])
             return float(q3 + 1.5 * (q3 - q1))
-        return float(np.quantile(scores, 1 - self.contamination))
+        return anomaly.threshold_from(torch.from_numpy(scores), contamination=self.contamination)
 
     def score_samples(self, X: Any) -> np.ndarray:
         """Minus the anomaly score of each row (higher = more normal)."""

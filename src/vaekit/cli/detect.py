@@ -44,8 +44,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
         raise ConfigError(f"--steps must be >= 1, got {args.steps}")
     detector = VAEAnomalyDetector(contamination=_contamination(args.contamination), random_state=args.seed,
                                   steps=args.steps)
-    print(f"fitting {len(detector._likelihoods)} VAEs on {len(fitted.x)} rows of {fitted.x.shape[1]} features of "
-          f"{args.table}", flush=True)
+    print(f"fitting VAEAnomalyDetector on {len(fitted.x)} rows of {fitted.x.shape[1]} features of {args.table}",
+          flush=True)
     try:
         detector.fit(fitted.x)
     except ValueError as e:  # scikit-learn's validation: NaN, infinity, too few rows

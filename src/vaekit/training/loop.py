@@ -250,8 +250,7 @@ def _attach_output(run: Run, out_dir: str | Path | None, preprocess: Any, resume
     run.checkpoints, run.preprocess = out_dir is not None, preprocess
     if out_dir is None or not run.ctx.is_main:
         return
-    run.out = Path(out_dir)
-    runlock.make_run_directory(run.out)
+    run.out = Path(out_dir)  # made (or found, on a resume) when its lock was taken: see train
     try:  # before any training: a run that cannot keep its results should not start
         if not resumed:
             (run.out / "metrics.jsonl").write_text("")
