@@ -1,4 +1,4 @@
-"""Seconds per epoch of the seed VAE: a pytorch/examples-style loop against vaekit's, in one process.
+"""Seconds per epoch of the seed VAE against a pytorch/examples-style loop, and of any preset, with the floor.
 
 The reference re-implements the loop of pytorch/examples ``vae/main.py``: a DataLoader over MNIST whose
 ``__getitem__`` turns each uint8 image into a PIL image and then a float tensor (what torchvision's MNIST
@@ -9,7 +9,20 @@ interleaved, one epoch each in turn, so a change in the machine's speed affects 
 the training pass alone and the whole epoch (training + the per-epoch test pass), and the test loss of each
 (BCE on grey levels + KL, one posterior sample, per example) after the same number of epochs.
 
+Each ``--precision`` (default: fp32 and bf16 where the CPU multiplies bfloat16 natively, then auto's choice
+is named) trains its own vaekit run, interleaved with its own reference run, so each ratio is measured
+against the reference at the same moment. Medians leave out the first epoch (warm-up, or a CUDA graph's
+capture), which is reported apart. On the CPU the script also measures the step's matrix-product floor
+(benchmarks/floor.py: the step's products alone, at its shapes, in float32 and in bfloat16) and gives each
+row's share of it: floor time / training-pass time.
+
+``--presets conv,hvae,...`` times other presets instead (no reference): each one's epoch, samples per second
+and share of its floor, on the CPU or ``--device cuda``.
+
     VAEKIT_DATA=../shared/data python benchmarks/speed.py --epochs 10
+    VAEKIT_DATA=../shared/data python benchmarks/speed.py --presets seed,iwae,conv,hvae,hvae-conv --epochs 3
+    VAEKIT_DATA=../shared/data python benchmarks/speed.py --device cuda --presets seed,conv,hvae --epochs 5 \
+        --precision fp32,bf16 --batch-size 1024
 """
 
 from __future__ import annotations
@@ -18,9 +31,10 @@ import argparse
 import dataclasses
 import io
 import json
-import platform
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,7 +44,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import vaekit
+from vaekit import devices
 from vaekit.data import mnist
+
+sys.path.insert(0, str(Path(__file__).parent))
+import floor
 
 
 class MNISTImages(Dataset):
@@ -139,70 +157,160 @@ class ReferenceRun:
 class Interleave(vaekit.Callback):
     """After each vaekit epoch, one reference epoch: drift in the machine's speed hits both alike."""
 
-    def __init__(self, reference: ReferenceRun) -> None:
-        self.reference = reference
+    def __init__(self, reference: ReferenceRun | None, label: str) -> None:
+        self.reference, self.label = reference, label
+        self.step_path = ""
+
+    def on_step_path(self, description: str) -> None:
+        self.step_path = description
 
     def on_epoch_end(self, record: dict) -> None:
-        self.reference.run_epoch()
-        r = self.reference
-        print(f"epoch {record['epoch']}: vaekit {record['time_s']:.2f} s; reference train {r.train_s[-1]:.2f} s "
-              f"+ test {r.test_s[-1]:.2f} s", flush=True)
+        line = f"{self.label} epoch {record['epoch']}: vaekit {record['time_s']:.2f} s"
+        if self.reference is not None:
+            self.reference.run_epoch()
+            r = self.reference
+            line += f"; reference train {r.train_s[-1]:.2f} s + test {r.test_s[-1]:.2f} s"
+        print(line, flush=True)
 
 
-def run(args: argparse.Namespace, device: torch.device) -> dict:
-    config = vaekit.preset("seed").override({
-        "data.dataset": "mnist", "train.epochs": args.epochs, "train.batch_size": args.batch_size,
-        "train.seed": args.seed, "train.device": device.type,
-    })
+def mnist_splits(config: vaekit.Config, limit: int | None) -> vaekit.data.Splits:
+    """MNIST as the config prepares it; with ``limit``, the first N training and test images only."""
     splits = vaekit.load_data(config.data)
-    if args.limit:  # the same first images as the reference's
+    if limit:  # the same first images as the reference's
         splits = dataclasses.replace(splits, **{
-            name: dataclasses.replace(split, stored=split.stored[: args.limit], y=split.y[: args.limit])
+            name: dataclasses.replace(split, stored=split.stored[:limit], y=split.y[:limit])
             for name, split in (("train", splits.train), ("test", splits.test))})
-    reference = ReferenceRun(args, device)
-    result = vaekit.train(config, callbacks=[Interleave(reference)], splits=splits)
+    return splits
+
+
+def train_timed(args: argparse.Namespace, device: torch.device, preset: str, precision: str,
+                reference: ReferenceRun | None) -> dict:
+    """Train ``preset`` on MNIST for ``args.epochs`` epochs (interleaved with ``reference``); epoch times, the
+    test -ELBO at the end, and which step ran."""
+    config = vaekit.preset(preset).override({
+        "data.dataset": "mnist", "data.val_size": 0, "train.epochs": args.epochs, "train.seed": args.seed,
+        "train.device": device.type, "train.precision": precision,
+        **({"train.batch_size": args.batch_size} if args.batch_size else {})})
+    splits = mnist_splits(config, args.limit)
+    hook = Interleave(reference, f"{preset} {precision}")
+    result = vaekit.train(config, callbacks=[hook], splits=splits)
     test = vaekit.evaluate_model(result.model, splits.test.x.to(device), iw_samples=0)
-    return {
-        "pytorch/examples-style": {"train_s": reference.train_s, "test_s": reference.test_s,
-                                   "test_loss": reference.test_loss},
-        "vaekit": {"train_s": [r["time_s"] for r in result.history], "test_s": [0.0] * args.epochs,
-                   "test_loss": test["neg_elbo"]},
-        "n_train": len(splits.train),
-    }
+    return {"preset": preset, "precision": precision, "step": hook.step_path, "n_train": len(splits.train),
+            "batch_size": config.train.batch_size, "train_s": [r["time_s"] for r in result.history],
+            "test_s": [0.0] * args.epochs, "test_loss": test["neg_elbo"]}
+
+
+def step_floor(preset: str, batch_size: int | None, step: str, n_train: int) -> dict[str, float]:
+    """The floor of one epoch of ``preset``'s CPU step: its products alone, in float32 and bfloat16 (where the
+    CPU has native bfloat16 products), times the steps of an epoch."""
+    precision = step.rsplit("; ", 1)[-1].split(" ")[0]  # what the run resolved train.precision to
+    batch = batch_size or vaekit.preset(preset).train.batch_size
+    products = floor.capture(floor.training_step(preset, batch, precision))
+    steps_per_epoch = -(-n_train // batch)
+    dtypes = {"fp32": torch.float32, **({"bf16": torch.bfloat16} if devices.cpu_bf16_isa() else {})}
+    return {name: floor.floor_seconds(products, dtype) * steps_per_epoch for name, dtype in dtypes.items()}
+
+
+def median_after_first(times: list[float]) -> float:
+    """The median epoch, leaving out the first (warm-up or graph capture) when there are others."""
+    return statistics.median(times[1:] if len(times) > 1 else times)
+
+
+def machine(device: torch.device) -> str:
+    """The device this ran on, in words: the GPU's name, or the CPU's with its vector and bfloat16 features."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name()
+    features = devices.cpu_features()
+    shown = [f for f in ("avx2", "avx512_f", "avx512_bf16", "amx_bf16") if features.get(f)]
+    return (f"{devices.cpu_name()} ({', '.join(shown) or 'no AVX2'}; bfloat16 products: "
+            f"{devices.cpu_bf16_isa() or 'emulated'}), {torch.get_num_threads()} threads")
+
+
+def precisions(args: argparse.Namespace) -> list[str]:
+    """The precisions to time: those asked for, or fp32 and (where native here) bf16."""
+    if args.precision:
+        return args.precision.split(",")
+    return ["fp32", "bf16"] if args.device == "cuda" or devices.cpu_bf16_isa() else ["fp32"]
+
+
+def against_reference(args: argparse.Namespace, device: torch.device) -> list[dict]:
+    """The seed preset in each precision, each interleaved with a reference run of its own."""
+    rows = []
+    for precision in precisions(args):
+        reference = ReferenceRun(args, device)
+        row = train_timed(args, device, "seed", precision, reference)
+        rows.append({**row, "reference": {"train_s": reference.train_s, "test_s": reference.test_s,
+                                          "test_loss": reference.test_loss}})
+    return rows
+
+
+def print_reference_table(rows: list[dict], args: argparse.Namespace, device: torch.device) -> None:
+    n = rows[0]["n_train"]
+    print(f"\nseed VAE (784-400-20), MNIST ({n:,} training images), batch {rows[0]['batch_size']}, "
+          f"{args.epochs} epochs each interleaved with its own reference run, {machine(device)}, torch "
+          f"{torch.__version__}; medians over epochs 2-{args.epochs} (epoch 1 apart)")
+    print("| loop | precision | training pass s/epoch | epoch 1 s | samples/s | speed-up | whole epoch s (with the "
+          "test pass) | speed-up | share of fp32 floor | share of bf16 floor | test -ELBO after "
+          f"{args.epochs} epochs |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        ref = row["reference"]
+        ref_train, ref_epoch = median_after_first(ref["train_s"]), median_after_first(
+            [a + b for a, b in zip(ref["train_s"], ref["test_s"], strict=True)])
+        train = median_after_first(row["train_s"])
+        shares = " | ".join(f"{row['floor_s'][k] / train:.0%}" if k in row.get("floor_s", {}) else "-"
+                            for k in ("fp32", "bf16"))
+        print(f"| pytorch/examples-style | fp32 | {ref_train:.2f} | {ref['train_s'][0]:.2f} | {n / ref_train:,.0f} "
+              f"| 1.00x | {ref_epoch:.2f} | 1.00x | - | - | {ref['test_loss']:.2f} |")
+        print(f"| vaekit | {row['precision']} | {train:.2f} | {row['train_s'][0]:.2f} | {n / train:,.0f} | "
+              f"**{ref_train / train:.2f}x** | {train:.2f} | {ref_epoch / train:.2f}x | {shares} | "
+              f"{row['test_loss']:.2f} |")
+    for row in rows:
+        print(f"{row['precision']}: {row['step']}")
+
+
+def print_presets_table(rows: list[dict], args: argparse.Namespace, device: torch.device) -> None:
+    print(f"\npresets on MNIST, {args.epochs} epochs each, {machine(device)}, torch {torch.__version__}; medians "
+          f"over epochs 2-{args.epochs} (epoch 1, with warm-up or graph capture, apart)")
+    print("| preset | precision | batch | s/epoch | epoch 1 s | samples/s | share of fp32 floor | share of bf16 floor "
+          "| step |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        train = median_after_first(row["train_s"])
+        shares = " | ".join(f"{row['floor_s'][k] / train:.0%}" if k in row.get("floor_s", {}) else "-"
+                            for k in ("fp32", "bf16"))
+        print(f"| {row['preset']} | {row['precision']} | {row['batch_size']} | {train:.2f} | "
+              f"{row['train_s'][0]:.2f} | {row['n_train'] / train:,.0f} | {shares} | {row['step']} |")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, help="default: each preset's own (128 for seed)")
+    p.add_argument("--precision", help="comma-separated, of auto, fp32, bf16 (default: fp32 and, where the "
+                                       "device multiplies bfloat16 natively, bf16)")
+    p.add_argument("--presets", help="time these presets (comma-separated) instead of seed against the reference")
+    p.add_argument("--no-floor", action="store_true", help="skip the matrix-product floor (CPU)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", help="also write the results to this JSON file")
     p.add_argument("--limit", type=int, help="only the first N training and test images (a smoke test)")
     args = p.parse_args()
     device = torch.device(args.device)
-    rows = run(args, device)
-    n_train = rows.pop("n_train")
-    machine = (torch.cuda.get_device_name() if device.type == "cuda"
-               else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
-    print(f"\nseed VAE (784-400-20), MNIST ({n_train:,} training images), batch {args.batch_size}, {args.epochs} "
-          f"epochs interleaved, {machine}, "
-          f"torch {torch.__version__}; medians over epochs")
-    print(f"| loop | training pass s/epoch | samples/s | speed-up | whole epoch s (with the per-epoch test pass) "
-          f"| speed-up | test loss after {args.epochs} epochs |")
-    print("|---|---|---|---|---|---|---|")
-    ref = rows["pytorch/examples-style"]
-    ref_train = statistics.median(ref["train_s"])
-    ref_epoch = statistics.median([a + b for a, b in zip(ref["train_s"], ref["test_s"], strict=True)])
-    for name, r in rows.items():
-        train = statistics.median(r["train_s"])
-        epoch = statistics.median([a + b for a, b in zip(r["train_s"], r["test_s"], strict=True)])
-        print(f"| {name} | {train:.2f} | {n_train / train:,.0f} | {ref_train / train:.2f}x | {epoch:.2f} "
-              f"| {ref_epoch / epoch:.2f}x | {r['test_loss']:.2f} |")
+    if args.presets:
+        rows = [train_timed(args, device, name, precision, None)
+                for name in args.presets.split(",") for precision in precisions(args)]
+    else:
+        args.batch_size = args.batch_size or 128  # the reference's
+        rows = against_reference(args, device)
+    if device.type == "cpu" and not args.no_floor:
+        for row in rows:
+            row["floor_s"] = step_floor(row["preset"], args.batch_size, row["step"], row["n_train"])
+    (print_presets_table if args.presets else print_reference_table)(rows, args, device)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "machine": machine, "torch": torch.__version__, "rows": rows}, f,
-                      indent=2)
+            json.dump({"args": vars(args), "machine": machine(device), "torch": torch.__version__, "rows": rows},
+                      f, indent=2)
 
 
 if __name__ == "__main__":

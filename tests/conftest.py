@@ -131,8 +131,10 @@ def linear_gaussian_vae(exact_posterior: bool):
 
 
 def digits_config(**overrides) -> Config:
+    """A small model on digits, on the CPU, in float32 (``auto`` would take bfloat16 products on some CPUs and
+    not others; tests of bf16 and auto ask for them)."""
     base = {"data.dataset": "digits", "train.epochs": 2, "train.batch_size": 64, "model.hidden": [32],
-            "model.latent_dim": 4, "train.device": "cpu"}
+            "model.latent_dim": 4, "train.device": "cpu", "train.precision": "fp32"}
     base.update(overrides)
     return Config().override(base)
 

@@ -163,11 +163,27 @@ def test_likelihoods(bench, mnist, tmp_path):
 
 
 def test_speed(bench, mnist, tmp_path):
-    out = bench("speed.py", "--epochs", "1", "--limit", "512", "--json", str(tmp_path / "s.json"))
+    out = bench("speed.py", "--epochs", "2", "--limit", "512", "--precision", "fp32,bf16", "--json",
+                str(tmp_path / "s.json"))
     doc = json.loads((tmp_path / "s.json").read_text())
-    ref, ours = doc["rows"]["pytorch/examples-style"], doc["rows"]["vaekit"]
-    assert len(ref["train_s"]) == len(ours["train_s"]) == 1 and "(512 training images)" in out
-    assert abs(ref["test_loss"] - ours["test_loss"]) < 0.1 * ref["test_loss"]  # the same model, two loops
+    assert [r["precision"] for r in doc["rows"]] == ["fp32", "bf16"] and "(512 training images)" in out
+    for row in doc["rows"]:
+        ref = row["reference"]
+        assert len(ref["train_s"]) == len(row["train_s"]) == 2
+        assert abs(ref["test_loss"] - row["test_loss"]) < 0.1 * ref["test_loss"]  # the same model, two loops
+        assert row["step"].startswith("step: the fused CPU step") and f"; {row['precision']} (" in row["step"]
+        assert 0 < row["floor_s"]["fp32"] < sum(row["train_s"])  # the products alone take less than the epoch
+    assert "share of fp32 floor" in out and doc["machine"] in out
+
+
+@pytest.mark.slow
+def test_speed_presets(bench, mnist, tmp_path):
+    out = bench("speed.py", "--presets", "iwae,conv", "--epochs", "1", "--limit", "256", "--precision", "fp32",
+                "--json", str(tmp_path / "p.json"))
+    rows = json.loads((tmp_path / "p.json").read_text())["rows"]
+    assert [r["preset"] for r in rows] == ["iwae", "conv"]
+    assert "fused CPU step" in rows[0]["step"] and rows[1]["step"].startswith("step: autograd")
+    assert all(0 < r["floor_s"]["fp32"] < r["train_s"][0] for r in rows) and "| conv | fp32 |" in out
 
 
 # --- fresh processes or convolutions: slow ------------------------------------------------------------------

@@ -28,7 +28,7 @@ else:  # pragma: no cover - exercised only on Python 3.10
 
 BINARIZATIONS = ("none", "dynamic", "static", "threshold")
 DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
 ARCHS = ("mlp", "conv")
 UPSAMPLES = ("transposed", "resize")
 OBJECTIVES = ("elbo", "iwae")
@@ -138,7 +138,9 @@ class TrainConfig:
     checkpoint_every: int = 1  # checkpoint every N epochs (and at the end); 0 = only at the end
     drop_last: bool = False
     eval_batch_size: int = 1000
-    precision: str = "fp32"  # bf16: matrix products in bfloat16 under autocast; the loss stays in fp32
+    # bf16: matrix products in bfloat16 (autocast, or the fused step's own casts), the loss in fp32; auto: bf16
+    # for the fused CPU step where the CPU has native bfloat16 products (devices.resolve_precision), else fp32
+    precision: str = "auto"
     cuda_graph: bool = True  # on CUDA, capture the whole step as one graph (drops the last partial batch)
     fused_step: bool = True  # on the CPU, a fully connected model's gradients come from a hand-written backward
     objective: str = "elbo"  # elbo, or iwae: the importance-weighted bound with iw_k samples (Burda et al. 2015)

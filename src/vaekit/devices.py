@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import platform
+
 import torch
 
 from vaekit.errors import VaekitError
@@ -19,3 +21,48 @@ def resolve_device(name: str | torch.device) -> torch.device:
         return torch.device(name)
     except RuntimeError as e:
         raise VaekitError(f"unknown device {name!r}: expected auto, cpu, cuda or cuda:N") from e
+
+
+def cpu_features() -> dict[str, bool]:
+    """The CPU's instruction-set flags as PyTorch detects them (``torch.cpu.get_capabilities``); {} where this
+    PyTorch cannot say."""
+    get = getattr(torch.cpu, "get_capabilities", None)
+    try:
+        return {k: v for k, v in get().items() if isinstance(v, bool)} if get else {}
+    except RuntimeError:
+        return {}
+
+
+def cpu_name() -> str:
+    """The CPU's model name as PyTorch reads it (e.g. 'AMD EPYC'), or the machine's architecture."""
+    get = getattr(torch.cpu, "get_capabilities", None)
+    name = get().get("cpu_name") if get else None
+    return str(name) if name else (platform.processor() or platform.machine())
+
+
+def cpu_bf16_isa() -> str | None:
+    """The instructions this CPU multiplies bfloat16 matrices with natively (AMX tiles or AVX512-BF16 dot
+    products), or None: without them bfloat16 products are emulated and slower than float32."""
+    features = cpu_features()
+    if features.get("amx_bf16"):
+        return "AMX-BF16"
+    if features.get("avx512_bf16"):
+        return "AVX512-BF16"
+    return None
+
+
+def resolve_precision(precision: str, device: torch.device, fused: bool) -> tuple[str, str]:
+    """The precision a run's step takes (``fp32`` or ``bf16``) for ``train.precision``, and why.
+
+    ``auto`` is bf16 only where it was measured to keep the ELBO (benchmarks/speed.py: MNIST's test -ELBO
+    after 10 epochs) and to pay: the hand-written CPU step (``fused``) on a CPU with native bfloat16 products.
+    """
+    if precision != "auto":
+        return precision, f"train.precision = {precision}"
+    isa = cpu_bf16_isa() if device.type == "cpu" else None
+    if isa and fused:
+        return "bf16", f"train.precision = auto: bfloat16 products on this CPU's {isa}"
+    if device.type != "cpu":
+        return "fp32", f"train.precision = auto: float32 on {device.type} (bf16 on request)"
+    why = "the step is autograd's" if isa else "this CPU has no native bfloat16 products"
+    return "fp32", f"train.precision = auto: float32, as {why}"

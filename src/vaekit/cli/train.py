@@ -115,7 +115,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help=f"seed of the weights, batches and draws (default "
                    f"{_default('train.seed')})")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="auto: cuda when there is a GPU")
-    p.add_argument("--precision", choices=["fp32", "bf16"], help="bf16: bfloat16 autocast, loss in fp32")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+                   help="bf16: matrix products in bfloat16, loss in fp32; auto (default): bf16 for the fused CPU "
+                        "step on a CPU with AMX or AVX512-BF16, fp32 otherwise")
     p.add_argument("--checkpoint-every", type=int, help="checkpoint every N epochs (default 1; 0: only at the end)")
     p.add_argument("--early-stopping-patience", type=int, help="stop after N epochs without a better validation "
                    "-ELBO and keep the best weights (default 0: off; needs a validation split)")
@@ -240,6 +242,10 @@ class ProgressBar(training.Callback):
 
     def on_train_start(self, config: Config, steps_per_epoch: int) -> None:
         self.epochs, self.steps = config.train.epochs, steps_per_epoch
+
+    def on_step_path(self, description: str) -> None:
+        if not self.quiet:
+            tqdm.write(description)
 
     def on_step(self, epoch: int, step: int) -> None:
         if self.quiet:

@@ -14,6 +14,10 @@ from its output. The posterior noise is drawn exactly as ``torch.distributions.N
 so a step gives autograd's gradients to float rounding (tests/test_fused.py) and runs are reproducible
 either way. Used by default where it applies (``blocker`` says why not otherwise); ``train.fused_step =
 false`` restores autograd.
+
+With ``bf16`` the matrix products take bfloat16 operands (weights cast each step from their float32 masters)
+and round their outputs to bfloat16, as autocast does; hidden activations stay in bfloat16, while the
+likelihood, the posterior, the KL, the loss and the bias gradients are computed in float32.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ def _elu_grad(h: Tensor, g: Tensor) -> Tensor:
 # activation module of the network (as vaekit.model.nets builds them, with their defaults) -> (the same
 # function, in place where torch has it; g times its derivative, written from the output h alone, in g's memory)
 ACTIVATIONS: dict[type[nn.Module], tuple[Callable[[Tensor], Tensor], Callable[[Tensor, Tensor], Tensor]]] = {
-    nn.ReLU: (torch.relu_, lambda h, g: g.mul_(h > 0)),
+    nn.ReLU: (torch.relu_, lambda h, g: torch.ops.aten.threshold_backward(g, h, 0)),  # one kernel, not a mask
     nn.LeakyReLU: (F.leaky_relu_, _leaky_relu_grad),
     nn.Tanh: (torch.tanh_, lambda h, g: g.mul_(1 - h * h)),
     nn.ELU: (F.elu_, _elu_grad),
@@ -67,53 +71,66 @@ def blocker(model: VAE, tc: TrainConfig, device: torch.device, world_size: int) 
         (likelihood not in LIKELIHOODS, f"likelihood {likelihood} is not one of {LIKELIHOODS}"),
         (bool(unknown), f"activation {', '.join(unknown)} is not one of {[a.__name__ for a in ACTIVATIONS]}"),
         (tc.objective != "elbo", f"objective is {tc.objective}, not elbo"),
-        (tc.precision != "fp32", f"precision is {tc.precision}, not fp32"),
         (world_size > 1, "DistributedDataParallel needs autograd's gradient hooks"),
     ]
     return next((why for blocked, why in reasons if blocked), None)
 
 
 class _Dense:
-    """The linear layers of one of the model's MLPs, with what its backward pass needs from the forward."""
+    """The linear layers of one of the model's MLPs, with what its backward pass needs from the forward.
 
-    def __init__(self, net: nn.Sequential) -> None:
+    ``dtype`` is that of the matrix products' operands and outputs (None: the weights' own); the output and the
+    input gradient come back in the weights' dtype whatever it is.
+    """
+
+    def __init__(self, net: nn.Sequential, dtype: torch.dtype | None = None) -> None:
         self.layers = [m for m in net if isinstance(m, nn.Linear)]
         acts = {type(m) for m in net if not isinstance(m, nn.Linear)}
         self.act, self.act_grad = ACTIVATIONS[acts.pop()] if acts else (None, None)
+        self.master = self.layers[0].weight.dtype
+        self.dtype = dtype or self.master
         self.inputs: list[Tensor] = []  # each layer's input, kept for the weight gradients
+        self.weights: list[Tensor] = []  # each layer's weight in self.dtype, cast once per step
 
     def forward(self, h: Tensor) -> Tensor:
-        self.inputs = []
-        for i, layer in enumerate(self.layers):
+        self.inputs, self.weights = [], [layer.weight.to(self.dtype) for layer in self.layers]
+        h = h.to(self.dtype)
+        for i, (layer, w) in enumerate(zip(self.layers, self.weights, strict=True)):
             self.inputs.append(h)
-            h = torch.addmm(layer.bias, h, layer.weight.t())
+            if self.dtype == self.master:
+                h = torch.addmm(layer.bias, h, w.t())
+            else:  # oneDNN's bfloat16 addmm is slower than its product and an add
+                h = torch.mm(h, w.t()).add_(layer.bias.to(self.dtype))
             if i < len(self.layers) - 1:
                 h = self.act(h)
-        return h
+        return h.to(self.master)
 
     def backward(self, g: Tensor, input_grad: bool) -> Tensor | None:
         """Set each weight's and bias's ``.grad`` from g = d/d output; return d/d input when asked."""
         for i in range(len(self.layers) - 1, -1, -1):
             layer, h = self.layers[i], self.inputs[i]
-            layer.weight.grad, layer.bias.grad = torch.mm(g.t(), h), g.sum(0)
+            layer.bias.grad = g.sum(0, dtype=self.master)
+            g = g.to(self.dtype)
+            layer.weight.grad = torch.mm(g.t(), h).to(self.master)
             if i == 0 and not input_grad:
                 return None
-            g = torch.mm(g, layer.weight)
+            g = torch.mm(g, self.weights[i])
             if i > 0:
                 g = self.act_grad(h, g)
-        return g
+        return g.to(self.master)
 
 
 class FusedELBO:
     """Sets the parameters' ``.grad`` to those of the beta-weighted negative ELBO and returns its terms.
 
     Same quantities as ``objectives.elbo`` (free bits included) for the models ``blocker`` lets through; the
-    posterior and its KL come from the model's own parts.
+    posterior and its KL come from the model's own parts. ``bf16``: the products in bfloat16 (module docstring).
     """
 
-    def __init__(self, model: VAE, free_bits: FreeBits = 0.0) -> None:
+    def __init__(self, model: VAE, free_bits: FreeBits = 0.0, bf16: bool = False) -> None:
         self.model, (self.free_bits,) = model, per_layer(free_bits, 1)
-        self.encoder, self.decoder = _Dense(model.encoder), _Dense(model.decoder)
+        dtype = torch.bfloat16 if bf16 else None
+        self.encoder, self.decoder = _Dense(model.encoder, dtype), _Dense(model.decoder, dtype)
         self.layer = model.layers[0]
         self.nll_and_grad = likelihoods.get(model.config.likelihood).nll_and_grad
         self.obs_std = model.config.obs_std

@@ -67,9 +67,11 @@ def _train(config: Config, out_dir: str | Path | None, callbacks: Sequence[Callb
     try:
         splits = splits if splits is not None else data.load(config.data)
         run = start(config, splits, device, ctx, callbacks)
-        paths.choose(run)
+        step_path = paths.choose(run)
+        log.info("%s", step_path)
         for cb in run.callbacks:
             cb.on_train_start(run.config, len(run.bounds))
+            cb.on_step_path(step_path)
             cb.on_model(run.model, splits.test)
         _attach_output(run, out_dir, splits.preprocess, resumed=state is not None)
         if state is not None:
@@ -80,7 +82,7 @@ def _train(config: Config, out_dir: str | Path | None, callbacks: Sequence[Callb
             cb.on_train_end(run.model, splits.test)
         distributed.leave_together(ctx)
         best = run.stopping.best_epoch if run.stopping is not None else None
-        return TrainResult(run.model, run.config, run.history, ctx.rank, best, run.stopped, run.skipped)
+        return TrainResult(run.model, run.config, run.history, ctx.rank, best, run.stopped, run.skipped, step_path)
     finally:
         del run  # the DDP wrapper, whose gloo work must be freed before the process group, not at exit
         distributed.close(ctx)

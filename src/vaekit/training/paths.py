@@ -11,7 +11,7 @@ import logging
 
 from torch import Tensor
 
-from vaekit import objectives
+from vaekit import devices, objectives
 from vaekit.training import distributed, fused, graphs
 from vaekit.training.run import Run
 from vaekit.training.steps import StepOptions, train_step
@@ -19,26 +19,32 @@ from vaekit.training.steps import StepOptions, train_step
 log = logging.getLogger(__name__)
 
 
-def choose(run: Run) -> None:
-    """Set ``run.options`` (and ``run.static`` for the CUDA-graph step) for this run's model and device."""
+def choose(run: Run) -> str:
+    """Set ``run.options`` (and ``run.static`` for the CUDA-graph step) for this run's model and device; return
+    a line saying which step runs, in which precision and why."""
     tc, device, world = run.config.train, run.device, run.ctx.world_size
-    options = StepOptions(objectives.Objective(tc.objective, tc.iw_k, tc.free_bits_floor),
-                          distributed.wrap(run.model, run.ctx, device), tc.precision == "bf16",
-                          tc.skips_steps, grad_clip=tc.grad_clip, grad_skip=tc.grad_skip)
     blocker = graphs.fast_path_blocker(device, world, tc.cuda_graph)
     if blocker is None and run.streamed:
         blocker = "the data is read from disk in pieces, and the graph gathers its batches on the device"
+    why_not = fused.blocker(run.model, tc, device, world) if device.type == "cpu" else blocker
+    precision, why_precision = devices.resolve_precision(tc.precision, device, why_not is None)
+    options = StepOptions(objectives.Objective(tc.objective, tc.iw_k, tc.free_bits_floor),
+                          distributed.wrap(run.model, run.ctx, device), precision == "bf16",
+                          tc.skips_steps, grad_clip=tc.grad_clip, grad_skip=tc.grad_skip)
     if blocker is None:
         run.options = options
         use_static_step(run)
-        return
+        return f"step: one CUDA graph, {precision} ({why_precision})"
     if device.type == "cuda":
-        log.info("training step not captured as a CUDA graph: %s", blocker)
-    elif (why_not := fused.blocker(run.model, tc, device, world)) is None:
-        options = dataclasses.replace(options, fused=fused.FusedELBO(run.model, tc.free_bits_floor))
+        path = f"step: autograd, not captured as a CUDA graph: {blocker}"
+    elif why_not is None:
+        by_hand = fused.FusedELBO(run.model, tc.free_bits_floor, bf16=precision == "bf16")
+        options = dataclasses.replace(options, fused=by_hand, bf16=False)
+        path = "step: the fused CPU step (gradients written out by hand)"
     else:
-        log.info("gradients by autograd, not the fused CPU step: %s", why_not)
+        path = f"step: autograd, not the fused CPU step: {why_not}"
     run.options = options
+    return f"{path}; {precision} ({why_precision})"
 
 
 def use_static_step(run: Run) -> None:

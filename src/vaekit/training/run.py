@@ -36,6 +36,8 @@ class Callback:
     stop_training: bool = False
 
     def on_train_start(self, config: Config, steps_per_epoch: int) -> None: ...
+    def on_step_path(self, description: str) -> None:
+        """Which training step runs (CUDA graph, fused CPU step or autograd), in which precision, and why."""
     def on_model(self, model: VAE, test: data.Split) -> None:
         """The model in training and the test split, for callbacks that draw pictures while it trains."""
     def on_step(self, epoch: int, step: int) -> None: ...
@@ -54,6 +56,7 @@ class TrainResult:
     best_epoch: int | None = None  # early stopping: the epoch whose weights ``model`` holds
     stopped: str | None = None  # "early_stopping" or "callback" when training ended before train.epochs
     skipped_steps: int = 0  # updates cancelled for a non-finite loss or gradient (train.nonfinite = "skip")
+    step_path: str = ""  # which training step ran, in which precision, and why (training.paths.choose)
 
 
 class EarlyStopping:
