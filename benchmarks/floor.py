@@ -3,9 +3,10 @@
 ``capture(fn)`` runs ``fn`` once (e.g. one training step) and records every matrix product and convolution that
 reaches PyTorch's kernels (forward and backward: mm, addmm, bmm, baddbmm, convolution and its backward) with
 its operands' shapes, strides and dtypes. ``floor_seconds(products, dtype)`` replays them on fresh random
-operands of that dtype (float32, or bfloat16 where the CPU multiplies it natively) and returns the best time
-of one pass over all of them: no step can be faster than its products, so a step's time over its floor says
-how much of it is not the math.
+operands of that dtype (float32, or bfloat16 where the CPU multiplies it natively), once with the captured
+memory layouts and once with contiguous operands (a transposed operand can be faster or slower), and returns
+the best time of one pass over all of them: no step can be faster than its products, so a step's time over
+its floor says how much of it is not the math.
 
     python benchmarks/floor.py --preset seed
 """
@@ -34,10 +35,12 @@ class Operand:
     stride: tuple[int, ...]
     dtype: torch.dtype
 
-    def make(self, dtype: torch.dtype | None) -> torch.Tensor:
-        """A random tensor of this shape and stride, in ``dtype`` if it is a floating tensor and dtype is set."""
+    def make(self, dtype: torch.dtype | None, contiguous: bool = False) -> torch.Tensor:
+        """A random tensor of this shape and stride (or contiguous), in ``dtype`` if it is a floating tensor and
+        dtype is set."""
         dt = dtype if dtype is not None and self.dtype.is_floating_point else self.dtype
-        t = torch.empty_strided(self.shape, self.stride, dtype=dt)
+        stride = torch.empty(self.shape, device="meta").stride() if contiguous else self.stride
+        t = torch.empty_strided(self.shape, stride, dtype=dt)
         return t.normal_() if dt.is_floating_point else t.zero_()
 
 
@@ -86,19 +89,25 @@ def capture(fn: Callable[[], Any]) -> list[Product]:
     return recorder.products
 
 
-def _materialize(a: Any, dtype: torch.dtype | None) -> Any:
+def _materialize(a: Any, dtype: torch.dtype | None, contiguous: bool) -> Any:
     if isinstance(a, Operand):
-        return a.make(dtype)
+        return a.make(dtype, contiguous)
     if isinstance(a, (list, tuple)):
-        return type(a)(_materialize(x, dtype) for x in a)
+        return type(a)(_materialize(x, dtype, contiguous) for x in a)
     return a
 
 
 def floor_seconds(products: list[Product], dtype: torch.dtype | None = None, repeats: int = 7,
                   passes: int = 20) -> float:
     """Best time of one pass over ``products``, each on fresh operands (all floating ones in ``dtype``, or as
-    captured when None), as the minimum over ``repeats`` timings of ``passes`` passes each."""
-    calls = [(p.op, _materialize(p.args, dtype)) for p in products]
+    captured when None) in the captured layouts or all contiguous, whichever is faster, as the minimum over
+    ``repeats`` timings of ``passes`` passes each."""
+    return min(_pass_seconds(products, dtype, contiguous, repeats, passes) for contiguous in (False, True))
+
+
+def _pass_seconds(products: list[Product], dtype: torch.dtype | None, contiguous: bool, repeats: int,
+                  passes: int) -> float:
+    calls = [(p.op, _materialize(p.args, dtype, contiguous)) for p in products]
     best = float("inf")
     with torch.no_grad():
         for repeat in range(repeats + 1):  # the first warms the kernels and caches up

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -64,11 +65,18 @@ def main() -> None:
     device = next(model.parameters()).device
     args.iw_samples = args.iw_samples or (5000 if device.type == "cuda" else 1000)
     x_test = splits.test.x[: args.test_n].to(device)
+    t0 = time.perf_counter()
     metrics = vaekit.evaluate_model(model.eval(), x_test, args.iw_samples,
                                     seed=config.data.eval_seed,
                                     protocol={"binarization": splits.test.binarization})
+    eval_s = time.perf_counter() - t0
+    epochs_s = [r["time_s"] for r in history]
+    epoch_s = statistics.median(epochs_s[1:] or epochs_s)  # the first epoch warms up (or captures a graph)
     record = {
         "preset": args.preset, "epochs": len(history), "train_minutes": round(train_s / 60, 2),
+        "step": result.step_path, "epoch_s": {"first": epochs_s[0], "median_after_first": epoch_s},
+        "train_samples_per_s": round(len(splits.train) / epoch_s), "eval_s": round(eval_s, 2),
+        "eval_samples_per_s": round(len(x_test) / eval_s, 1),
         "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({platform.machine()}, "
         f"{torch.get_num_threads()} threads)",
         "torch": torch.__version__, "config": config.to_dict(), "test": metrics,
@@ -79,6 +87,9 @@ def main() -> None:
     args.results.parent.mkdir(parents=True, exist_ok=True)
     with args.results.open("a") as f:
         f.write(json.dumps(record) + "\n")
+    print(f"{result.step_path}; training {record['train_samples_per_s']:,} samples/s (median epoch after the "
+          f"first, {epoch_s:.2f} s; the first {epochs_s[0]:.2f} s), evaluation with K = {args.iw_samples} "
+          f"{record['eval_samples_per_s']:,} images/s ({eval_s:.1f} s)")
     print("| preset | epochs | train time | test -ELBO | test NLL (K) | active units | protocol |")
     print("|---|---|---|---|---|---|---|")
     print(f"| {args.preset} | {record['epochs']} | {record['train_minutes']} min ({record['device']}) | "

@@ -105,6 +105,9 @@ def test_quality(bench, tmp_path):
     assert record["epochs"] == 1 and test["n"] == 50 and test["iw_samples"] == 4
     assert math.isfinite(test["nll"]) and abs(test["nll"] - test["neg_elbo"]) < 0.1 * test["neg_elbo"]
     assert record["config"]["data"]["binarize"] == "dynamic" and "fixed Bernoulli sample" in test["binarization"]
+    assert record["step"].startswith("step: ") and record["eval_samples_per_s"] > 0
+    assert record["train_samples_per_s"] == round(split_sizes(vaekit.Config.from_dict(record["config"]))["train"]
+                                                  / record["epoch_s"]["median_after_first"])
 
 
 def test_embedding_probe(bench, tmp_path):
