@@ -307,3 +307,19 @@ def test_serve_contract(bench):
 def test_serve_load(bench):
     out = bench("serve_load.py", "--requests", "24", "--concurrency", "4", "--batch", "2")
     assert re.search(r"^all\s+24(\s+\S+){2}\s+0\s+0\s+0$", out, re.M), out[-2000:]  # no errors, 503 or 5xx
+
+
+def test_gpu_checks_script_names_only_options_that_exist():
+    """benchmarks/gpu_checks.sh runs where no CI goes (a lent GPU): its shell parses, and every option it
+    passes to a benchmark script is one that script declares, so the one run a device allows cannot fail on a
+    renamed flag."""
+    script = BENCH / "gpu_checks.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    text = script.read_text().replace("\\\n", " ")
+    calls = re.findall(r"benchmarks/(\w+\.py)([^|\n]*)", text)
+    assert {name for name, _ in calls} == {"speed.py", "quality.py"}
+    for name, args in calls:
+        help_text = subprocess.run([sys.executable, str(BENCH / name), "--help"], capture_output=True, text=True,
+                                   check=True).stdout
+        for flag in re.findall(r"(--[\w-]+)", args):
+            assert re.search(re.escape(flag) + r"(?![\w-])", help_text), f"{name} has no {flag}"
