@@ -84,6 +84,23 @@ def test_fused_step(bench):
     assert float(re.search(r"autograd / fused: ([\d.]+)x", out).group(1)) > 0
 
 
+def test_bf16_crossover(bench):
+    out = bench("bf16_crossover.py", "--blocks", "1", "--steps", "2", "--sizes", "2")
+    rows = table_rows(out, r"\d+")
+    assert [r[0] for r in rows] == ["6", "30"] and all(number(r[4]) > 0 and number(r[5]) > 0 for r in rows)
+    assert [number(r[3]) for r in rows] == [128 * (6 * 32 + 32 * 4 + 2 * 32 + 32 * 6),
+                                           128 * (30 * 60 + 60 * 16 + 8 * 60 + 60 * 30)]
+    assert [r[7] for r in rows] == ["fp32", "fp32"]  # far below the multiply-adds where auto takes bf16
+
+
+def test_floor(bench):
+    out = bench("floor.py", "--preset", "seed", "--batch-size", "8")
+    assert "seed: 11 products and convolutions per step" in out  # 4 forward, 7 backward (no input gradient)
+    gflop = 2 * 3 * 8 * (784 * 400 + 400 * 40 + 20 * 400 + 400 * 784) - 2 * 8 * 784 * 400  # less d/dx
+    assert f"{gflop / 1e9:.3f} GFLOP" in out
+    assert all(float(v) > 0 for v in re.findall(r"floor in torch\.\w+: ([\d.]+) ms", out))
+
+
 def test_parity_digests_and_their_comparison(bench, tmp_path):
     from test_parity import REFERENCE, same_build
 

@@ -169,20 +169,31 @@ def test_bf16_training_stays_within_rounding_of_fp32():
     assert weights[0].ne(weights[1]).any()
 
 
-@pytest.mark.parametrize(("isa", "fused_step", "expected"), [
-    ("AVX512-BF16", True, "bf16"), ("AMX-BF16", True, "bf16"), (None, True, "fp32"), ("AVX512-BF16", False, "fp32")])
-def test_auto_precision_takes_bf16_only_for_the_fused_step_on_a_cpu_with_native_bf16(monkeypatch, isa, fused_step,
-                                                                                       expected):
+@pytest.mark.parametrize(("isa", "fused_step", "hidden", "expected"), [
+    ("AVX512-BF16", True, 1024, "bf16"), ("AMX-BF16", True, 1024, "bf16"), (None, True, 1024, "fp32"),
+    ("AVX512-BF16", False, 1024, "fp32"), ("AVX512-BF16", True, 32, "fp32")])
+def test_auto_precision_takes_bf16_only_for_a_large_enough_fused_step_on_a_cpu_with_native_bf16(
+        monkeypatch, isa, fused_step, hidden, expected):
     monkeypatch.setattr(devices, "cpu_bf16_isa", lambda: isa)
-    result = vaekit.train(digits_config(**{"train.epochs": 1, "train.precision": "auto",
-                                           "train.fused_step": fused_step}))
-    assert result.step_path.endswith(f"; {expected} (" + devices.resolve_precision("auto", CPU, fused_step)[1] + ")")
+    config = digits_config(**{"train.epochs": 1, "train.precision": "auto", "train.fused_step": fused_step,
+                              "model.hidden": [hidden], "train.batch_size": 128})
+    result = vaekit.train(config)
+    macs = fused.multiply_adds(result.model, 128) if fused_step else None
+    assert result.step_path.endswith(f"; {expected} ({devices.resolve_precision('auto', CPU, macs)[1]})")
     assert result.step_path.startswith("step: the fused CPU step" if fused_step else "step: autograd")
+    assert (macs is not None and macs >= devices.AUTO_BF16_MIN_MACS) == (hidden == 1024 and fused_step)
     if expected == "bf16":
         assert isa in result.step_path
-    assert devices.resolve_precision("auto", torch.device("cuda"), False)[0] == "fp32"
-    assert devices.resolve_precision("fp32", CPU, True)[0] == "fp32"  # an explicit precision stands
-    assert devices.resolve_precision("bf16", CPU, False)[0] == "bf16"
+    elif fused_step and isa and hidden == 32:
+        assert "too few" in result.step_path
+
+
+def test_an_explicit_precision_stands_and_auto_is_fp32_off_the_cpu():
+    big = 10 * devices.AUTO_BF16_MIN_MACS
+    assert devices.resolve_precision("auto", torch.device("cuda"), None)[0] == "fp32"
+    assert devices.resolve_precision("fp32", CPU, big)[0] == "fp32"
+    assert devices.resolve_precision("bf16", CPU, None)[0] == "bf16"
+    assert fused.multiply_adds(model_for(), 10) == 10 * (30 * 16 + 16 * 12 + 12 * 6 + 3 * 12 + 12 * 16 + 16 * 30)
 
 
 def test_cpu_bf16_isa_reads_torchs_cpu_features(monkeypatch):

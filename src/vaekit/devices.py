@@ -51,18 +51,31 @@ def cpu_bf16_isa() -> str | None:
     return None
 
 
-def resolve_precision(precision: str, device: torch.device, fused: bool) -> tuple[str, str]:
+# Multiply-adds per training step (batch x weights of the products) below which bfloat16 does not pay on a CPU:
+# casting weights and activations each step costs about as much as the faster products save at ~1e7
+# (benchmarks/bf16_crossover.py: an AVX512-BF16 CPU is 1.5x slower in bf16 at 4e5, even at 6e6, 1.1x faster at
+# 2e7 and 1.9x at 8e7, the seed model); auto asks for twice the crossover.
+AUTO_BF16_MIN_MACS = 2**24
+
+
+def resolve_precision(precision: str, device: torch.device, fused_macs: int | None) -> tuple[str, str]:
     """The precision a run's step takes (``fp32`` or ``bf16``) for ``train.precision``, and why.
 
-    ``auto`` is bf16 only where it was measured to keep the ELBO (benchmarks/speed.py: MNIST's test -ELBO
-    after 10 epochs) and to pay: the hand-written CPU step (``fused``) on a CPU with native bfloat16 products.
+    ``fused_macs``: the multiply-adds of one step's forward products when the hand-written CPU step runs, else
+    None. ``auto`` is bf16 only where it was measured to keep the ELBO (benchmarks/speed.py: MNIST's test -ELBO
+    after 10 epochs) and to pay: that step, large enough (``AUTO_BF16_MIN_MACS``), on a CPU with native
+    bfloat16 products.
     """
     if precision != "auto":
         return precision, f"train.precision = {precision}"
     isa = cpu_bf16_isa() if device.type == "cpu" else None
-    if isa and fused:
-        return "bf16", f"train.precision = auto: bfloat16 products on this CPU's {isa}"
     if device.type != "cpu":
         return "fp32", f"train.precision = auto: float32 on {device.type} (bf16 on request)"
-    why = "the step is autograd's" if isa else "this CPU has no native bfloat16 products"
-    return "fp32", f"train.precision = auto: float32, as {why}"
+    if isa is None:
+        return "fp32", "train.precision = auto: float32, as this CPU has no native bfloat16 products"
+    if fused_macs is None:
+        return "fp32", "train.precision = auto: float32, as the step is autograd's"
+    if fused_macs < AUTO_BF16_MIN_MACS:
+        return "fp32", (f"train.precision = auto: float32, as a step's {fused_macs:,} multiply-adds are too few "
+                        f"for bfloat16 to pay (under {AUTO_BF16_MIN_MACS:,})")
+    return "bf16", f"train.precision = auto: bfloat16 products on this CPU's {isa}"

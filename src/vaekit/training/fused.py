@@ -76,6 +76,12 @@ def blocker(model: VAE, tc: TrainConfig, device: torch.device, world_size: int) 
     return next((why for blocked, why in reasons if blocked), None)
 
 
+def multiply_adds(model: VAE, batch_size: int) -> int:
+    """The multiply-adds of one step's forward products: the batch times the networks' weights."""
+    return batch_size * sum(m.weight.numel() for net in (model.encoder, model.decoder) for m in net.modules()
+                            if isinstance(m, nn.Linear))
+
+
 class _Dense:
     """The linear layers of one of the model's MLPs, with what its backward pass needs from the forward.
 

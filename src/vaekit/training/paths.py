@@ -27,7 +27,8 @@ def choose(run: Run) -> str:
     if blocker is None and run.streamed:
         blocker = "the data is read from disk in pieces, and the graph gathers its batches on the device"
     why_not = fused.blocker(run.model, tc, device, world) if device.type == "cpu" else blocker
-    precision, why_precision = devices.resolve_precision(tc.precision, device, why_not is None)
+    macs = fused.multiply_adds(run.model, tc.batch_size) if why_not is None else None
+    precision, why_precision = devices.resolve_precision(tc.precision, device, macs)
     options = StepOptions(objectives.Objective(tc.objective, tc.iw_k, tc.free_bits_floor),
                           distributed.wrap(run.model, run.ctx, device), precision == "bf16",
                           tc.skips_steps, grad_clip=tc.grad_clip, grad_skip=tc.grad_skip)

@@ -1,0 +1,71 @@
+"""Where bfloat16 products start to pay in the fused CPU step: float32 against bf16 steps, by model size.
+
+Each size is a fully connected Gaussian VAE (a table of ``d`` features) or the seed model on MNIST-sized rows;
+both precisions of each size run in alternating blocks, so a change in the machine's speed hits both alike.
+The table gives each size's multiply-adds per step (the batch times the networks' weights) and the ratio of
+the float32 step's time to the bf16 step's: above 1, bf16 is faster. ``train.precision = auto`` takes bf16 from
+``devices.AUTO_BF16_MIN_MACS`` multiply-adds on a CPU with native bfloat16 products.
+
+    python benchmarks/bf16_crossover.py --blocks 6 --steps 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import vaekit
+from vaekit import devices
+from vaekit.training import fused, steps
+
+SIZES = [  # (features, hidden widths, latent size, likelihood)
+    (6, [32], 2, "gaussian"), (30, [60], 8, "gaussian"), (100, [200], 16, "gaussian"),
+    (274, [256], 16, "gaussian"), (274, [512, 512], 32, "gaussian"), (784, [400], 20, "bernoulli")]
+
+
+def step_times(features: int, hidden: list[int], latent: int, likelihood: str,
+               args: argparse.Namespace) -> tuple[int, dict[str, float]]:
+    """The step's multiply-adds and the median ms per step of each precision."""
+    torch.manual_seed(0)
+    config = vaekit.Config().override({"model.data_shape": [features], "model.hidden": hidden,
+                                       "model.latent_dim": latent, "model.likelihood": likelihood})
+    model = vaekit.VAE(config.model)
+    opt = steps.make_optimizer(model, 1e-3)
+    x = torch.rand(args.steps * args.batch_size, features)
+    batches = x.split(args.batch_size)
+    variants = {p: steps.StepOptions(fused=fused.FusedELBO(model, bf16=p == "bf16")) for p in ("fp32", "bf16")}
+    times: dict[str, list[float]] = {p: [] for p in variants}
+    for block in range(args.blocks + 1):  # block 0 warms both up and is not counted
+        for name, options in variants.items():
+            start = time.perf_counter()
+            for xb in batches:
+                steps.train_step(model, opt, xb, 1.0, options=options)
+            if block:
+                times[name].append((time.perf_counter() - start) / len(batches) * 1e3)
+    return fused.multiply_adds(model, args.batch_size), {p: statistics.median(t) for p, t in times.items()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--blocks", type=int, default=6, help="timed blocks per precision, alternating")
+    p.add_argument("--steps", type=int, default=60, help="steps per block")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--sizes", type=int, help="only the first N sizes (a smoke test)")
+    args = p.parse_args()
+    print(f"fused CPU step, batch {args.batch_size}, {devices.cpu_name()} (bfloat16 products: "
+          f"{devices.cpu_bf16_isa() or 'emulated'}), {torch.get_num_threads()} threads, torch {torch.__version__}; "
+          f"auto takes bf16 from {devices.AUTO_BF16_MIN_MACS:,} multiply-adds per step")
+    print("| features | hidden | latent | multiply-adds per step | fp32 ms/step | bf16 ms/step | fp32 / bf16 | auto |")
+    print("|---|---|---|---|---|---|---|---|")
+    for features, hidden, latent, likelihood in SIZES[: args.sizes]:
+        macs, t = step_times(features, hidden, latent, likelihood, args)
+        auto = devices.resolve_precision("auto", torch.device("cpu"), macs)[0]
+        print(f"| {features} | {','.join(map(str, hidden))} | {latent} | {macs:,} | {t['fp32']:.3f} | "
+              f"{t['bf16']:.3f} | {t['fp32'] / t['bf16']:.2f}x | {auto} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
