@@ -206,6 +206,29 @@ def test_speed_presets(bench, mnist, tmp_path):
     assert all(0 < r["floor_s"]["fp32"] < r["train_s"][0] for r in rows) and "| conv | fp32 |" in out
 
 
+def test_presets_cpu(bench, tmp_path):
+    out = bench("presets_cpu.py", "--presets", "vamp", "iwae:iwae", "--evals", "iwae:3", "--steps", "1", "--blocks",
+                "2", "--eval-n", "8", "--eval-blocks", "1", "--threads", "1", "--json", str(tmp_path / "p.json"))
+    doc = json.loads((tmp_path / "p.json").read_text())
+    rows = doc["tree"]
+    assert list(rows) == ["vamp", "iwae:iwae", "eval iwae:3"] and [len(r["s"]) for r in rows.values()] == [2, 2, 1]
+    assert rows["vamp"]["batch"] == 100 and rows["eval iwae:3"]["k"] == 3
+    assert all(r["floor_s"] > 0 for r in rows.values())
+    assert [r[0] for r in table_rows(out, r"vamp|iwae:iwae|eval iwae:3")] == list(rows)
+    assert doc["machine"] in out and "1 threads" in out
+
+
+@pytest.mark.slow
+def test_presets_cpu_against_a_baseline(bench, tmp_path):
+    """Against a baseline checkout (here this tree itself), each library measured in its own child process."""
+    out = bench("presets_cpu.py", "--presets", "iaf", "--evals", "--steps", "1", "--blocks", "1", "--threads", "1",
+                "--baseline", str(REPO / "src"), "--rounds", "2", "--no-floor", "--json", str(tmp_path / "p.json"))
+    doc = json.loads((tmp_path / "p.json").read_text())
+    assert [len(doc[which]["iaf"]["s"]) for which in ("tree", "baseline")] == [2, 2]  # a block from each round
+    (row,) = table_rows(out, "iaf")
+    assert number(row[3]) > 0 and row[3].endswith("x")
+
+
 # --- fresh processes or convolutions: slow ------------------------------------------------------------------
 
 

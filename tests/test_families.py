@@ -223,3 +223,37 @@ def test_each_family_trains_under_bf16_autocast_close_to_fp32(name):
     assert all(p.dtype == torch.float32 for p in bf16.model.parameters())
     a, b = fp32.history[-1]["val_neg_elbo"], bf16.history[-1]["val_neg_elbo"]
     assert math.isfinite(b) and abs(a - b) < 0.05 * a  # bf16 rounding, not a different model
+
+
+@pytest.mark.parametrize("name", ["mog", "vamp"])
+def test_the_mixture_priors_density_and_gradients_are_torchs_to_float_rounding(name):
+    """The mixture priors score z by matrix products (GaussianMixture) instead of torch's dimension-by-dimension
+    MixtureSameFamily.log_prob: the same values and gradients, to float32 rounding, also for k samples."""
+    model = family_model(name)
+    z0 = torch.randn(3, 7, 4) * 1.5  # (k, B, L)
+    results = []
+    for log_prob in (type(model.prior()).log_prob, torch.distributions.MixtureSameFamily.log_prob):
+        model.zero_grad()
+        z = z0.clone().requires_grad_()
+        value = log_prob(model.prior(), z)  # (k, B)
+        value.backward(torch.linspace(-1, 1, value.numel()).reshape(value.shape))
+        results.append([value.detach(), z.grad, *(p.grad.clone() for p in model.prior.parameters())])
+    for ours, torchs in zip(*results, strict=True):
+        torch.testing.assert_close(ours, torchs, rtol=1e-4, atol=1e-4)
+
+
+def test_the_mixture_priors_density_stays_exact_for_narrow_components():
+    """Components as narrow as the clamp allows (s = exp(-7)) and z near their means: the expanded quadratic
+    form, taken in float64, cancels nothing that float32 would keep."""
+    model = family_model("mog")
+    with torch.no_grad():
+        model.prior.log_scales.fill_(-8.0)  # clamped to -7
+    pz = model.prior()
+    means = pz.component_distribution.base_dist.loc.detach()
+    z = means[torch.arange(6) % len(means)] + 1e-3 * torch.randn(6, 4)  # within a few scales of a mean
+    exact = torch.distributions.MixtureSameFamily.log_prob(
+        torch.distributions.MixtureSameFamily(
+            torch.distributions.Categorical(logits=pz.mixture_distribution.logits.double()),
+            Independent(Normal(means.double(), pz.component_distribution.base_dist.scale.double()), 1)),
+        z.double())
+    torch.testing.assert_close(pz.log_prob(z).double(), exact, rtol=1e-6, atol=1e-4)

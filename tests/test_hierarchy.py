@@ -273,13 +273,8 @@ def test_sampled_scores_pass_their_draws_through_the_decoder_in_bounded_chunks(m
         else:
             lse = [torch.logsumexp(model(x, eps=noise, prior_below=b).log_weights(x), 0) for b in (0, 1)]
             expected = lse[0] - lse[1]
-    seen, forward = [], model.forward
-
-    def spy(*args, **kwargs):
-        seen.append(len(kwargs["eps"] if "eps" in kwargs else args[3]))  # forward(x, y, k, eps, ...)
-        return forward(*args, **kwargs)
-
-    monkeypatch.setattr(model, "forward", spy)
+    seen = []  # the draws of each decoder call: its code is (draws, B, width)
+    model.decoder.register_forward_hook(lambda module, args, out: seen.append(len(args[0])))
     monkeypatch.setattr(evaluation, "sample_chunk", lambda *args: 7)
     torch.testing.assert_close(anomaly.score(model, x, method, 50), expected, rtol=1e-5, atol=1e-4)
     assert max(seen) == 7 and sum(seen) == 50 * (1 if method == "elbo" else 2)
@@ -300,3 +295,24 @@ def test_serve_answers_for_a_spatial_hierarchy(tmp_path):
     for path, body in [("/v1/score", {"x": x, "method": "llr>1"}), ("/v1/reconstruct", {"x": x}),
                        ("/v1/sample", {"n": 2}), ("/v1/decode", {"z": [[0.0] * 3]})]:
         assert client.post(path, json=body).status_code == 200, path
+
+
+@pytest.mark.parametrize("make", [ladder, spatial])
+def test_a_bound_drawn_in_chunks_encodes_its_inputs_once_and_equals_separate_passes(make):
+    """``passes`` encodes x once for all the chunks of an importance-sampled bound; each chunk's pass draws
+    and computes what a call of the model would."""
+    model, x = make(), torch.rand(5, 1, 8, 8)
+    calls = []
+    model.encoder.register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        torch.manual_seed(1)
+        draw = model.passes(x, prior_below=1)
+        chunked = [draw(k).log_weights(x) for k in (2, 3)]
+        assert len(calls) == 1
+        torch.manual_seed(1)
+        separate = [model(x, k=k, prior_below=1).log_weights(x) for k in (2, 3)]
+        assert len(calls) == 3
+        for a, b in zip(chunked, separate, strict=True):
+            assert torch.equal(a, b)
+        objectives.iwae_bound(model, x, 12, chunk=3)
+        assert len(calls) == 4  # four chunks, one encoding

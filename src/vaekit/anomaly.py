@@ -92,9 +92,10 @@ def _likelihood_ratio(model: VAE, x: Tensor, below: int, noise: Tensor, y: Tenso
 def _negative_elbo(model: VAE, x: Tensor, eps: Tensor, y: Tensor | None, chunk: int) -> Tensor:
     """-log p(x|z) averaged over the draws of ``eps`` (S, D), plus the KL; (B,)."""
     total = x.new_zeros(len(x))
+    draw = model.passes(x, y)  # x encoded once for all the chunks
     for start in range(0, len(eps), chunk):
         part = eps[start : start + chunk]
-        out = model(x, y, eps=part)  # z: (s, B, L)
+        out = draw(None, part)  # z: (s, B, L)
         total = total - out.px_z.log_prob(x).sum(0) + len(part) * out.kl
     return total / len(eps)
 

@@ -152,10 +152,10 @@ def iwae_bound(model: VAE, x: Tensor, k: int, chunk: int | None = None, eps: Ten
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     chunk = k if chunk is None else max(1, min(chunk, k))
+    draw = model.passes(x, y, prior_below)  # x encoded once for all the chunks
     partial = [
-        torch.logsumexp(log_weights(model, x, min(chunk, k - start),
-                                    None if eps is None else eps[start : start + chunk], y, prior_below),
-                        dim=0)  # (B,)
+        torch.logsumexp(draw(min(chunk, k - start), None if eps is None else eps[start : start + chunk])
+                        .log_weights(x), dim=0)  # (B,)
         for start in range(0, k, chunk)
     ]
     return torch.logsumexp(torch.stack(partial), dim=0) - math.log(k)

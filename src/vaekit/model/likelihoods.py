@@ -204,7 +204,10 @@ def px_z(name: str, params: Tensor, event_ndim: int, obs_std: float = 1.0) -> Di
 
     The leading dimensions are batch dimensions, so one call can hold several posterior samples per input.
     """
-    base = get(name).build(params.unbind(dim=-1 - event_ndim), obs_std)
+    dim = -1 - event_ndim
+    # one parameter: a view, where unbind's backward would copy the whole gradient into a new tensor
+    parts = (params.squeeze(dim),) if params.shape[dim] == 1 else params.unbind(dim)
+    base = get(name).build(parts, obs_std)
     return Independent(base, event_ndim, validate_args=False)
 
 

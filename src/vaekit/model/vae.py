@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -20,6 +22,16 @@ from vaekit.model import likelihoods, nets, posteriors, priors
 from vaekit.model.latent import Latent, Pass
 from vaekit.model.layers import ConditionalLayer, LatentLayer, SpatialLayer
 from vaekit.model.registry import lookup
+
+
+@dataclass(frozen=True)
+class _Encoded:
+    """What a pass computes from its inputs x before drawing any z."""
+
+    h: Tensor  # the encoder's output, which the top layer's posterior reads (B, n_inputs)
+    pz: Distribution  # the top layer's prior p(z)
+    vector: Tensor | None  # the bottom-up features of a hierarchy's lower layers (B, hidden), else None
+    grid: Tensor | None  # a spatial bottom layer's feature map, flat (B, channels[0] * h * w), else None
 
 
 class VAE(nn.Module):
@@ -79,18 +91,18 @@ class VAE(nn.Module):
     def likelihood_params(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         """The parameters of ``decode(z, y)`` as one tensor (..., B, P, *data_shape), e.g. Bernoulli logits
         (P = 1): what an exported decoder returns."""
-        h = None
+        c, h = self.condition(y, z.shape[-2] if z.dim() > 1 else 1), None
         for layer in self.layers[1:]:
             z, h = layer.prior_mean(z, h)
-        return self._params(z, h, y)
+        return self._params(z, h, c)
 
-    def _likelihood(self, z: Tensor, h: Tensor | None, y: Tensor | None) -> Distribution:
+    def _likelihood(self, z: Tensor, h: Tensor | None, c: Tensor | None) -> Distribution:
         """p(x | z) from the bottom layer's z (..., B, L_bottom) and, in a hierarchy, its top-down state h
-        (..., B, hidden), through which the decoder reads the layers above directly."""
-        return self.likelihood_from(self._params(z, h, y))
+        (..., B, hidden), through which the decoder reads the layers above directly; c is the one-hot condition
+        (``condition``), checked where the labels came in."""
+        return self.likelihood_from(self._params(z, h, c))
 
-    def _params(self, z: Tensor, h: Tensor | None, y: Tensor | None) -> Tensor:
-        c = self.condition(y, z.shape[-2] if z.dim() > 1 else 1)
+    def _params(self, z: Tensor, h: Tensor | None, c: Tensor | None) -> Tensor:
         code = z if h is None else torch.cat([z, h.to(z.dtype)], dim=-1)
         params = self.decoder(code, c).to(self._anchor.dtype)  # (..., P*D); likelihood in the model's dtype
         return params.unflatten(-1, (self.n_params, *self.data_shape))  # (..., P, *shape)
@@ -108,22 +120,25 @@ class VAE(nn.Module):
         sets every z to its posterior mean instead. ``prior_below`` draws the lowest layers from their
         conditional priors (the bound L^{>k} of Havtorn et al. 2021).
         """
-        return self._descend(x, y, k, eps, mean, prior_below)[0]
+        c = self.condition(y, len(x))
+        return self._descend(self._encoded(x, c), k, eps, mean, prior_below)[0]
 
-    def _descend(self, x: Tensor, y: Tensor | None, k: int | None, eps: Tensor | None, mean: bool,
+    def _encoded(self, x: Tensor, c: Tensor | None) -> _Encoded:
+        """What a pass computes from x (B, *data_shape) and the one-hot condition c alone, before any z."""
+        vector, grid = self._bottom_up(x, c) if len(self.layers) > 1 else (None, None)
+        return _Encoded(self._features(x, c), self.prior(), vector, grid)
+
+    def _descend(self, enc: _Encoded, k: int | None, eps: Tensor | None, mean: bool,
                  prior_below: int) -> tuple[tuple[Latent, ...], Tensor | None]:
-        """``infer``'s latents and the bottom layer's top-down state (None for one layer)."""
+        """``infer``'s latents from the encoded inputs, and the bottom layer's top-down state (None for one layer)."""
         k = len(eps) if eps is not None else k
         noise = self._split(eps)
-        c = self.condition(y, len(x))  # checked once: a label check reads the labels back from the device
-        latents, h = [self.layers[0].infer(self._features(x, c), self.prior(), k, noise[0], mean)], None
-        if len(self.layers) > 1:
-            vector, grid = self._bottom_up(x, c)
-            for i, layer in enumerate(self.layers[1:], start=1):
-                from_prior = i >= len(self.layers) - prior_below
-                features = grid if layer.spatial else vector
-                latent, h = layer.infer(latents[-1].z, h, features, noise[i], mean, from_prior)
-                latents.append(latent)
+        latents, h = [self.layers[0].infer(enc.h, enc.pz, k, noise[0], mean)], None
+        for i, layer in enumerate(self.layers[1:], start=1):
+            from_prior = i >= len(self.layers) - prior_below
+            features = enc.grid if layer.spatial else enc.vector
+            latent, h = layer.infer(latents[-1].z, h, features, noise[i], mean, from_prior)
+            latents.append(latent)
         return tuple(latents), h
 
     def _bottom_up(self, x: Tensor, c: Tensor | None) -> tuple[Tensor, Tensor | None]:
@@ -138,8 +153,24 @@ class VAE(nn.Module):
     def forward(self, x: Tensor, y: Tensor | None = None, k: int | None = None, eps: Tensor | None = None,
                 mean: bool = False, prior_below: int = 0) -> Pass:
         """One reparameterised pass: every layer's z ~ q(z|x) with log q, log p and the KL, and p(x|z)."""
-        latents, h = self._descend(x, y, k, eps, mean, prior_below)
-        return Pass(latents, self._likelihood(latents[-1].z, h, y))
+        c = self.condition(y, len(x))  # checked once: a label check reads the labels back from the device
+        latents, h = self._descend(self._encoded(x, c), k, eps, mean, prior_below)
+        return Pass(latents, self._likelihood(latents[-1].z, h, c))
+
+    def passes(self, x: Tensor, y: Tensor | None = None, prior_below: int = 0) -> Callable[..., Pass]:
+        """``draw(k, eps=None)``, the pass ``self(x, y, k, eps, prior_below=prior_below)``, for the same inputs
+        many times: x is encoded, its labels checked and the prior built once, not for each call. An
+        importance-sampled bound draws its K samples in chunks that bound the decoder's memory (3 at a time for
+        the conv preset's batches of 100), and each chunk would otherwise encode the whole batch again (and a
+        VampPrior its K pseudo-inputs); the draws, and so the values, are those of the separate calls."""
+        c = self.condition(y, len(x))
+        enc = self._encoded(x, c)
+
+        def draw(k: int | None, eps: Tensor | None = None) -> Pass:
+            latents, h = self._descend(enc, k, eps, False, prior_below)
+            return Pass(latents, self._likelihood(latents[-1].z, h, c))
+
+        return draw
 
     def _split(self, eps: Tensor | None) -> list[Tensor | None]:
         """Shared noise (k, noise_dim) cut into each layer's (k, L_l)."""
@@ -162,7 +193,7 @@ class VAE(nn.Module):
         z, h = self.prior.sample(n, temperature, generator), None
         for layer in self.layers[1:]:  # down the hierarchy, each layer from its conditional prior
             z, h = layer.sample(z, h, temperature, generator)
-        return self._likelihood(z, h, y).mean
+        return self._likelihood(z, h, self.condition(y, n)).mean
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor, y: Tensor | None = None) -> Tensor:
