@@ -93,8 +93,9 @@ def test_bf16_crossover(bench):
     assert [r[7] for r in rows] == ["fp32", "fp32"]  # far below the multiply-adds where auto takes bf16
 
 
-def test_floor(bench):
-    out = bench("floor.py", "--preset", "seed", "--batch-size", "8")
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_floor(bench, precision):
+    out = bench("floor.py", "--preset", "seed", "--batch-size", "8", "--precision", precision)
     assert "seed: 11 products and convolutions per step" in out  # 4 forward, 7 backward (no input gradient)
     gflop = 2 * 3 * 8 * (784 * 400 + 400 * 40 + 20 * 400 + 400 * 784) - 2 * 8 * 784 * 400  # less d/dx
     assert f"{gflop / 1e9:.3f} GFLOP" in out

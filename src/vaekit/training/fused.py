@@ -97,33 +97,66 @@ class _Dense:
         self.dtype = dtype or self.master
         self.inputs: list[Tensor] = []  # each layer's input, kept for the weight gradients
         self.weights: list[Tensor] = []  # each layer's weight in self.dtype, cast once per step
+        self.biases: list[Tensor] = []  # likewise its bias
+        self.weight_grads: list[Tensor] = []  # each weight's gradient in self.dtype, before its cast
+
+    def _cast_weights(self) -> None:
+        """This step's weights and biases in self.dtype, copied into buffers kept from step to step: fresh
+        tensors of this size would cost their allocation (and page faults) every step."""
+        if not self.weights:
+            self.weights = [torch.empty_like(m.weight, dtype=self.dtype) for m in self.layers]
+            self.biases = [torch.empty_like(m.bias, dtype=self.dtype) for m in self.layers]
+            self.weight_grads = [torch.empty_like(w) for w in self.weights]
+        for m, w, b in zip(self.layers, self.weights, self.biases, strict=True):
+            w.copy_(m.weight)
+            b.copy_(m.bias)
 
     def forward(self, h: Tensor) -> Tensor:
-        self.inputs, self.weights = [], [layer.weight.to(self.dtype) for layer in self.layers]
-        h = h.to(self.dtype)
-        for i, (layer, w) in enumerate(zip(self.layers, self.weights, strict=True)):
+        self.inputs = []
+        if self.dtype != self.master:
+            return self._forward_cast(h)
+        for i, layer in enumerate(self.layers):
             self.inputs.append(h)
-            if self.dtype == self.master:
-                h = torch.addmm(layer.bias, h, w.t())
-            else:  # oneDNN's bfloat16 addmm is slower than its product and an add
-                h = torch.mm(h, w.t()).add_(layer.bias.to(self.dtype))
+            h = torch.addmm(layer.bias, h, layer.weight.t())
+            if i < len(self.layers) - 1:
+                h = self.act(h)
+        return h
+
+    def _forward_cast(self, h: Tensor) -> Tensor:
+        self._cast_weights()
+        h = h.to(self.dtype)
+        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+            self.inputs.append(h)
+            h = torch.mm(h, w.t()).add_(b)  # oneDNN's bfloat16 addmm is slower than its product and an add
             if i < len(self.layers) - 1:
                 h = self.act(h)
         return h.to(self.master)
 
     def backward(self, g: Tensor, input_grad: bool) -> Tensor | None:
         """Set each weight's and bias's ``.grad`` from g = d/d output; return d/d input when asked."""
+        cast = self.dtype != self.master
         for i in range(len(self.layers) - 1, -1, -1):
             layer, h = self.layers[i], self.inputs[i]
             layer.bias.grad = g.sum(0, dtype=self.master)
-            g = g.to(self.dtype)
-            layer.weight.grad = torch.mm(g.t(), h).to(self.master)
+            if cast:
+                g = g.to(self.dtype)
+                _set_grad(layer.weight, torch.mm(g.t(), h, out=self.weight_grads[i]))
+            else:
+                layer.weight.grad = torch.mm(g.t(), h)
             if i == 0 and not input_grad:
                 return None
-            g = torch.mm(g, self.weights[i])
+            g = torch.mm(g, self.weights[i] if cast else layer.weight)
             if i > 0:
                 g = self.act_grad(h, g)
         return g.to(self.master)
+
+
+def _set_grad(p: nn.Parameter, g: Tensor) -> None:
+    """p.grad = g in p's dtype, into the gradient tensor p already has where it can."""
+    if p.grad is None or p.grad.dtype != p.dtype or p.grad.shape != p.shape:
+        p.grad = g.to(p.dtype)
+    else:
+        p.grad.copy_(g)
 
 
 class FusedELBO:
