@@ -16,7 +16,11 @@ measurements run in child processes, this tree's and the baseline's in turn for 
 change in the machine's speed (its cores are shared) affects both alike; the table gives both medians and
 their ratio.
 
+With ``--baseline allocator`` the baseline is this tree too, with the C allocator's default settings, and this
+tree's children keep freed memory (``vaekit.allocator.keep_freed_memory``, as the ``vaekit`` command line does).
+
     python benchmarks/presets_cpu.py --threads 1
+    python benchmarks/presets_cpu.py --threads 2 --baseline allocator --rounds 2
     git clone -q . /tmp/base && python benchmarks/presets_cpu.py --threads 1 --baseline /tmp/base/src --rounds 2
 """
 
@@ -140,19 +144,20 @@ def measure(args: argparse.Namespace, with_floor: bool) -> dict[str, Any]:
     return {"machine": machine(), "rows": rows}
 
 
-def child_argv(args: argparse.Namespace, out: str, with_floor: bool) -> list[str]:
+def child_argv(args: argparse.Namespace, out: str, with_floor: bool, keep_freed: bool) -> list[str]:
     """The command line that measures one library in a child process and writes its results to ``out``."""
     argv = [sys.executable, str(Path(__file__).resolve()), "--child", out, "--presets", *args.presets,
             "--evals", *args.evals, "--steps", str(args.steps), "--blocks", str(args.blocks),
             "--eval-n", str(args.eval_n), "--eval-blocks", str(args.eval_blocks)]
     if args.threads:
         argv += ["--threads", str(args.threads)]
-    return argv + ([] if with_floor else ["--no-floor"])
+    return argv + ([] if with_floor else ["--no-floor"]) + (["--keep-freed-memory"] if keep_freed else [])
 
 
 def against(args: argparse.Namespace) -> dict[str, Any]:
     """This tree and the baseline measured in turn, ``args.rounds`` times; every block of every round kept."""
-    libraries = {"tree": str(TREE_SRC), "baseline": args.baseline}
+    allocator = args.baseline == "allocator"  # the same library, with and without the allocator's settings
+    libraries = {"tree": str(TREE_SRC), "baseline": str(TREE_SRC) if allocator else args.baseline}
     merged: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as scratch:
         for rnd in range(args.rounds):
@@ -160,7 +165,8 @@ def against(args: argparse.Namespace) -> dict[str, Any]:
             for which in order:
                 out = str(Path(scratch) / f"{which}{rnd}.json")
                 env = {**os.environ, "PYTHONPATH": libraries[which]}
-                subprocess.run(child_argv(args, out, rnd == 0 and not args.no_floor), env=env, check=True)
+                keep = args.keep_freed_memory or (allocator and which == "tree")
+                subprocess.run(child_argv(args, out, rnd == 0 and not args.no_floor, keep), env=env, check=True)
                 doc = json.loads(Path(out).read_text())
                 merged.setdefault("machine", doc["machine"])
                 for spec, row in doc["rows"].items():
@@ -207,7 +213,10 @@ def main() -> None:
     p.add_argument("--eval-n", type=int, default=1000, help="images per evaluation")
     p.add_argument("--eval-blocks", type=int, default=3, help="timed evaluations per evaluation row")
     p.add_argument("--threads", type=int, help="torch threads (default: PyTorch's)")
-    p.add_argument("--baseline", help="the src folder of another checkout to time against, in child processes")
+    p.add_argument("--baseline", help="the src folder of another checkout to time against, in child processes; "
+                                      "'allocator': this tree with the C allocator's default settings")
+    p.add_argument("--keep-freed-memory", action="store_true", help="raise glibc's mmap and trim thresholds "
+                   "first, as the vaekit command line does (vaekit.allocator)")
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds against --baseline")
     p.add_argument("--no-floor", action="store_true", help="skip the matrix-product floor")
     p.add_argument("--json", help="also write the measurements here")
@@ -215,6 +224,10 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.keep_freed_memory:
+        from vaekit import allocator
+
+        allocator.keep_freed_memory()
     if args.child:
         Path(args.child).write_text(json.dumps(measure(args, not args.no_floor)))
         return

@@ -44,7 +44,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import vaekit
-from vaekit import devices
+from vaekit import allocator, devices
 from vaekit.data import mnist
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -216,14 +216,16 @@ def median_after_first(times: list[float]) -> float:
     return statistics.median(times[1:] if len(times) > 1 else times)
 
 
-def machine(device: torch.device) -> str:
-    """The device this ran on, in words: the GPU's name, or the CPU's with its vector and bfloat16 features."""
+def machine(device: torch.device, kept_freed_memory: bool = False) -> str:
+    """The device this ran on, in words: the GPU's name, or the CPU's with its vector and bfloat16 features and
+    whether the C allocator keeps freed memory."""
     if device.type == "cuda":
         return torch.cuda.get_device_name()
     features = devices.cpu_features()
     shown = [f for f in ("avx2", "avx512_f", "avx512_bf16", "amx_bf16") if features.get(f)]
     return (f"{devices.cpu_name()} ({', '.join(shown) or 'no AVX2'}; bfloat16 products: "
-            f"{devices.cpu_bf16_isa() or 'emulated'}), {torch.get_num_threads()} threads")
+            f"{devices.cpu_bf16_isa() or 'emulated'}), {torch.get_num_threads()} threads, C allocator "
+            f"{'keeps freed memory' if kept_freed_memory else 'as it was'}")
 
 
 def precisions(args: argparse.Namespace) -> list[str]:
@@ -247,8 +249,9 @@ def against_reference(args: argparse.Namespace, device: torch.device) -> list[di
 def print_reference_table(rows: list[dict], args: argparse.Namespace, device: torch.device) -> None:
     n = rows[0]["n_train"]
     print(f"\nseed VAE (784-400-20), MNIST ({n:,} training images), batch {rows[0]['batch_size']}, "
-          f"{args.epochs} epochs each interleaved with its own reference run, {machine(device)}, torch "
-          f"{torch.__version__}; medians over epochs 2-{args.epochs} (epoch 1 apart)")
+          f"{args.epochs} epochs each interleaved with its own reference run, "
+          f"{machine(device, args.kept_freed_memory)}, torch {torch.__version__}; medians over epochs "
+          f"2-{args.epochs} (epoch 1 apart)")
     print("| loop | precision | training pass s/epoch | epoch 1 s | samples/s | speed-up | whole epoch s (with the "
           "test pass) | speed-up | share of fp32 floor | share of bf16 floor | test -ELBO after "
           f"{args.epochs} epochs |")
@@ -270,7 +273,8 @@ def print_reference_table(rows: list[dict], args: argparse.Namespace, device: to
 
 
 def print_presets_table(rows: list[dict], args: argparse.Namespace, device: torch.device) -> None:
-    print(f"\npresets on MNIST, {args.epochs} epochs each, {machine(device)}, torch {torch.__version__}; medians "
+    print(f"\npresets on MNIST, {args.epochs} epochs each, {machine(device, args.kept_freed_memory)}, "
+          f"torch {torch.__version__}; medians "
           f"over epochs 2-{args.epochs} (epoch 1, with warm-up or graph capture, apart)")
     print("| preset | precision | batch | s/epoch | epoch 1 s | samples/s | share of fp32 floor | share of bf16 floor "
           "| step |")
@@ -292,10 +296,14 @@ def main() -> None:
                                        "device multiplies bfloat16 natively, bf16)")
     p.add_argument("--presets", help="time these presets (comma-separated) instead of seed against the reference")
     p.add_argument("--no-floor", action="store_true", help="skip the matrix-product floor (CPU)")
+    p.add_argument("--default-allocator", action="store_true", help="leave the C allocator as it is; by default "
+                   "freed memory is kept for reuse, as the vaekit command line does (vaekit/allocator.py), for "
+                   "both loops alike")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", help="also write the results to this JSON file")
     p.add_argument("--limit", type=int, help="only the first N training and test images (a smoke test)")
     args = p.parse_args()
+    args.kept_freed_memory = not args.default_allocator and allocator.keep_freed_memory()
     device = torch.device(args.device)
     if args.presets:
         rows = [train_timed(args, device, name, precision, None)
@@ -309,8 +317,8 @@ def main() -> None:
     (print_presets_table if args.presets else print_reference_table)(rows, args, device)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "machine": machine(device), "torch": torch.__version__, "rows": rows},
-                      f, indent=2)
+            json.dump({"args": vars(args), "machine": machine(device, args.kept_freed_memory),
+                       "torch": torch.__version__, "rows": rows}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -184,8 +184,8 @@ def test_likelihoods(bench, mnist, tmp_path):
 
 
 def test_speed(bench, mnist, tmp_path):
-    out = bench("speed.py", "--epochs", "2", "--limit", "512", "--precision", "fp32,bf16", "--json",
-                str(tmp_path / "s.json"))
+    out = bench("speed.py", "--epochs", "2", "--limit", "512", "--precision", "fp32,bf16", "--default-allocator",
+                "--json", str(tmp_path / "s.json"))  # in this process: leave its allocator alone
     doc = json.loads((tmp_path / "s.json").read_text())
     assert [r["precision"] for r in doc["rows"]] == ["fp32", "bf16"] and "(512 training images)" in out
     for row in doc["rows"]:
@@ -194,13 +194,13 @@ def test_speed(bench, mnist, tmp_path):
         assert abs(ref["test_loss"] - row["test_loss"]) < 0.1 * ref["test_loss"]  # the same model, two loops
         assert row["step"].startswith("step: the fused CPU step") and f"; {row['precision']} (" in row["step"]
         assert 0 < row["floor_s"]["fp32"] < sum(row["train_s"])  # the products alone take less than the epoch
-    assert "share of fp32 floor" in out and doc["machine"] in out
+    assert "share of fp32 floor" in out and doc["machine"] in out and "C allocator as it was" in out
 
 
 @pytest.mark.slow
 def test_speed_presets(bench, mnist, tmp_path):
     out = bench("speed.py", "--presets", "iwae,conv", "--epochs", "1", "--limit", "256", "--precision", "fp32",
-                "--json", str(tmp_path / "p.json"))
+                "--default-allocator", "--json", str(tmp_path / "p.json"))
     rows = json.loads((tmp_path / "p.json").read_text())["rows"]
     assert [r["preset"] for r in rows] == ["iwae", "conv"]
     assert "fused CPU step" in rows[0]["step"] and rows[1]["step"].startswith("step: autograd")

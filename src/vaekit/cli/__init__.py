@@ -10,7 +10,7 @@ import threading
 
 import torch
 
-from vaekit import __version__, hub, progress
+from vaekit import __version__, allocator, hub, progress
 from vaekit.cli import analysis, curves, detect, exporting, images, serve, train
 from vaekit.errors import VaekitError
 
@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             args.dir = hub.snapshot(args.dir)
         if args.command == "serve":  # requests are answered, not reported on the server's terminal
             return args.func(args)
+        allocator.keep_freed_memory()  # a computing command reuses its freed arrays (vaekit/allocator.py)
         with progress.report(args.command):  # the long loops over data sets say how far they are
             return args.func(args)
     except VaekitError as e:
