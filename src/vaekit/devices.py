@@ -52,9 +52,9 @@ def cpu_bf16_isa() -> str | None:
 
 
 # Multiply-adds per training step (batch x weights of the products) below which bfloat16 does not pay on a CPU:
-# casting weights and activations each step costs about as much as the faster products save at ~1e7
-# (benchmarks/bf16_crossover.py: an AVX512-BF16 CPU is 1.5x slower in bf16 at 4e5, even at 6e6, 1.1x faster at
-# 2e7 and 1.9x at 8e7, the seed model); auto asks for twice the crossover.
+# casting weights and activations each step costs about what the faster products save near 1e7
+# (benchmarks/bf16_crossover.py, 2-core AMD EPYC with AVX512-BF16: bf16 steps 0.64x as fast at 7e4 multiply-
+# adds, 0.93x at 6e6, 1.21x at 2e7, 1.79x at 8e7, the seed model); auto asks for more than the crossover.
 AUTO_BF16_MIN_MACS = 2**24
 
 
