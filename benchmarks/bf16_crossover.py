@@ -13,13 +13,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
+import sys
+from pathlib import Path
 
 import torch
 
 import vaekit
 from vaekit import devices
 from vaekit.training import fused, steps
+
+sys.path.insert(0, str(Path(__file__).parent))
+import fused_step  # benchmarks/fused_step.py, beside this script
 
 SIZES = [  # (features, hidden widths, latent size, likelihood)
     (6, [32], 2, "gaussian"), (30, [60], 8, "gaussian"), (100, [200], 16, "gaussian"),
@@ -37,14 +41,7 @@ def step_times(features: int, hidden: list[int], latent: int, likelihood: str,
     x = torch.rand(args.steps * args.batch_size, features)
     batches = x.split(args.batch_size)
     variants = {p: steps.StepOptions(fused=fused.FusedELBO(model, bf16=p == "bf16")) for p in ("fp32", "bf16")}
-    times: dict[str, list[float]] = {p: [] for p in variants}
-    for block in range(args.blocks + 1):  # block 0 warms both up and is not counted
-        for name, options in variants.items():
-            start = time.perf_counter()
-            for xb in batches:
-                steps.train_step(model, opt, xb, 1.0, options=options)
-            if block:
-                times[name].append((time.perf_counter() - start) / len(batches) * 1e3)
+    times = fused_step.alternating_blocks(model, opt, batches, variants, args.blocks)
     return fused.multiply_adds(model, args.batch_size), {p: statistics.median(t) for p, t in times.items()}
 
 

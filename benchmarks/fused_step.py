@@ -20,6 +20,21 @@ import vaekit
 from vaekit.training import fused, steps
 
 
+def alternating_blocks(model: vaekit.VAE, opt: torch.optim.Optimizer, batches: tuple[torch.Tensor, ...],
+                       variants: dict[str, steps.StepOptions], blocks: int) -> dict[str, list[float]]:
+    """ms per step of each variant's ``train_step`` over ``batches``, in ``blocks`` alternating blocks after one
+    that warms all of them up: a change in the machine's speed hits every variant alike."""
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for block in range(blocks + 1):
+        for name, options in variants.items():
+            start = time.perf_counter()
+            for xb in batches:
+                steps.train_step(model, opt, xb, 1.0, options=options)
+            if block:
+                times[name].append((time.perf_counter() - start) / len(batches) * 1e3)
+    return times
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--blocks", type=int, default=8, help="timed blocks per variant, alternating")
@@ -34,14 +49,7 @@ def main() -> None:
     x = torch.rand(args.steps * args.batch_size, 1, 28, 28)
     batches = x.split(args.batch_size)
     variants = {"autograd": steps.StepOptions(), "fused": steps.StepOptions(fused=by_hand)}
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for block in range(args.blocks + 1):  # block 0 warms both up and is not counted
-        for name, options in variants.items():
-            start = time.perf_counter()
-            for xb in batches:
-                steps.train_step(model, opt, xb, 1.0, options=options)
-            if block:
-                times[name].append((time.perf_counter() - start) / len(batches) * 1e3)
+    times = alternating_blocks(model, opt, batches, variants, args.blocks)
     print(f"seed VAE (784-400-20), batch {args.batch_size}, {args.blocks} blocks of {args.steps} steps each, "
           f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     print("| gradients | median ms/step | best block ms/step |")
