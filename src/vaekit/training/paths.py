@@ -26,7 +26,7 @@ def choose(run: Run) -> str:
     blocker = graphs.fast_path_blocker(device, world, tc.cuda_graph)
     if blocker is None and run.streamed:
         blocker = "the data is read from disk in pieces, and the graph gathers its batches on the device"
-    why_not = fused.blocker(run.model, tc, device, world) if device.type == "cpu" else blocker
+    why_not = fused.blocker(run.model, tc, device, world)  # off the CPU: that it is the CPU's step
     macs = fused.multiply_adds(run.model, tc.batch_size) if why_not is None else None
     precision, why_precision = devices.resolve_precision(tc.precision, device, macs)
     options = StepOptions(objectives.Objective(tc.objective, tc.iw_k, tc.free_bits_floor),
