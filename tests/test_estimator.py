@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+import vaekit
 from vaekit.estimator import VAEAnomalyDetector, VAEEstimator
 
 FAST = {"epochs": 2, "hidden": (16,), "latent_dim": 2}
@@ -221,3 +223,18 @@ def test_score_samples_is_the_elbo_computed_independently():
         expected = model.decode(z).log_prob(x).mean(0) - kl
     np.testing.assert_allclose(est.score_samples(X[:6]), expected.numpy(), atol=0.08)  # Monte-Carlo error ~0.02
     assert kl.max() > 0.5  # so a score that left the KL out, or counted it twice, would miss this row
+
+
+def test_estimators_train_in_float32_whatever_the_cpu(monkeypatch):
+    """auto's bfloat16 was measured on images; a wide table (its step above auto's multiply-adds) on a CPU with
+    native bf16 still trains in float32, as the anomaly suite measured the detector."""
+    from vaekit import devices
+    from vaekit.training import fused
+
+    monkeypatch.setattr(devices, "cpu_bf16_isa", lambda: "AVX512-BF16")
+    est = VAEEstimator(hidden=(512,), latent_dim=16, epochs=1, batch_size=128, random_state=0)
+    config = est._config(300)
+    assert config.train.precision == "fp32"
+    model = vaekit.VAE(config.model)
+    assert fused.multiply_adds(model, 128) >= devices.AUTO_BF16_MIN_MACS  # auto would have taken bf16
+    assert devices.resolve_precision("auto", torch.device("cpu"), fused.multiply_adds(model, 128))[0] == "bf16"

@@ -87,6 +87,9 @@ class VAEEstimator(TransformerMixin, BaseEstimator):
             "train.epochs": self.epochs, "train.steps": self.steps, "train.batch_size": self.batch_size,
             "train.lr": self.lr, "train.beta": self.beta, "train.device": self.device, "train.checkpoint_every": 0,
             "train.seed": _seed(self.random_state), "data.val_size": 0,
+            # float32 whatever the CPU: auto's bfloat16 was measured on images, not on the tables (and the
+            # anomaly suite's figures) these estimators are for
+            "train.precision": "fp32",
         })
 
     def fit(self, X: Any, y: Any = None) -> VAEEstimator:
