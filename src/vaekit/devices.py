@@ -77,5 +77,5 @@ def resolve_precision(precision: str, device: torch.device, fused_macs: int | No
         return "fp32", "train.precision = auto: float32, as the step is autograd's"
     if fused_macs < AUTO_BF16_MIN_MACS:
         return "fp32", (f"train.precision = auto: float32, as a step's {fused_macs:,} multiply-adds are too few "
-                        f"for bfloat16 to pay (under {AUTO_BF16_MIN_MACS:,})")
+                        f"for bfloat16 to pay: it needs {AUTO_BF16_MIN_MACS:,}")
     return "bf16", f"train.precision = auto: bfloat16 products on this CPU's {isa}"
