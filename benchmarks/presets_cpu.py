@@ -54,7 +54,10 @@ except ImportError:  # pragma: no cover - a checkout without benchmarks/floor.py
 
 
 def machine() -> str:
-    """The CPU in words: its name, vector extensions that matter here, PyTorch's kernel level and threads."""
+    """The CPU in words: its name, vector extensions that matter here, PyTorch's kernel level and threads.
+
+    Read from torch, not vaekit.devices: a child measuring a --baseline checkout imports that checkout's vaekit,
+    which may predate it."""
     caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
     name = platform.processor() or caps.get("cpu_name") or platform.machine()
     shown = [f for f in ("avx2", "avx512_f", "avx512_bf16", "amx_bf16") if caps.get(f)]

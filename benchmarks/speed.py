@@ -214,6 +214,12 @@ def step_floor(preset: str, batch_size: int | None, step: str, n_train: int) -> 
     return {name: floor.floor_seconds(products, dtype) * steps_per_epoch for name, dtype in dtypes.items()}
 
 
+def floor_shares(row: dict, train_s: float) -> str:
+    """The row's fp32 and bf16 floors as shares of its training pass, two table cells ('-' where unmeasured)."""
+    floors = row.get("floor_s", {})
+    return " | ".join(f"{floors[k] / train_s:.0%}" if k in floors else "-" for k in ("fp32", "bf16"))
+
+
 def median_after_first(times: list[float]) -> float:
     """The median epoch, leaving out the first (warm-up or graph capture) when there are others."""
     return statistics.median(times[1:] if len(times) > 1 else times)
@@ -264,8 +270,7 @@ def print_reference_table(rows: list[dict], args: argparse.Namespace, device: to
         ref_train, ref_epoch = median_after_first(ref["train_s"]), median_after_first(
             [a + b for a, b in zip(ref["train_s"], ref["test_s"], strict=True)])
         train = median_after_first(row["train_s"])
-        shares = " | ".join(f"{row['floor_s'][k] / train:.0%}" if k in row.get("floor_s", {}) else "-"
-                            for k in ("fp32", "bf16"))
+        shares = floor_shares(row, train)
         print(f"| pytorch/examples-style | fp32 | {ref_train:.2f} | {ref['train_s'][0]:.2f} | {n / ref_train:,.0f} "
               f"| 1.00x | {ref_epoch:.2f} | 1.00x | - | - | {ref['test_loss']:.2f} |")
         print(f"| vaekit | {row['precision']} | {train:.2f} | {row['train_s'][0]:.2f} | {n / train:,.0f} | "
@@ -284,8 +289,7 @@ def print_presets_table(rows: list[dict], args: argparse.Namespace, device: torc
     print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         train = median_after_first(row["train_s"])
-        shares = " | ".join(f"{row['floor_s'][k] / train:.0%}" if k in row.get("floor_s", {}) else "-"
-                            for k in ("fp32", "bf16"))
+        shares = floor_shares(row, train)
         print(f"| {row['preset']} | {row['precision']} | {row['batch_size']} | {train:.2f} | "
               f"{row['train_s'][0]:.2f} | {row['n_train'] / train:,.0f} | {shares} | {row['step']} |")
 

@@ -3,13 +3,13 @@ to the operating system after every step.
 
 glibc's malloc serves blocks above a dynamic threshold by mmap and gives memory above the heap's top back to
 the kernel once more than 128 KiB is free there; a training step or an importance-sampled evaluation frees
-and allocates the same large arrays every step, so each step faults its pages in afresh (1,606 faults per
-conv step; up to 700,000 in one evaluation of 300 images). Raising both thresholds keeps that memory in the
-process: conv steps 1.16x, a K = 50 IWAE step 1.23x and a K = 1000 evaluation 1.11x faster, hvae unchanged
-(``benchmarks/presets_cpu.py --threads 2 --baseline allocator``, 2-core AMD EPYC with AVX-512), at the cost of
-a resident size that stays near its peak. The ``vaekit`` command line sets them for its computing
-commands (not for ``serve``, whose memory is budgeted per request); a program using the library can call
-``keep_freed_memory`` itself or set those environment variables.
+and allocates the same large arrays every step, so each step faults their pages in afresh. Raising both
+thresholds keeps that memory in the process: conv steps 1.16x, a K = 50 IWAE step 1.23x and a K = 1000
+evaluation 1.11x faster, hvae unchanged (``benchmarks/presets_cpu.py --threads 2 --baseline allocator``,
+2-core AMD EPYC with AVX-512), at the cost of a resident size that stays near its peak. The ``vaekit`` command
+line sets them for its computing commands (not for ``serve``, whose memory is budgeted per request); a
+program using the library can call ``keep_freed_memory`` itself, or start Python with
+MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_ set.
 """
 
 from __future__ import annotations

@@ -178,9 +178,8 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
                        axis=0)
 
     def _threshold(self, scores: np.ndarray) -> float:
-        if self.contamination == "auto":
-            q1, q3 = np.quantile(scores, [0.25, 0.75])
-            return float(q3 + 1.5 * (q3 - q1))
+        if self.contamination == "auto":  # Tukey's upper fence
+            return float(np.quantile(scores, 0.75)) + 1.5 * _iqr(scores, constant=0.0)
         return anomaly.threshold_from(torch.from_numpy(scores), contamination=self.contamination)
 
     def score_samples(self, X: Any) -> np.ndarray:
@@ -207,7 +206,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         return np.column_stack([1.0 - outlier, outlier])
 
 
-def _iqr(scores: np.ndarray) -> float:
-    """The interquartile range, or 1 where it is 0 (a constant score)."""
+def _iqr(scores: np.ndarray, constant: float = 1.0) -> float:
+    """The interquartile range, or ``constant`` where it is 0 (a constant score: 1 keeps a scale finite)."""
     q1, q3 = np.quantile(scores, [0.25, 0.75])
-    return float(q3 - q1) or 1.0
+    return float(q3 - q1) or constant

@@ -51,8 +51,9 @@ def cmd_detect(args: argparse.Namespace) -> int:
     except ValueError as e:  # scikit-learn's validation: NaN, infinity, too few rows
         raise DataError(f"{args.table}: {e}") from None
     scores = -detector.score_samples(scored.x)
-    _write_scores(args.output, scores, scores > detector.threshold_)
-    print(f"wrote {args.output}: {len(scores)} rows, {int((scores > detector.threshold_).sum())} flagged "
+    flags = scores > detector.threshold_
+    _write_scores(args.output, scores, flags)
+    print(f"wrote {args.output}: {len(scores)} rows, {int(flags.sum())} flagged "
           f"(threshold {detector.threshold_:.4g})")
     if scored.y is not None and len(np.unique(scored.y)) == 2:
         auc = anomaly.auc_scores(scored.y, scores)

@@ -12,7 +12,8 @@ Message = dict[str, Any]
 
 # Peak server memory per in-flight request, per byte of its body: measured at 14 for a maximum-size (8 MiB)
 # body of JSON numbers, the costliest kind (the received bytes, ~2 million parsed Python floats and their
-# list, the numpy copy; benchmarks/serve_load.py --big-bodies 1 --max-in-flight 0: 114 MiB above idle).
+# list, the numpy copy; benchmarks/serve_load.py --big-bodies 1 --max-in-flight 0: 114 MiB above idle), and
+# taken as 16 for a margin over that one measurement.
 PEAK_BYTES_PER_BODY_BYTE = 16
 DEFAULT_MEMORY_BUDGET = 2**30  # what requests in flight may take at worst, on top of the loaded model
 # FastAPI runs the endpoints in anyio's thread pool of 40 threads: more requests than that only wait, holding
