@@ -107,9 +107,8 @@ class _Dense:
             self.weights = [torch.empty_like(m.weight, dtype=self.dtype) for m in self.layers]
             self.biases = [torch.empty_like(m.bias, dtype=self.dtype) for m in self.layers]
             self.weight_grads = [torch.empty_like(w) for w in self.weights]
-        for m, w, b in zip(self.layers, self.weights, self.biases, strict=True):
-            w.copy_(m.weight)
-            b.copy_(m.bias)
+        masters = [m.weight for m in self.layers] + [m.bias for m in self.layers]
+        torch._foreach_copy_(self.weights + self.biases, masters)
 
     def forward(self, h: Tensor) -> Tensor:
         self.inputs = []
@@ -125,12 +124,13 @@ class _Dense:
     def _forward_cast(self, h: Tensor) -> Tensor:
         self._cast_weights()
         h = h.to(self.dtype)
+        last = len(self.layers) - 1
         for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
             self.inputs.append(h)
-            h = torch.mm(h, w.t()).add_(b)  # oneDNN's bfloat16 addmm is slower than its product and an add
-            if i < len(self.layers) - 1:
-                h = self.act(h)
-        return h.to(self.master)
+            h = torch.mm(h, w.t())  # oneDNN's bfloat16 addmm is slower than its product and an add
+            if i < last:
+                h = self.act(h.add_(b))
+        return h.add(self.layers[last].bias)  # the float32 bias: one pass gives the output in float32
 
     def backward(self, g: Tensor, input_grad: bool) -> Tensor | None:
         """Set each weight's and bias's ``.grad`` from g = d/d output; return d/d input when asked."""
@@ -170,7 +170,6 @@ class FusedELBO:
         self.model, (self.free_bits,) = model, per_layer(free_bits, 1)
         dtype = torch.bfloat16 if bf16 else None
         self.encoder, self.decoder = _Dense(model.encoder, dtype), _Dense(model.decoder, dtype)
-        self.layer = model.layers[0]
         self.nll_and_grad = likelihoods.get(model.config.likelihood).nll_and_grad
         self.obs_std = model.config.obs_std
 
@@ -180,14 +179,13 @@ class FusedELBO:
         c = model.condition(y, n)
         x = x.flatten(1)  # (B, D)
         out = self.encoder.forward(x if c is None else torch.cat([x, c], dim=1))  # (B, 2L): mu, log sigma^2
-        latent = self.layer.infer(out, model.prior(), None, None)
-        gaussian = latent.qz_x.base_dist  # Normal(mu, sigma); Independent.stddev would be sqrt(sigma^2), not sigma
-        mu, sigma = gaussian.loc, gaussian.scale  # (B, L) each
+        mu, logvar_raw, sigma, logvar = _posterior(out)  # (B, L) each
         eps = torch.randn_like(mu)  # what Normal.rsample draws, from the same generator
         z = torch.addcmul(mu, sigma, eps)
         params = self.decoder.forward(z if c is None else torch.cat([z, c], dim=1))  # (B, D) logits or means
         recon_sum, g = self.nll_and_grad(params, x, self.obs_std)  # sum over the batch, d/d params
-        kl_j = latent.kl_per_dimension().mean(0)  # (L,) batch-mean KL per dimension
+        var = sigma * sigma
+        kl_j = _kl_standard_normal(mu, var, logvar).mean(0)  # (L,) batch-mean KL per dimension
         recon, kl = recon_sum / n, kl_j.sum()
         active = kl_j >= self.free_bits if self.free_bits > 0 else None  # clamped dimensions get no KL gradient
         loss = recon + beta * (kl_j.clamp(min=self.free_bits).sum() if active is not None else kl)
@@ -198,8 +196,21 @@ class FusedELBO:
         d_mu, d_logvar = d_out.chunk(2, dim=1)
         torch.add(dz, mu * kl_scale, out=d_mu)
         torch.mul(dz * eps, 0.5 * sigma, out=d_logvar)
-        d_logvar.add_((sigma * sigma - 1) * (0.5 * kl_scale))
-        logvar = out[:, mu.shape[1]:]
-        d_logvar.mul_((logvar >= LOGVAR_MIN) & (logvar <= LOGVAR_MAX))  # clamp's gradient
+        d_logvar.add_((var - 1) * (0.5 * kl_scale))
+        d_logvar.mul_(logvar == logvar_raw)  # clamp's gradient: 1 inside the bounds, 0 where it clamped (or NaN)
         self.encoder.backward(d_out, input_grad=False)
         return ELBOTerms(loss, recon, kl)
+
+
+def _posterior(out: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(mu, log sigma^2 as the encoder gave it, sigma, log sigma^2 clamped) from the encoder's output: the
+    arithmetic of ``posteriors.DiagonalGaussian``, without building its distribution objects every step."""
+    mu, logvar_raw = out.chunk(2, dim=1)
+    logvar = logvar_raw.clamp(LOGVAR_MIN, LOGVAR_MAX)
+    return mu, logvar_raw, torch.exp(0.5 * logvar), logvar
+
+
+def _kl_standard_normal(mu: Tensor, var: Tensor, logvar: Tensor) -> Tensor:
+    """KL(N(mu, var) || N(0, 1)) per element, in the order of operations of torch.distributions' Normal-Normal
+    KL (so the same floats): (var + mu^2 - 1 - log var) / 2."""
+    return 0.5 * (var + mu * mu - 1 - var.log())
