@@ -3,8 +3,11 @@
 Both run ``vaekit.training.steps.train_step`` (forward, gradients, fused Adam) on MNIST-sized batches of 128 in one
 process, in alternating blocks so that the machine's changing speed affects both alike; the table gives the
 median and the best block of each, and their ratio. The gradients themselves agree (tests/test_fused.py).
+``--bf16`` runs both in bfloat16 (autocast; the fused step's bf16 products); ``--compile`` adds the fused step
+compiled by ``torch.compile`` (its compile time printed apart).
 
     python benchmarks/fused_step.py --blocks 8 --steps 150
+    python benchmarks/fused_step.py --blocks 6 --steps 150 --bf16 --compile
 """
 
 from __future__ import annotations
@@ -35,23 +38,44 @@ def alternating_blocks(model: vaekit.VAE, opt: torch.optim.Optimizer, batches: t
     return times
 
 
+def compiled(by_hand: fused.FusedELBO, model: vaekit.VAE, opt: torch.optim.Optimizer,
+             x: torch.Tensor) -> fused.FusedELBO:
+    """``by_hand`` with its call compiled by torch.compile, compiled here on one step (its time printed)."""
+    call = torch.compile(by_hand.__call__, dynamic=False)
+
+    class Compiled(fused.FusedELBO):
+        def __call__(self, x: torch.Tensor, beta: float, y: torch.Tensor | None = None):
+            return call(x, beta, y)
+
+    step = Compiled.__new__(Compiled)
+    start = time.perf_counter()
+    steps.train_step(model, opt, x, 1.0, options=steps.StepOptions(fused=step))
+    print(f"torch.compile of the fused step: {time.perf_counter() - start:.1f} s for its first step")
+    return step
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--blocks", type=int, default=8, help="timed blocks per variant, alternating")
     p.add_argument("--steps", type=int, default=150, help="steps per block")
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--bf16", action="store_true", help="bfloat16 products in both steps")
+    p.add_argument("--compile", action="store_true", help="also time the fused step under torch.compile")
     args = p.parse_args()
     torch.manual_seed(0)
     config = vaekit.preset("seed").override({"model.data_shape": [1, 28, 28]})
     model = vaekit.VAE(config.model)
     opt = steps.make_optimizer(model, config.train.lr)
-    by_hand = fused.FusedELBO(model)
+    by_hand = fused.FusedELBO(model, bf16=args.bf16)
     x = torch.rand(args.steps * args.batch_size, 1, 28, 28)
     batches = x.split(args.batch_size)
-    variants = {"autograd": steps.StepOptions(), "fused": steps.StepOptions(fused=by_hand)}
+    variants = {"autograd": steps.StepOptions(bf16=args.bf16), "fused": steps.StepOptions(fused=by_hand)}
+    if args.compile:
+        variants["fused, compiled"] = steps.StepOptions(fused=compiled(by_hand, model, opt, batches[0]))
     times = alternating_blocks(model, opt, batches, variants, args.blocks)
-    print(f"seed VAE (784-400-20), batch {args.batch_size}, {args.blocks} blocks of {args.steps} steps each, "
-          f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"seed VAE (784-400-20), batch {args.batch_size}, {'bf16' if args.bf16 else 'fp32'}, {args.blocks} blocks "
+          f"of {args.steps} steps each, {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
+          f"threads, torch {torch.__version__}")
     print("| gradients | median ms/step | best block ms/step |")
     print("|---|---|---|")
     for name, t in times.items():
