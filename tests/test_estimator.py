@@ -147,6 +147,20 @@ def test_the_latent_neighbour_score_leaves_a_row_out_of_its_own_neighbours():
     assert np.median(det.decision_scores_[-15:]) > np.median(det.decision_scores_[:-15])
 
 
+def test_the_latent_isolation_forest_scores_the_codes_and_combines_with_the_elbo():
+    X = np.vstack([plane_data(), np.random.default_rng(3).normal(scale=40, size=(15, 6)) + 100])
+    alone = VAEAnomalyDetector(score_method="iforest", likelihood="gaussian", steps=300, random_state=0).fit(X)
+    codes = alone.vae_.transform(X)
+    np.testing.assert_allclose(alone.decision_scores_, -alone.forest_.score_samples(codes))  # the codes' isolation
+    assert alone.forest_.n_features_in_ == codes.shape[1] == alone.vae_.model_.latent_dim
+    assert np.median(alone.decision_scores_[-15:]) > np.quantile(alone.decision_scores_[:-15], 0.9)
+    both = VAEAnomalyDetector(score_method="elbo+iforest", likelihood="gaussian", steps=300, random_state=0).fit(X)
+    elbo = -both.vae_.score_samples(X)
+    forest = -both.forest_.score_samples(both.vae_.transform(X))
+    scaled = [(s - np.median(s)) / np.subtract(*np.quantile(s, [0.75, 0.25])) for s in (elbo, forest)]
+    np.testing.assert_allclose(both.decision_scores_, np.mean(scaled, axis=0), rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("family", [{"prior": "mog"}, {"prior": "vamp"}, {"posterior": "iaf"},
                                     {"lower_latent_dims": (3,)}])
 def test_the_estimator_takes_every_model_family(family):

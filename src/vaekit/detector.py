@@ -10,7 +10,8 @@ normal. Members' scores are averaged after scaling each by its training scores' 
 range. The defaults were chosen on benchmarks/anomaly_suite.py (README: "Tabular anomaly detection").
 
 Scores: the model's own (``elbo``, ``recon``, ``nll``, ``llr>K``), or in the latent space ``knn``, the distance
-from an input's posterior mean to its k-th nearest training code, and ``elbo+knn``, the two combined.
+from an input's posterior mean to its k-th nearest training code, ``iforest``, the isolation depth of the code in
+an IsolationForest fitted on the training codes, and ``elbo+knn`` or ``elbo+iforest``, combined with the ELBO.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, OutlierMixin, clone
+from sklearn.ensemble import IsolationForest
 from sklearn.neighbors import NearestNeighbors
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
@@ -31,7 +33,7 @@ from vaekit.estimator import VAEEstimator, validate_data
 MIN_STEPS = 1000  # optimizer steps at least: below this a VAE has not left its initial state
 EPOCHS = 10  # beyond the floor, passes over the data
 MAX_STEPS = 20_000  # a cap on fitting time for large tables
-LATENT_SCORES = ("knn", "elbo+knn")
+LATENT_SCORES = ("knn", "elbo+knn", "iforest", "elbo+iforest")
 SAME_CODE = 1e-5  # codes this close are one row's (a subset's codes may differ from the whole's in the last bit)
 
 
@@ -101,7 +103,10 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         self.vae_ = self.vaes_[0]
         if self._reads_latents:
             codes = self.vae_.transform(X)
-            self.neighbors_ = NearestNeighbors(n_neighbors=min(self.n_neighbors, len(X) - 1)).fit(codes)
+            if self.score_method.endswith("knn"):
+                self.neighbors_ = NearestNeighbors(n_neighbors=min(self.n_neighbors, len(X) - 1)).fit(codes)
+            else:
+                self.forest_ = IsolationForest(random_state=int(rng.randint(2**31 - 1))).fit(codes)
         parts = self._parts(X)
         self.scales_ = [(float(np.median(p)), _iqr(p)) for p in parts]
         anomaly_scores = self._combine(parts)
@@ -153,12 +158,14 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
     def _parts(self, X: Any) -> list[np.ndarray]:
         """The anomaly scores the method combines, each (n,)."""
         parts = []
-        if self.score_method != "knn":  # X is validated already: each member only standardizes it its way
+        if "elbo" in self.score_method or not self._reads_latents:  # X is validated: members only standardize it
             method = "elbo" if self._reads_latents else self.score_method
             x, n = torch.from_numpy(np.ascontiguousarray(X)), self.n_score_samples
             parts += [anomaly.score(v.model_, v._prepare(x), method, n).double().numpy() for v in self.vaes_]
         if self._reads_latents:
-            parts.append(self._knn_distance(self.vae_.transform(X)))
+            codes = self.vae_.transform(X)
+            parts.append(self._knn_distance(codes) if self.score_method.endswith("knn")
+                         else -self.forest_.score_samples(codes).astype(np.float64))
         return parts
 
     def _knn_distance(self, codes: np.ndarray) -> np.ndarray:
