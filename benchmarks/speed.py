@@ -199,14 +199,13 @@ def train_timed(args: argparse.Namespace, device: torch.device, preset: str, pre
            "batch_size": config.train.batch_size, "train_s": [r["time_s"] for r in result.history],
            "test_s": [0.0] * args.epochs, "test_loss": test["neg_elbo"]}
     if device.type == "cpu" and not args.no_floor:  # right after the epochs it is compared with
-        row["floor_s"] = step_floor(preset, args.batch_size, row["step"], row["n_train"])
+        row["floor_s"] = step_floor(preset, args.batch_size, result.precision, row["n_train"])
     return row
 
 
-def step_floor(preset: str, batch_size: int | None, step: str, n_train: int) -> dict[str, float]:
+def step_floor(preset: str, batch_size: int | None, precision: str, n_train: int) -> dict[str, float]:
     """The floor of one epoch of ``preset``'s CPU step: its products alone, in float32 and bfloat16 (where the
     CPU has native bfloat16 products), times the steps of an epoch."""
-    precision = step.rsplit("; ", 1)[-1].split(" ")[0]  # what the run resolved train.precision to
     batch = batch_size or vaekit.preset(preset).train.batch_size
     products = floor.capture(floor.training_step(preset, batch, precision))
     steps_per_epoch = -(-n_train // batch)

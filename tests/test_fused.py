@@ -181,6 +181,7 @@ def test_auto_precision_takes_bf16_only_for_a_large_enough_fused_step_on_a_cpu_w
     macs = fused.multiply_adds(result.model, 128) if fused_step else None
     assert result.step_path.endswith(f"; {expected} ({devices.resolve_precision('auto', CPU, macs)[1]})")
     assert result.step_path.startswith("step: the fused CPU step" if fused_step else "step: autograd")
+    assert result.precision == expected
     assert (macs is not None and macs >= devices.AUTO_BF16_MIN_MACS) == (hidden == 1024 and fused_step)
     if expected == "bf16":
         assert isa in result.step_path

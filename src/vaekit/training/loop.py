@@ -82,7 +82,8 @@ def _train(config: Config, out_dir: str | Path | None, callbacks: Sequence[Callb
             cb.on_train_end(run.model, splits.test)
         distributed.leave_together(ctx)
         best = run.stopping.best_epoch if run.stopping is not None else None
-        return TrainResult(run.model, run.config, run.history, ctx.rank, best, run.stopped, run.skipped, step_path)
+        return TrainResult(run.model, run.config, run.history, ctx.rank, best, run.stopped, run.skipped, step_path,
+                           run.precision)
     finally:
         del run  # the DDP wrapper, whose gloo work must be freed before the process group, not at exit
         distributed.close(ctx)

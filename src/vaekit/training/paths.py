@@ -20,8 +20,8 @@ log = logging.getLogger(__name__)
 
 
 def choose(run: Run) -> str:
-    """Set ``run.options`` (and ``run.static`` for the CUDA-graph step) for this run's model and device; return
-    a line saying which step runs, in which precision and why."""
+    """Set ``run.options``, ``run.precision`` (and ``run.static`` for the CUDA-graph step) for this run's model
+    and device; return a line saying which step runs, in which precision and why."""
     tc, device, world = run.config.train, run.device, run.ctx.world_size
     blocker = graphs.fast_path_blocker(device, world, tc.cuda_graph)
     if blocker is None and run.streamed:
@@ -29,6 +29,7 @@ def choose(run: Run) -> str:
     why_not = fused.blocker(run.model, tc, device, world)  # off the CPU: that it is the CPU's step
     macs = fused.multiply_adds(run.model, tc.batch_size) if why_not is None else None
     precision, why_precision = devices.resolve_precision(tc.precision, device, macs)
+    run.precision = precision
     options = StepOptions(objectives.Objective(tc.objective, tc.iw_k, tc.free_bits_floor),
                           distributed.wrap(run.model, run.ctx, device), precision == "bf16",
                           tc.skips_steps, grad_clip=tc.grad_clip, grad_skip=tc.grad_skip)

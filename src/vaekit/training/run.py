@@ -57,6 +57,7 @@ class TrainResult:
     stopped: str | None = None  # "early_stopping" or "callback" when training ended before train.epochs
     skipped_steps: int = 0  # updates cancelled for a non-finite loss or gradient (train.nonfinite = "skip")
     step_path: str = ""  # which training step ran, in which precision, and why (training.paths.choose)
+    precision: str = "fp32"  # the precision that step took: train.precision resolved (auto -> fp32 or bf16)
 
 
 class EarlyStopping:
@@ -100,6 +101,7 @@ class Run:
     callbacks: Sequence[Callback]
     options: StepOptions = field(default_factory=StepOptions)  # how each step is taken (training.paths)
     static: graphs.StaticStep | None = None  # the CUDA-graph step, when it is used
+    precision: str = "fp32"  # train.precision resolved for this run's step: fp32 or bf16 (training.paths)
     step: int = 0  # optimizer steps taken so far
     warmup_steps: int = 0  # length of the linear KL warm-up, in steps
     epoch: int = 0  # epochs completed
