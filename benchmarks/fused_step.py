@@ -4,7 +4,8 @@ Both run ``vaekit.training.steps.train_step`` (forward, gradients, fused Adam) o
 process, in alternating blocks so that the machine's changing speed affects both alike; the table gives the
 median and the best block of each, and their ratio. The gradients themselves agree (tests/test_fused.py).
 ``--bf16`` runs both in bfloat16 (autocast; the fused step's bf16 products); ``--compile`` adds the fused step
-compiled by ``torch.compile`` (its compile time printed apart).
+compiled by ``torch.compile`` (its compile time printed apart); ``--skip-nonfinite`` adds the fused step with
+``train.nonfinite = "skip"`` and times its gradient check against the infinity norms it replaced.
 
     python benchmarks/fused_step.py --blocks 8 --steps 150
     python benchmarks/fused_step.py --blocks 6 --steps 150 --bf16 --compile
@@ -13,6 +14,7 @@ compiled by ``torch.compile`` (its compile time printed apart).
 from __future__ import annotations
 
 import argparse
+import math
 import platform
 import statistics
 import time
@@ -54,6 +56,19 @@ def compiled(by_hand: fused.FusedELBO, model: vaekit.VAE, opt: torch.optim.Optim
     return step
 
 
+def check_timings(opt: torch.optim.Optimizer, repeats: int = 300) -> None:
+    """Microseconds of the non-finite gradient check (aminmax per gradient) and of the infinity norms it replaced."""
+    grads = [p.grad for group in opt.param_groups for p in group["params"]]
+    checks = {"aminmax (steps._cancel_if_nonfinite)": lambda: [torch.aminmax(g) for g in grads],
+              "_foreach_norm(grads, inf)": lambda: torch._foreach_norm(grads, math.inf)}
+    for name, check in checks.items():
+        check()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            check()
+        print(f"gradient check, {name}: {(time.perf_counter() - start) / repeats * 1e6:.0f} us")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--blocks", type=int, default=8, help="timed blocks per variant, alternating")
@@ -61,6 +76,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--bf16", action="store_true", help="bfloat16 products in both steps")
     p.add_argument("--compile", action="store_true", help="also time the fused step under torch.compile")
+    p.add_argument("--skip-nonfinite", action="store_true", help="also time the step that cancels non-finite ones")
     args = p.parse_args()
     torch.manual_seed(0)
     config = vaekit.preset("seed").override({"model.data_shape": [1, 28, 28]})
@@ -72,7 +88,11 @@ def main() -> None:
     variants = {"autograd": steps.StepOptions(bf16=args.bf16), "fused": steps.StepOptions(fused=by_hand)}
     if args.compile:
         variants["fused, compiled"] = steps.StepOptions(fused=compiled(by_hand, model, opt, batches[0]))
+    if args.skip_nonfinite:
+        variants["fused, nonfinite = skip"] = steps.StepOptions(fused=by_hand, skip_nonfinite=True)
     times = alternating_blocks(model, opt, batches, variants, args.blocks)
+    if args.skip_nonfinite:
+        check_timings(opt)
     print(f"seed VAE (784-400-20), batch {args.batch_size}, {'bf16' if args.bf16 else 'fp32'}, {args.blocks} blocks "
           f"of {args.steps} steps each, {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
           f"threads, torch {torch.__version__}")

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 import vaekit
 from vaekit import CheckpointError, ConfigError, TrainingError, checkpoint, objectives
 from vaekit.fileio import KILL_ENV
-from vaekit.training import fused, graphs, loop
+from vaekit.training import fused, graphs, loop, steps
 from vaekit.training.steps import StepOptions, make_optimizer, train_step
 
 from conftest import digits_config, split_sizes, tiny_model
@@ -295,6 +295,19 @@ def test_a_skipped_step_leaves_weights_and_adam_untouched():
         assert_same_weights(s, adam[i])
     assert float(opt.state_dict()["state"][0]["step"]) == 1.0
     assert not hasattr(opt, "found_inf")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_one_non_finite_gradient_element_cancels_the_step_when_the_loss_is_finite(bad):
+    model = tiny_model(shape=(1, 8, 8), latent=4, hidden=(32,))
+    opt = make_optimizer(model, 1e-2)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    loss = torch.tensor(1.0)
+    assert bool(steps._cancel_if_nonfinite(opt, loss)) and float(opt.found_inf) == 0.0
+    weight = max(model.parameters(), key=lambda p: p.numel())
+    weight.grad.view(-1)[weight.numel() // 2] = bad  # one element, in the middle of the largest gradient
+    assert not bool(steps._cancel_if_nonfinite(opt, loss)) and float(opt.found_inf) == 1.0
 
 
 def test_a_non_finite_last_gradient_stops_training(tmp_path, the_run):

@@ -16,8 +16,9 @@ either way. Used by default where it applies (``blocker`` says why not otherwise
 false`` restores autograd.
 
 With ``bf16`` the matrix products take bfloat16 operands (weights cast each step from their float32 masters)
-and round their outputs to bfloat16, as autocast does; hidden activations stay in bfloat16, while the
-likelihood, the posterior, the KL, the loss and the bias gradients are computed in float32.
+and round their outputs to bfloat16, as autocast does; hidden activations stay in bfloat16, the output layers
+add their float32 bias in float32, and the likelihood, the posterior, the KL, the loss and the bias gradients
+are computed in float32.
 """
 
 from __future__ import annotations
@@ -185,7 +186,7 @@ class FusedELBO:
         params = self.decoder.forward(z if c is None else torch.cat([z, c], dim=1))  # (B, D) logits or means
         recon_sum, g = self.nll_and_grad(params, x, self.obs_std)  # sum over the batch, d/d params
         var = sigma * sigma
-        kl_j = _kl_standard_normal(mu, var, logvar).mean(0)  # (L,) batch-mean KL per dimension
+        kl_j = _kl_standard_normal(mu, var).mean(0)  # (L,) batch-mean KL per dimension
         recon, kl = recon_sum / n, kl_j.sum()
         active = kl_j >= self.free_bits if self.free_bits > 0 else None  # clamped dimensions get no KL gradient
         loss = recon + beta * (kl_j.clamp(min=self.free_bits).sum() if active is not None else kl)
@@ -210,7 +211,7 @@ def _posterior(out: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return mu, logvar_raw, torch.exp(0.5 * logvar), logvar
 
 
-def _kl_standard_normal(mu: Tensor, var: Tensor, logvar: Tensor) -> Tensor:
+def _kl_standard_normal(mu: Tensor, var: Tensor) -> Tensor:
     """KL(N(mu, var) || N(0, 1)) per element, in the order of operations of torch.distributions' Normal-Normal
     KL (so the same floats): (var + mu^2 - 1 - log var) / 2."""
     return 0.5 * (var + mu * mu - 1 - var.log())
