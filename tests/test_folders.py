@@ -108,3 +108,23 @@ def test_worker_processes_decode_what_this_process_decodes(tmp_path, monkeypatch
     assert [i for i, _ in there.skipped] == [2, 9] and "decoding 14 images" in stream.getvalue()
     with pytest.raises(DataError, match=r"cannot read image .*002\.png"):  # the first bad file, in file order
         folders.decode(files, None, None, True)
+
+
+def test_decoding_holds_the_folders_pixels_once_plus_a_chunk(tmp_path, monkeypatch):
+    import tracemalloc
+
+    pics = tmp_path / "pics"
+    for i in range(600):
+        (pics / "a").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(RNG.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(pics / "a" / f"{i:03d}.png")
+    files = folders.list_folder(pics)[0]
+    monkeypatch.setattr(folders, "PARALLEL_AFTER_S", float("inf"))  # all in this process, where it is traced
+    tracemalloc.start()
+    try:
+        got = folders.decode(files, None, None, False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    chunk = 2 * folders.CHUNK * got.x[0].nbytes  # a chunk's images and their stack
+    assert got.x.shape == (600, 3, 16, 16) and got.x.nbytes == 600 * 768
+    assert peak < got.x.nbytes + chunk + 200_000, (peak, got.x.nbytes)  # not the whole twice (before: 974,667 B)

@@ -22,7 +22,7 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,45 +127,41 @@ def decode(files: list[Path], image_size: Sequence[int] | None, channels: int | 
     i0, im = first
     size = tuple(image_size) if image_size else (im.height, im.width)
     shape = (channels or channels_of(im), *size)
-    parts = [(np.asarray([stored_pixels(im, size, shape[0])]), [i0], [])]
+    whole = _Assembly(len(files) - i0, shape)
+    whole.add(np.asarray([stored_pixels(im, size, shape[0])]), [i0], [])
     with progress.loop(len(files) - i0, unit="image", what=f"decoding {len(files)} images") as bar:
-        parts += _decode_rest(files, i0 + 1, shape, bar)
-    skipped += [s for _, _, errors in parts for s in errors]
+        for images, kept, errors in _decode_rest(files, i0 + 1, shape):
+            whole.add(images, kept, errors)
+            if bar is not None:
+                bar.update(len(kept) + len(errors))
+    skipped += whole.errors
     if strict and skipped:
         i, why = min(skipped)
         raise DataError(f"cannot read image {files[i]}: {why}")
-    return _assemble(parts, skipped)
+    return whole.decoded(skipped)
 
 
-def _decode_rest(files: list[Path], start: int, shape: tuple[int, ...], bar: progress.Progress | None) -> list:
-    """The files from ``start`` on: the first PROBE here, timed; the rest here too, or in worker processes when
-    at that pace they would take more than PARALLEL_AFTER_S seconds."""
+def _decode_rest(files: list[Path], start: int, shape: tuple[int, ...]) -> Iterator[tuple[np.ndarray, list, list]]:
+    """The files from ``start`` on, a chunk at a time in file order: the first PROBE here, timed; the rest here
+    too, or in worker processes when at that pace they would take more than PARALLEL_AFTER_S seconds."""
     indices = list(range(start, len(files)))
     t0 = time.perf_counter()
-    parts = _collect(map(_decode_chunk, [([files[i] for i in indices[:PROBE]], indices[:PROBE], shape)]), bar)
+    yield _decode_chunk(([files[i] for i in indices[:PROBE]], indices[:PROBE], shape))
     pace = (time.perf_counter() - t0) / max(1, len(indices[:PROBE]))
     rest = indices[PROBE:]
     jobs = [([files[i] for i in rest[s : s + CHUNK]], rest[s : s + CHUNK], shape) for s in range(0, len(rest), CHUNK)]
     workers = min(os.cpu_count() or 1, 8)
     if workers < 2 or pace * len(rest) < PARALLEL_AFTER_S:
-        return parts + _collect(map(_decode_chunk, jobs), bar)
+        yield from map(_decode_chunk, jobs)
+        return
     log.info("decoding %d more images in %d worker processes (about %.0f s in one)", len(rest), workers,
              pace * len(rest))
     # spawn: the workers never inherit the parent's threads (PyTorch's among them)
     pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
     try:
-        return parts + _collect(pool.map(_decode_chunk, jobs), bar)
-    finally:  # also on Ctrl-C: the chunks not started are dropped, not waited for
+        yield from pool.map(_decode_chunk, jobs)
+    finally:  # also on Ctrl-C or a strict refusal: the chunks not started are dropped, not waited for
         pool.shutdown(cancel_futures=True)
-
-
-def _collect(results, bar: progress.Progress | None) -> list:
-    parts = []
-    for part in results:
-        parts.append(part)
-        if bar is not None:
-            bar.update(len(part[1]) + len(part[2]))
-    return parts
 
 
 def _decode_chunk(job: tuple[list[Path], list[int], tuple[int, ...]]) -> tuple[np.ndarray, list[int], list]:
@@ -184,16 +180,35 @@ def _decode_chunk(job: tuple[list[Path], list[int], tuple[int, ...]]) -> tuple[n
     return (np.stack(images) if images else np.empty((0, c, h, w), np.uint8)), kept, errors
 
 
-def _assemble(parts: list, skipped: list[tuple[int, str]]) -> Decoded:
-    """One array from the parts in file order; float32 values throughout if any part holds floats."""
-    floats = any(x.dtype != np.uint8 for x, _, _ in parts)
-    n = sum(len(k) for _, k, _ in parts)
-    x = np.empty((n, *parts[0][0].shape[1:]), np.float32 if floats else np.uint8)
-    at = 0
-    for a, k, _ in parts:
-        x[at : at + len(k)] = values(a) if floats else a
-        at += len(k)
-    return Decoded(x, np.array([i for _, k, _ in parts for i in k], np.int64), sorted(skipped))
+class _Assembly:
+    """Decoded chunks copied, in file order, into one array allocated for every file at the start: the folder's
+    pixels are held once plus a chunk, not once in chunks and again in the whole. Bytes, until a chunk holds
+    float32 values (a 16-bit image): from then on float32 values throughout."""
+
+    def __init__(self, n: int, shape: tuple[int, ...]) -> None:
+        self.x = np.empty((n, *shape), np.uint8)
+        self.at = 0  # rows filled
+        self.kept: list[int] = []  # the file index of each row
+        self.errors: list[tuple[int, str]] = []
+
+    def add(self, images: np.ndarray, kept: list[int], errors: list[tuple[int, str]]) -> None:
+        if images.dtype != self.x.dtype:
+            self._to_values()
+        self.x[self.at : self.at + len(kept)] = values(images) if self.x.dtype != np.uint8 else images
+        self.at += len(kept)
+        self.kept += kept
+        self.errors += errors
+
+    def _to_values(self) -> None:
+        x = np.empty(self.x.shape, np.float32)
+        for s in range(0, self.at, CHUNK):  # a chunk at a time: no float32 copy of all the bytes at once
+            x[s : min(s + CHUNK, self.at)] = values(self.x[s : min(s + CHUNK, self.at)])
+        self.x = x
+
+    def decoded(self, skipped: list[tuple[int, str]]) -> Decoded:
+        if self.at < len(self.x):  # rows of unreadable files: given back in place
+            self.x.resize((self.at, *self.x.shape[1:]), refcheck=False)
+        return Decoded(self.x, np.array(self.kept, np.int64), sorted(skipped))
 
 
 def _refuse_if_strict(strict: bool, f: Path, e: Exception) -> None:
