@@ -11,7 +11,7 @@ import torch
 
 from vaekit import anomaly, checkpoint, data, embedding, hub, plots
 from vaekit.batches import floats
-from vaekit.cli.common import MODEL_HELP, data_config, model_source
+from vaekit.cli.common import MODEL_HELP, data_config, model_source, write_scores
 from vaekit.errors import VaekitError
 
 TSNE_POINTS = 5000  # the default subset of a t-SNE map
@@ -127,7 +127,7 @@ def cmd_anomaly(args: argparse.Namespace) -> int:
         raise VaekitError(f"the stored threshold is for --score {threshold.score}, not {args.score}; refit it "
                           "with --contamination or --quantile")
     flags = None if threshold is None else (scores > threshold.value).numpy()
-    _write_scores(args.output, scores.numpy(), flags)
+    write_scores(args.output, scores.numpy(), flags)
     print(f"wrote {args.output} ({len(scores)} scores" + (f", {int(flags.sum())} flagged above "
           f"{threshold.value:.4g} [{threshold.rule}])" if flags is not None else ")"))
     if args.heatmap:
@@ -191,12 +191,3 @@ def _anomaly_labels(labels, normal_label):
           "--normal-label C takes class C as normal and the others as anomalies", file=sys.stderr)
     return None
 
-
-def _write_scores(path: Path, scores, flags) -> None:
-    from vaekit.fileio import atomic_path
-
-    columns = ["index", "score"] + ([] if flags is None else ["flag"])
-    table = [np.arange(len(scores)), scores] + ([] if flags is None else [flags.astype(int)])
-    fmt = ["%d", "%.6g"] + ([] if flags is None else ["%d"])
-    with atomic_path(path) as tmp:
-        np.savetxt(tmp, np.column_stack(table), delimiter=",", header=",".join(columns), comments="", fmt=fmt)

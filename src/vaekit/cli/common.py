@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from vaekit import data, hub, plots
 from vaekit.batches import floats
 from vaekit.config import Config, DataConfig
@@ -40,3 +42,14 @@ def input_example(spec: str, split: data.Split, shape: tuple[int, ...]):
             raise VaekitError(f"index {i} is outside the {split.name} split of {len(split)} examples")
         return floats(split.stored[i])  # the values of that one only
     return plots.read_image(Path(spec), shape)
+
+
+def write_scores(path: Path, scores: np.ndarray, flags: np.ndarray | None) -> None:
+    """A CSV of every row's index and anomaly score (and 0/1 flag), written atomically."""
+    from vaekit.fileio import atomic_path
+
+    columns = ["index", "score"] + ([] if flags is None else ["flag"])
+    table = [np.arange(len(scores)), scores] + ([] if flags is None else [flags.astype(int)])
+    fmt = ["%d", "%.6g"] + ([] if flags is None else ["%d"])
+    with atomic_path(path) as tmp:
+        np.savetxt(tmp, np.column_stack(table), delimiter=",", header=",".join(columns), comments="", fmt=fmt)

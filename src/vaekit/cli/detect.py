@@ -32,7 +32,7 @@ def add_detect(sub: argparse._SubParsersAction) -> None:
 
 def cmd_detect(args: argparse.Namespace) -> int:
     from vaekit import anomaly
-    from vaekit.cli.analysis import _write_scores
+    from vaekit.cli.common import write_scores
     from vaekit.detector import VAEAnomalyDetector
 
     fitted = tabular.read(args.table, args.label_column)
@@ -52,7 +52,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         raise DataError(f"{args.table}: {e}") from None
     scores = -detector.score_samples(scored.x)
     flags = scores > detector.threshold_
-    _write_scores(args.output, scores, flags)
+    write_scores(args.output, scores, flags)
     print(f"wrote {args.output}: {len(scores)} rows, {int(flags.sum())} flagged "
           f"(threshold {detector.threshold_:.4g})")
     if scored.y is not None and len(np.unique(scored.y)) == 2:

@@ -38,6 +38,7 @@ DEFAULT_EXAMPLES = 500  # test inputs kept for the page: thumbnails, the latent 
 NLL_MAX_BATCH = 16  # importance sampling costs 1000 decoder passes per input: keep one request's work bounded
 NLL_SAMPLES = 1000
 LLR_MAX_BATCH = 64  # the likelihood ratio: two bounds of 100 importance samples each, 200 passes per input
+BATCH_LIMITS = {"nll": NLL_MAX_BATCH, "llr": LLR_MAX_BATCH}  # per score name; others: the API's own
 # Inputs of a likelihood without a bounded range (gaussian) must lie within this many units of the model's
 # inputs (standard deviations of the training data, for a standardized table): the farthest plausible outlier
 # is far inside, while inputs much farther out make the model's outputs and scores overflow float32.
@@ -97,7 +98,7 @@ class ModelService:
         """The most inputs one request may score with ``method`` (None: the default score); None: no limit
         beyond the API's own on any batch."""
         name, _ = anomaly.parse_score(self.score_name(method), len(self.model.layers))
-        return {"nll": NLL_MAX_BATCH, "llr": LLR_MAX_BATCH}.get(name)
+        return BATCH_LIMITS.get(name)
 
     def score_name(self, method: str | None) -> str:
         """The score ``method`` names; omitted: the stored threshold's score, else elbo."""
@@ -172,7 +173,7 @@ class ModelService:
         method = self.score_name(method)
         name, _ = anomaly.parse_score(method, len(self.model.layers))
         xt = self.inputs(x)
-        if (most := self.batch_limit(method)) is not None and len(xt) > most:
+        if (most := BATCH_LIMITS.get(name)) is not None and len(xt) > most:
             raise DataError(f"the {method} score takes at most {most} inputs per request, got {len(xt)}")
         y = self.model.labels_named(label, len(xt))
         thr = self.threshold if self.threshold is not None and self.threshold.score == method else None
