@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import vaekit
+from vaekit import devices
 
 from conftest import REPO, digits_config, split_sizes
 
@@ -91,6 +92,27 @@ def test_bf16_crossover(bench):
     assert [number(r[3]) for r in rows] == [128 * (6 * 32 + 32 * 4 + 2 * 32 + 32 * 6),
                                            128 * (30 * 60 + 60 * 16 + 8 * 60 + 60 * 30)]
     assert [r[7] for r in rows] == ["fp32", "fp32"]  # far below the multiply-adds where auto takes bf16
+
+
+def test_bf16_crossover_of_the_autograd_step(bench):
+    out = bench("bf16_crossover.py", "--blocks", "1", "--steps", "2", "--sizes", "1", "--autograd")
+    (row,) = table_rows(out, r"\d+")
+    assert out.startswith("autograd step") and number(row[4]) > 0 and number(row[5]) > 0 and row[7] == "fp32"
+    assert f"from {devices.AUTO_BF16_MIN_MACS_AUTOGRAD:,} multiply-adds" in out
+
+
+def test_bf16_quality(bench, tmp_path):
+    out = bench("bf16_quality.py", "--presets", "seed", "--epochs", "1", "--dataset", "digits", "--test-n", "50",
+                "--iw-samples", "2", "--json", str(tmp_path / "q.json"))
+    (row,) = json.loads((tmp_path / "q.json").read_text())
+    runs = row["runs"]
+    assert [(r["precision"], r["seed"]) for r in runs] == [("fp32", 1), ("fp32", 2), ("bf16", 1)]
+    assert row["nll_bf16_gap"] == pytest.approx(runs[2]["nll"] - runs[0]["nll"])
+    assert row["nll_seed_gap"] == pytest.approx(abs(runs[1]["nll"] - runs[0]["nll"])) and row["nll_seed_gap"] > 0
+    assert row["holds"] == (row["nll_bf16_gap"] <= row["nll_seed_gap"]
+                            and row["neg_elbo_bf16_gap"] <= row["neg_elbo_seed_gap"])
+    (cells,) = table_rows(out, "`seed`")
+    assert cells[1] == "fused" and cells[8] == ("yes" if row["holds"] else "no")
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])

@@ -250,5 +250,7 @@ def test_estimators_train_in_float32_whatever_the_cpu(monkeypatch):
     config = est._config(300)
     assert config.train.precision == "fp32"
     model = vaekit.VAE(config.model)
-    assert fused.multiply_adds(model, 128) >= devices.AUTO_BF16_MIN_MACS  # auto would have taken bf16
-    assert devices.resolve_precision("auto", torch.device("cpu"), fused.multiply_adds(model, 128))[0] == "bf16"
+    macs = fused.multiply_adds(model, 128)
+    assert macs >= devices.AUTO_BF16_MIN_MACS  # large enough that auto would take bf16 for a Bernoulli model
+    assert devices.resolve_precision("auto", torch.device("cpu"), macs, "bernoulli")[0] == "bf16"
+    assert devices.resolve_precision("auto", torch.device("cpu"), macs, model.config.likelihood)[0] == "fp32"

@@ -9,7 +9,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import vaekit
 from vaekit import devices, objectives
 from vaekit.config import Config
-from vaekit.model import VAE, nets
+from vaekit.model import VAE, nets, size
 from vaekit.training import fused
 
 from conftest import digits_config
@@ -169,31 +169,39 @@ def test_bf16_training_stays_within_rounding_of_fp32():
     assert weights[0].ne(weights[1]).any()
 
 
-@pytest.mark.parametrize(("isa", "fused_step", "hidden", "expected"), [
-    ("AVX512-BF16", True, 1024, "bf16"), ("AMX-BF16", True, 1024, "bf16"), (None, True, 1024, "fp32"),
-    ("AVX512-BF16", False, 1024, "fp32"), ("AVX512-BF16", True, 32, "fp32")])
-def test_auto_precision_takes_bf16_only_for_a_large_enough_fused_step_on_a_cpu_with_native_bf16(
-        monkeypatch, isa, fused_step, hidden, expected):
+@pytest.mark.parametrize(("isa", "fused_step", "hidden", "likelihood", "expected"), [
+    ("AVX512-BF16", True, 1024, "bernoulli", "bf16"), ("AMX-BF16", True, 1024, "bernoulli", "bf16"),
+    (None, True, 1024, "bernoulli", "fp32"), ("AVX512-BF16", False, 2048, "bernoulli", "bf16"),
+    ("AVX512-BF16", True, 32, "bernoulli", "fp32"), ("AVX512-BF16", False, 1024, "bernoulli", "fp32"),
+    ("AVX512-BF16", True, 1024, "gaussian", "fp32"), ("AVX512-BF16", False, 1024, "continuous-bernoulli", "fp32")])
+def test_auto_precision_takes_bf16_only_for_a_large_enough_bernoulli_model_on_a_cpu_with_native_bf16(
+        monkeypatch, isa, fused_step, hidden, likelihood, expected):
     monkeypatch.setattr(devices, "cpu_bf16_isa", lambda: isa)
     config = digits_config(**{"train.epochs": 1, "train.precision": "auto", "train.fused_step": fused_step,
-                              "model.hidden": [hidden], "train.batch_size": 128})
+                              "model.hidden": [hidden], "train.batch_size": 128, "model.likelihood": likelihood})
     result = vaekit.train(config)
-    macs = fused.multiply_adds(result.model, 128) if fused_step else None
-    assert result.step_path.endswith(f"; {expected} ({devices.resolve_precision('auto', CPU, macs)[1]})")
+    macs = (fused.multiply_adds if fused_step else lambda m, b: size.forward_multiply_adds(m.config, b))(
+        result.model, 128)
+    why = devices.resolve_precision("auto", CPU, macs, likelihood, fused_step)[1]
+    assert result.step_path.endswith(f"; {expected} ({why})")
     assert result.step_path.startswith("step: the fused CPU step" if fused_step else "step: autograd")
     assert result.precision == expected
-    assert (macs is not None and macs >= devices.AUTO_BF16_MIN_MACS) == (hidden == 1024 and fused_step)
+    assert macs == fused.multiply_adds(result.model, 128)  # a fully connected model: the same count either way
+    least = devices.AUTO_BF16_MIN_MACS if fused_step else devices.AUTO_BF16_MIN_MACS_AUTOGRAD
+    assert (expected == "bf16") == bool(isa and likelihood == "bernoulli" and macs >= least)
     if expected == "bf16":
-        assert isa in result.step_path
-    elif fused_step and isa and hidden == 32:
-        assert "too few" in result.step_path
+        assert isa in why and ("products" if fused_step else "autocast") in why
+    elif isa and likelihood != "bernoulli":
+        assert f"not {likelihood}" in why
+    elif isa:
+        assert f"{macs:,} multiply-adds are too few" in why
 
 
 def test_an_explicit_precision_stands_and_auto_is_fp32_off_the_cpu():
     big = 10 * devices.AUTO_BF16_MIN_MACS
-    assert devices.resolve_precision("auto", torch.device("cuda"), None)[0] == "fp32"
-    assert devices.resolve_precision("fp32", CPU, big)[0] == "fp32"
-    assert devices.resolve_precision("bf16", CPU, None)[0] == "bf16"
+    assert devices.resolve_precision("auto", torch.device("cuda"), big, "bernoulli")[0] == "fp32"
+    assert devices.resolve_precision("fp32", CPU, big, "bernoulli")[0] == "fp32"
+    assert devices.resolve_precision("bf16", CPU, None, "gaussian")[0] == "bf16"
     assert fused.multiply_adds(model_for(), 10) == 10 * (30 * 16 + 16 * 12 + 12 * 6 + 3 * 12 + 12 * 16 + 16 * 30)
 
 

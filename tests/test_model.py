@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch.distributions import Distribution
 
+import vaekit
 from vaekit import ConfigError, DataError
 from vaekit.config import ModelConfig
 from vaekit.model import VAE
@@ -114,3 +115,18 @@ def test_conditional_model_names_what_is_wrong_with_labels():
 def test_conditional_model_needs_its_label_names():
     with pytest.raises(ConfigError, match=r"model\.labels"):
         VAE(ModelConfig(data_shape=(1, 8, 8), conditional=True))
+
+
+@pytest.mark.parametrize("preset", ["conv", "hvae-conv", "iaf"])
+def test_forward_multiply_adds_on_the_meta_device_agree_with_torchs_flop_counter(preset):
+    """The count auto's precision reads (linear layers and convolutions, transposed ones included), against
+    PyTorch's own flop counter on a real forward pass of the same model."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from vaekit.model import size
+
+    config = vaekit.preset(preset).override({"model.data_shape": [1, 28, 28]}).model
+    model = vaekit.VAE(config)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.rand(4, 1, 28, 28), None)
+    assert size.forward_multiply_adds(config, 4) == counter.get_total_flops() // 2 > 0

@@ -139,7 +139,8 @@ class TrainConfig:
     drop_last: bool = False
     eval_batch_size: int = 1000
     # bf16: matrix products in bfloat16 (autocast, or the fused step's own casts), the loss in fp32; auto: bf16
-    # for the fused CPU step where the CPU has native bfloat16 products (devices.resolve_precision), else fp32
+    # on a CPU with native bfloat16 products for a Bernoulli model with a large enough step, else fp32
+    # (devices.resolve_precision)
     precision: str = "auto"
     cuda_graph: bool = True  # on CUDA, capture the whole step as one graph (drops the last partial batch)
     fused_step: bool = True  # on the CPU, a fully connected model's gradients come from a hand-written backward

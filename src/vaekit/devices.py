@@ -56,15 +56,23 @@ def cpu_bf16_isa() -> str | None:
 # (benchmarks/bf16_crossover.py, 2-core AMD EPYC with AVX512-BF16: bf16 steps 0.64x as fast at 7e4 multiply-
 # adds, 0.93x at 6e6, 1.21x at 2e7, 1.79x at 8e7, the seed model); auto asks for more than the crossover.
 AUTO_BF16_MIN_MACS = 2**24
+# The same for autograd's step under bfloat16 autocast, whose casts cost more (bf16_crossover.py --autograd, the
+# same machine: 0.69x at 7e4, 0.84x at 6e6, 1.06x at 2e7, 1.60x at 8e7, 1.81x at 1.1e8); twice the crossover.
+AUTO_BF16_MIN_MACS_AUTOGRAD = 2**25
+# The likelihoods whose models keep their test likelihood in bf16 (benchmarks/bf16_quality.py: every preset's
+# family, bf16 no worse than float32 by more than a change of seed): a continuous or 8-bit likelihood reads
+# outputs that bf16's 8-bit mantissa rounds by up to a grey level, and is left in float32 until measured.
+AUTO_BF16_LIKELIHOODS = ("bernoulli",)
 
 
-def resolve_precision(precision: str, device: torch.device, fused_macs: int | None) -> tuple[str, str]:
+def resolve_precision(precision: str, device: torch.device, macs: int | None, likelihood: str,
+                      fused_step: bool = True) -> tuple[str, str]:
     """The precision a run's step takes (``fp32`` or ``bf16``) for ``train.precision``, and why.
 
-    ``fused_macs``: the multiply-adds of one step's forward products when the hand-written CPU step runs, else
-    None. ``auto`` is bf16 only where it was measured to keep the ELBO (benchmarks/speed.py: MNIST's test -ELBO
-    after 10 epochs) and to pay: that step, large enough (``AUTO_BF16_MIN_MACS``), on a CPU with native
-    bfloat16 products.
+    ``macs``: the multiply-adds of one step's forward products (None or 0: unknown); ``fused_step``: whether the
+    hand-written CPU step runs (bf16 products) or autograd's (bf16 autocast). ``auto`` is bf16 only where it was
+    measured to keep the likelihood and to pay: a likelihood of ``AUTO_BF16_LIKELIHOODS``, a step large enough
+    for its kind, on a CPU with native bfloat16 products.
     """
     if precision != "auto":
         return precision, f"train.precision = {precision}"
@@ -73,9 +81,13 @@ def resolve_precision(precision: str, device: torch.device, fused_macs: int | No
         return "fp32", f"train.precision = auto: float32 on {device.type} (bf16 on request)"
     if isa is None:
         return "fp32", "train.precision = auto: float32, as this CPU has no native bfloat16 products"
-    if fused_macs is None:
-        return "fp32", "train.precision = auto: float32, as the step is autograd's"
-    if fused_macs < AUTO_BF16_MIN_MACS:
-        return "fp32", (f"train.precision = auto: float32, as a step's {fused_macs:,} multiply-adds are too few "
-                        f"for bfloat16 to pay: it needs {AUTO_BF16_MIN_MACS:,}")
-    return "bf16", f"train.precision = auto: bfloat16 products on this CPU's {isa}"
+    if likelihood not in AUTO_BF16_LIKELIHOODS:
+        return "fp32", (f"train.precision = auto: float32, as bfloat16 was measured to keep the likelihood of "
+                        f"{', '.join(AUTO_BF16_LIKELIHOODS)} models only, not {likelihood}")
+    least = AUTO_BF16_MIN_MACS if fused_step else AUTO_BF16_MIN_MACS_AUTOGRAD
+    if not macs or macs < least:
+        counted = f"{macs:,} multiply-adds are" if macs else "multiply-adds could not be counted and are"
+        return "fp32", (f"train.precision = auto: float32, as a step's {counted} too few for bfloat16 to pay: "
+                        f"it needs {least:,}")
+    how = "products" if fused_step else "autocast"
+    return "bf16", f"train.precision = auto: bfloat16 {how} on this CPU's {isa}"

@@ -9,6 +9,7 @@ real model; training compares the estimate with the memory the device has.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -48,6 +49,37 @@ def activation_bytes(model: VAE, batch_size: int, iw_k: int = 1) -> int:
         except (RuntimeError, NotImplementedError, ValueError) as e:  # the weights alone are estimated then
             log.debug("no activation estimate for this model on the meta device: %s", e)
             return 0
+    return total[0]
+
+
+def forward_multiply_adds(config: ModelConfig, batch_size: int) -> int:
+    """Multiply-adds of the linear layers and convolutions in one forward pass of ``batch_size`` examples of a
+    model of ``config`` (``model.data_shape`` set), counted on the meta device; 0 for a model with a part that
+    needs values to run. Products outside those modules (a mixture prior's, a flow's masks) are not counted."""
+    model = on_meta(config)
+    x = torch.empty(batch_size, *model.data_shape, device="meta")  # (B, *data_shape)
+    y = torch.zeros(batch_size, dtype=torch.long, device="meta") if model.n_classes else None
+    total = [0]
+
+    def count(module: nn.Module, inputs: Any, output: Any) -> None:
+        if isinstance(module, nn.Linear):  # every output is a dot product of in_features terms
+            total[0] += output.numel() * module.in_features
+        elif isinstance(module, nn.modules.conv._ConvNd):  # ... of (in_channels / groups) x kernel terms
+            per_output = module.in_channels // module.groups * math.prod(module.kernel_size)
+            if isinstance(module, nn.modules.conv._ConvTransposeNd):  # each input meets the kernel once
+                total[0] += inputs[0].numel() * module.out_channels // module.groups * math.prod(module.kernel_size)
+            else:
+                total[0] += output.numel() * per_output
+
+    handle = nn.modules.module.register_module_forward_hook(count)
+    try:
+        with torch.no_grad():
+            model(x, y)
+    except (RuntimeError, NotImplementedError, ValueError) as e:
+        log.debug("no multiply-add count for this model on the meta device: %s", e)
+        return 0
+    finally:
+        handle.remove()
     return total[0]
 
 

@@ -12,6 +12,7 @@ import logging
 from torch import Tensor
 
 from vaekit import devices, objectives
+from vaekit.model import size
 from vaekit.training import distributed, fused, graphs
 from vaekit.training.run import Run
 from vaekit.training.steps import StepOptions, train_step
@@ -27,8 +28,9 @@ def choose(run: Run) -> str:
     if blocker is None and run.streamed:
         blocker = "the data is read from disk in pieces, and the graph gathers its batches on the device"
     why_not = fused.blocker(run.model, tc, device, world)  # off the CPU: that it is the CPU's step
-    macs = fused.multiply_adds(run.model, tc.batch_size) if why_not is None else None
-    precision, why_precision = devices.resolve_precision(tc.precision, device, macs)
+    macs = _multiply_adds(run, why_not is None) if device.type == "cpu" and tc.precision == "auto" else None
+    precision, why_precision = devices.resolve_precision(tc.precision, device, macs, run.model.config.likelihood,
+                                                         fused_step=why_not is None)
     run.precision = precision
     options = StepOptions(objectives.Objective(tc.objective, tc.iw_k, tc.free_bits_floor),
                           distributed.wrap(run.model, run.ctx, device), precision == "bf16",
@@ -47,6 +49,14 @@ def choose(run: Run) -> str:
         path = f"step: autograd, not the fused CPU step: {why_not}"
     run.options = options
     return f"{path}; {precision} ({why_precision})"
+
+
+def _multiply_adds(run: Run, fused_step: bool) -> int:
+    """One step's forward multiply-adds: the fused step's products, or those of the model's layers on the meta
+    device (0 where they cannot be counted there)."""
+    if fused_step:
+        return fused.multiply_adds(run.model, run.config.train.batch_size)
+    return size.forward_multiply_adds(run.model.config, run.config.train.batch_size)
 
 
 def use_static_step(run: Run) -> None:
