@@ -116,8 +116,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
                    f"{_default('train.seed')})")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="auto: cuda when there is a GPU")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
-                   help="bf16: matrix products in bfloat16, loss in fp32; auto (default): bf16 for the fused CPU "
-                        "step on a CPU with AMX or AVX512-BF16, fp32 otherwise")
+                   help="bf16: matrix products in bfloat16, loss in fp32; auto (default): bf16 on a CPU with AMX "
+                        "or AVX512-BF16 for a Bernoulli model with a large enough step, fp32 otherwise")
     p.add_argument("--checkpoint-every", type=int, help="checkpoint every N epochs (default 1; 0: only at the end)")
     p.add_argument("--early-stopping-patience", type=int, help="stop after N epochs without a better validation "
                    "-ELBO and keep the best weights (default 0: off; needs a validation split)")
