@@ -107,3 +107,21 @@ def test_embed_command_writes_file_plot_and_probe(tmp_path, capsys):
     one = 1 / len(test_y) + 1e-4  # printed to 4 decimals; a tie may fall either way
     assert abs(vae_acc - expected_vae) <= one and abs(pca_acc - expected_pca) <= one
     assert vae_acc > 0.5 and pca_acc > 0.5  # far above the 0.1 of chance: both carry the digit
+
+
+def test_the_probes_pca_is_fitted_on_a_bounded_subset_and_projects_in_batches(monkeypatch):
+    from sklearn.decomposition import PCA
+
+    splits = vaekit.load_data(digits_config().data)
+    x_train, x_test = splits.train.x, splits.test.x
+    whole = embedding._pca_features(x_train, x_test, 4)
+    monkeypatch.setattr(embedding, "PCA_BATCH", 100)  # projected 100 rows at a time: the same features
+    for got, want in zip(embedding._pca_features(x_train, x_test, 4), whole, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    fitted = []
+    monkeypatch.setattr(PCA, "fit", lambda self, x, y=None, _fit=PCA.fit: fitted.append(x.shape) or _fit(self, x))
+    monkeypatch.setattr(embedding, "PCA_FIT_BYTES", 4 * 64 * 300)  # room for 300 rows of 64 float32 pixels
+    sub_train, sub_test = embedding._pca_features(x_train, x_test, 4)
+    assert fitted == [(300, 64)] and sub_train.shape == (len(x_train), 4) and sub_test.shape == (len(x_test), 4)
+    y = splits.train.y.numpy()
+    assert embedding.knn_accuracy(sub_train, y, sub_test, splits.test.y.numpy()) > 0.5  # still the digits' axes

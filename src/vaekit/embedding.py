@@ -12,13 +12,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vaekit.batches import batched
+from vaekit.batches import batched, floats
 from vaekit.errors import DataError
 from vaekit.fileio import atomic_path
 from vaekit.model import VAE, Latent
 
 PROJECTIONS = ("pca", "tsne")
 LAYERS = ("top", "all")
+PCA_FIT_BYTES = 2**30  # the probe's PCA is fitted on at most this much float32 data (MNIST: all 60,000 rows)
+PCA_BATCH = 10_000  # rows projected at a time
 
 
 @torch.no_grad()
@@ -115,19 +117,33 @@ def probe(model: VAE, x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: 
     A conditional model encodes each input with its own label, so the probe measures how much of the class
     its latent code still carries.
     """
-    from sklearn.decomposition import PCA
-
     z_train = posterior_means(model, x_train, y=model.labels_of(y_train, "the probe's training data"),
                               layers=layers).numpy()
     z_test = posterior_means(model, x_test, y=model.labels_of(y_test, "the probe's test data"), layers=layers).numpy()
     ytr, yte = y_train.numpy(), y_test.numpy()
-    raw_train, raw_test = x_train.flatten(1).numpy(), x_test.flatten(1).numpy()
     dim = z_train.shape[1]
-    pca = PCA(dim, random_state=0).fit(raw_train)  # seeded: the randomized solver serves large data
-    return ProbeResult(
-        k, dim, knn_accuracy(z_train, ytr, z_test, yte, k),
-        knn_accuracy(pca.transform(raw_train), ytr, pca.transform(raw_test), yte, k), len(ytr), len(yte),
-    )
+    p_train, p_test = _pca_features(x_train, x_test, dim)
+    return ProbeResult(k, dim, knn_accuracy(z_train, ytr, z_test, yte, k), knn_accuracy(p_train, ytr, p_test, yte, k),
+                       len(ytr), len(yte))
+
+
+def _pca_features(x_train: Tensor, x_test: Tensor, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """The rows' first ``dim`` principal components, in float32: PCA fitted on at most PCA_FIT_BYTES of training
+    rows (a seeded random subset beyond that), every row projected a batch at a time, so the probe's memory
+    stays bounded however large the data (the bytes of a stored dataset become values one batch at a time)."""
+    from sklearn.decomposition import PCA
+
+    rows = min(len(x_train), max(dim + 1, PCA_FIT_BYTES // (4 * x_train[0].numel())))
+    if rows < len(x_train):
+        x_fit = x_train[torch.from_numpy(np.sort(np.random.default_rng(0).choice(len(x_train), rows, False)))]
+    else:
+        x_fit = x_train
+    pca = PCA(dim, random_state=0).fit(floats(x_fit).flatten(1).numpy())  # seeded: the randomized solver
+
+    def project(xb: Tensor, _: Tensor | None) -> Tensor:
+        return torch.from_numpy(pca.transform(xb.flatten(1).numpy()))
+
+    return tuple(batched(project, x, batch_size=PCA_BATCH).numpy() for x in (x_train, x_test))
 
 
 def save(path: str | Path, z: Tensor, labels: Tensor | None) -> Path:
