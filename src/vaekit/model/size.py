@@ -64,12 +64,10 @@ def forward_multiply_adds(config: ModelConfig, batch_size: int) -> int:
     def count(module: nn.Module, inputs: Any, output: Any) -> None:
         if isinstance(module, nn.Linear):  # every output is a dot product of in_features terms
             total[0] += output.numel() * module.in_features
-        elif isinstance(module, nn.modules.conv._ConvNd):  # ... of (in_channels / groups) x kernel terms
-            per_output = module.in_channels // module.groups * math.prod(module.kernel_size)
-            if isinstance(module, nn.modules.conv._ConvTransposeNd):  # each input meets the kernel once
-                total[0] += inputs[0].numel() * module.out_channels // module.groups * math.prod(module.kernel_size)
-            else:
-                total[0] += output.numel() * per_output
+        elif isinstance(module, nn.modules.conv._ConvTransposeNd):  # each input meets its kernel slice once
+            total[0] += inputs[0].numel() * module.out_channels // module.groups * math.prod(module.kernel_size)
+        elif isinstance(module, nn.modules.conv._ConvNd):  # each output: (in_channels / groups) x kernel terms
+            total[0] += output.numel() * module.in_channels // module.groups * math.prod(module.kernel_size)
 
     handle = nn.modules.module.register_module_forward_hook(count)
     try:
