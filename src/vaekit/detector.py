@@ -101,13 +101,12 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         self.vaes_ = [self._fit_model(X, int(rng.randint(2**31 - 1)), lik) for lik in self._likelihoods
                       for _ in range(self.n_models)]
         self.vae_ = self.vaes_[0]
-        if self._reads_latents:
-            codes = self.vae_.transform(X)
-            if self.score_method.endswith("knn"):
-                self.neighbors_ = NearestNeighbors(n_neighbors=min(self.n_neighbors, len(X) - 1)).fit(codes)
-            else:
-                self.forest_ = IsolationForest(random_state=int(rng.randint(2**31 - 1))).fit(codes)
-        parts = self._parts(X)
+        codes = self.vae_.transform(X) if self._reads_latents else None
+        if codes is not None and self.score_method.endswith("knn"):
+            self.neighbors_ = NearestNeighbors(n_neighbors=min(self.n_neighbors, len(X) - 1)).fit(codes)
+        elif codes is not None:
+            self.forest_ = IsolationForest(random_state=int(rng.randint(2**31 - 1))).fit(codes)
+        parts = self._parts(X, codes)
         self.scales_ = [(float(np.median(p)), _iqr(p)) for p in parts]
         anomaly_scores = self._combine(parts)
         self.threshold_ = self._threshold(anomaly_scores)
@@ -155,15 +154,15 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
     def _reads_latents(self) -> bool:
         return self.score_method in LATENT_SCORES
 
-    def _parts(self, X: Any) -> list[np.ndarray]:
-        """The anomaly scores the method combines, each (n,)."""
+    def _parts(self, X: Any, codes: np.ndarray | None = None) -> list[np.ndarray]:
+        """The anomaly scores the method combines, each (n,); ``codes``: X's latent codes, when already made."""
         parts = []
         if "elbo" in self.score_method or not self._reads_latents:  # X is validated: members only standardize it
             method = "elbo" if self._reads_latents else self.score_method
             x, n = torch.from_numpy(np.ascontiguousarray(X)), self.n_score_samples
             parts += [anomaly.score(v.model_, v._prepare(x), method, n).double().numpy() for v in self.vaes_]
         if self._reads_latents:
-            codes = self.vae_.transform(X)
+            codes = self.vae_.transform(X) if codes is None else codes
             parts.append(self._knn_distance(codes) if self.score_method.endswith("knn")
                          else -self.forest_.score_samples(codes).astype(np.float64))
         return parts

@@ -23,20 +23,24 @@ def resolve_device(name: str | torch.device) -> torch.device:
         raise VaekitError(f"unknown device {name!r}: expected auto, cpu, cuda or cuda:N") from e
 
 
-def cpu_features() -> dict[str, bool]:
-    """The CPU's instruction-set flags as PyTorch detects them (``torch.cpu.get_capabilities``); {} where this
-    PyTorch cannot say."""
+def _capabilities() -> dict:
+    """``torch.cpu.get_capabilities()``: the CPU's name and instruction-set flags; {} where this PyTorch cannot
+    say."""
     get = getattr(torch.cpu, "get_capabilities", None)
     try:
-        return {k: v for k, v in get().items() if isinstance(v, bool)} if get else {}
+        return get() if get else {}
     except RuntimeError:
         return {}
 
 
+def cpu_features() -> dict[str, bool]:
+    """The CPU's instruction-set flags as PyTorch detects them; {} where this PyTorch cannot say."""
+    return {k: v for k, v in _capabilities().items() if isinstance(v, bool)}
+
+
 def cpu_name() -> str:
     """The CPU's model name as PyTorch reads it (e.g. 'AMD EPYC'), or the machine's architecture."""
-    get = getattr(torch.cpu, "get_capabilities", None)
-    name = get().get("cpu_name") if get else None
+    name = _capabilities().get("cpu_name")
     return str(name) if name else (platform.processor() or platform.machine())
 
 
@@ -76,9 +80,9 @@ def resolve_precision(precision: str, device: torch.device, macs: int | None, li
     """
     if precision != "auto":
         return precision, f"train.precision = {precision}"
-    isa = cpu_bf16_isa() if device.type == "cpu" else None
     if device.type != "cpu":
         return "fp32", f"train.precision = auto: float32 on {device.type} (bf16 on request)"
+    isa = cpu_bf16_isa()
     if isa is None:
         return "fp32", "train.precision = auto: float32, as this CPU has no native bfloat16 products"
     if likelihood not in AUTO_BF16_LIKELIHOODS:

@@ -154,8 +154,7 @@ class VAE(nn.Module):
                 mean: bool = False, prior_below: int = 0) -> Pass:
         """One reparameterised pass: every layer's z ~ q(z|x) with log q, log p and the KL, and p(x|z)."""
         c = self.condition(y, len(x))  # checked once: a label check reads the labels back from the device
-        latents, h = self._descend(self._encoded(x, c), k, eps, mean, prior_below)
-        return Pass(latents, self._likelihood(latents[-1].z, h, c))
+        return self._pass(self._encoded(x, c), c, k, eps, mean, prior_below)
 
     def passes(self, x: Tensor, y: Tensor | None = None, prior_below: int = 0) -> Callable[..., Pass]:
         """``draw(k, eps=None)``, the pass ``self(x, y, k, eps, prior_below=prior_below)``, for the same inputs
@@ -165,12 +164,13 @@ class VAE(nn.Module):
         VampPrior its K pseudo-inputs); the draws, and so the values, are those of the separate calls."""
         c = self.condition(y, len(x))
         enc = self._encoded(x, c)
+        return lambda k, eps=None: self._pass(enc, c, k, eps, False, prior_below)
 
-        def draw(k: int | None, eps: Tensor | None = None) -> Pass:
-            latents, h = self._descend(enc, k, eps, False, prior_below)
-            return Pass(latents, self._likelihood(latents[-1].z, h, c))
-
-        return draw
+    def _pass(self, enc: _Encoded, c: Tensor | None, k: int | None, eps: Tensor | None, mean: bool,
+              prior_below: int) -> Pass:
+        """The pass from encoded inputs and their one-hot condition c: the latents, then p(x|z)."""
+        latents, h = self._descend(enc, k, eps, mean, prior_below)
+        return Pass(latents, self._likelihood(latents[-1].z, h, c))
 
     def _split(self, eps: Tensor | None) -> list[Tensor | None]:
         """Shared noise (k, noise_dim) cut into each layer's (k, L_l)."""
