@@ -220,6 +220,11 @@ def test_the_detect_command_is_the_detector_on_a_table(tmp_path, capsys):
                  "-o", str(out)]) == 2
     assert "narrow.csv has 5 feature columns" in capsys.readouterr().err
     assert main(["detect", str(table), "--contamination", "most"]) == 2
+    assert "--contamination 'most'" in capsys.readouterr().err
+    for args, message in ((["--contamination", "0.7"], "contamination must be 'auto' or a fraction in (0, 0.5], "
+                           "got 0.7"), (["--steps", "0"], "steps must be >= 1")):  # the detector's own checks
+        assert main(["detect", str(table), *args, "-o", str(tmp_path / "none.csv")]) == 2
+        assert message in capsys.readouterr().err and not (tmp_path / "none.csv").exists()
 
 
 def test_score_samples_is_the_elbo_computed_independently():

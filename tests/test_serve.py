@@ -245,9 +245,15 @@ def test_table_model_takes_arrays_only(table_client):
     info = ok(table_client.get("/v1/info"))
     assert info["data_shape"] == [5] and info["image"] is False and info["examples"] == 0
     ok(table_client.post("/v1/score", json={"x": [[0.1, -2.0, 3.0, 0.0, 1e3]], "details": True}))
-    for path, body in [("/v1/sample", {"n": 2}), ("/v1/score", {"x": [[0.0] * 5]})]:  # score: whatever details says
+    d = info["latent_dim"]
+    refused = [("/v1/sample", {"n": 2}), ("/v1/decode", {"z": [[0.0] * d]}), ("/v1/reconstruct", {"x": [[0.0] * 5]}),
+               ("/v1/interpolate", {"z": [[0.0] * d, [1.0] * d]}),
+               ("/v1/score", {"x": [[0.0] * 5]})]  # score: whatever details says
+    for path, body in refused:  # refused as the request is read, the field named
         r = table_client.post(path, json={**body, "format": "png"})
-        assert r.status_code == 422 and "format png needs image data" in r.json()["detail"], path
+        assert r.status_code == 422 and [e["loc"] for e in r.json()["errors"]] == [["body", "format"]], path
+        assert "format png needs image data" in r.json()["detail"], path
+        assert table_client.post(path, json={**body, "format": "array"}).status_code == 200, path
     assert table_client.post("/v1/score/upload", files=[("files", ("a.png", b"", "image/png"))]).status_code == 404
     r = table_client.post("/v1/encode", json={"x": [png_b64(digits(1)[0])]})
     assert r.status_code == 422 and "data has shape (5,)" in r.json()["detail"]

@@ -28,6 +28,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from vaekit import anomaly
+from vaekit.errors import ConfigError
 from vaekit.estimator import VAEEstimator, validate_data
 
 MIN_STEPS = 1000  # optimizer steps at least: below this a VAE has not left its initial state
@@ -132,13 +133,16 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         return est.fit(X[s <= np.quantile(s, 1 - self.trim)])
 
     def _check_params(self) -> None:
+        """ConfigError (a ValueError, as scikit-learn raises) naming the first argument out of its range."""
         c = self.contamination
         if not (c == "auto" or (isinstance(c, (int, float)) and 0 < c <= 0.5)):
-            raise ValueError(f"contamination must be 'auto' or a fraction in (0, 0.5], got {c!r}")
+            raise ConfigError(f"contamination must be 'auto' or a fraction in (0, 0.5], got {c!r}")
         if not 0 <= self.trim < 0.5:
-            raise ValueError(f"trim must be a fraction in [0, 0.5), got {self.trim!r}")
+            raise ConfigError(f"trim must be a fraction in [0, 0.5), got {self.trim!r}")
         if self.n_neighbors < 1:
-            raise ValueError(f"n_neighbors must be >= 1, got {self.n_neighbors}")
+            raise ConfigError(f"n_neighbors must be >= 1, got {self.n_neighbors}")
+        if self.steps is not None and self.steps < 1:
+            raise ConfigError(f"steps must be >= 1 (or None: from the data), got {self.steps}")
 
     def _estimator(self, shape: tuple[int, int], seed: int, likelihood: str) -> VAEEstimator:
         n, d = shape

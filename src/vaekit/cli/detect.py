@@ -40,14 +40,14 @@ def cmd_detect(args: argparse.Namespace) -> int:
     if scored.x.shape[1] != fitted.x.shape[1]:
         raise DataError(f"{args.score_table} has {scored.x.shape[1]} feature columns; {args.table} has "
                         f"{fitted.x.shape[1]}")
-    if args.steps is not None and args.steps < 1:
-        raise ConfigError(f"--steps must be >= 1, got {args.steps}")
     detector = VAEAnomalyDetector(contamination=_contamination(args.contamination), random_state=args.seed,
                                   steps=args.steps)
     print(f"fitting VAEAnomalyDetector on {len(fitted.x)} rows of {fitted.x.shape[1]} features of {args.table}",
           flush=True)
     try:
         detector.fit(fitted.x)
+    except ConfigError:  # an argument out of range, named by the detector
+        raise
     except ValueError as e:  # scikit-learn's validation: NaN, infinity, too few rows
         raise DataError(f"{args.table}: {e}") from None
     scores = -detector.score_samples(scored.x)
@@ -62,12 +62,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 
 def _contamination(text: str) -> float | str:
-    if text == "auto":
-        return text
+    """'auto' or a number; its range is the detector's to check."""
     try:
-        value = float(text)
+        return text if text == "auto" else float(text)
     except ValueError:
-        value = -1.0
-    if not 0 < value <= 0.5:
-        raise ConfigError(f"--contamination {text!r}: expected 'auto' or a fraction in (0, 0.5]")
-    return value
+        raise ConfigError(f"--contamination {text!r}: expected 'auto' or a fraction in (0, 0.5]") from None

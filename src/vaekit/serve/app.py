@@ -134,20 +134,17 @@ def add_generative_routes(r: APIRouter, service: ModelService, models: RequestMo
     @r.post("/sample", response_model=schemas.SampleResponse)
     def sample(req: models.sample) -> dict[str, Any]:
         """``n`` decoded draws from the prior N(0, T^2 I), seeded (a fresh seed is drawn and returned if omitted)."""
-        service.check_format(req.format)
         seed = req.seed if req.seed is not None else secrets.randbelow(2**31)
         return {**images(service.sample(req.n, req.temperature, seed, req.label), req.format), "seed": seed}
 
     @r.post("/decode", response_model=schemas.ImagesResponse)
     def decode(req: models.decode) -> dict[str, Any]:
         """E[x|z] for each latent code."""
-        service.check_format(req.format)
         return images(service.decode(req.z, req.label), req.format)
 
     @r.post("/interpolate", response_model=schemas.InterpolateResponse)
     def interpolate(req: models.interpolate) -> dict[str, Any]:
         """The decoded path between two inputs' posterior means (or two codes), straight or along a great circle."""
-        service.check_format(req.format)
         codes, x = service.interpolate(req.x, req.z, req.steps, req.method, req.label)
         return {**images(x, req.format), "z": codec.floats(codes, "the path")}
 
@@ -163,13 +160,11 @@ def add_input_routes(r: APIRouter, service: ModelService, models: RequestModels)
     @r.post("/reconstruct", response_model=schemas.ImagesResponse)
     def reconstruct(req: models.reconstruct) -> dict[str, Any]:
         """E[x|z = mu(x)] for each input."""
-        service.check_format(req.format)
         return images(service.reconstruct(req.x, req.label), req.format)
 
     @r.post("/score", response_model=schemas.ScoreResponse)
     def score(req: models.score) -> dict[str, Any]:
         """Anomaly scores; flags against the run's stored threshold when there is one for this score."""
-        service.check_format(req.format)
         return scored(service.score(req.x, req.label, req.method, req.details), req.format)
 
 
@@ -223,7 +218,6 @@ def add_upload_routes(r: APIRouter, service: ModelService, models: RequestModels
     async def score_upload(request: Request) -> dict[str, Any]:
         """/v1/score for uploaded PNG files (at most as many as the model's costliest score takes)."""
         files, f = await read_form(request, forms["score"], most["score"])
-        service.check_format(f.format)
         return scored(await run_in_threadpool(service.score, files, f.label, f.method, f.details), f.format)
 
 

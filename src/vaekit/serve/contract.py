@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from vaekit import anomaly
 from vaekit.serve import codec, schemas
@@ -191,10 +191,25 @@ def upload_body(c: Contract, fields: type[BaseModel], max_files: int = schemas.M
     return {"required": True, "content": {"multipart/form-data": {"schema": schema, "encoding": encoding}}}
 
 
-def _subclass(base: type[BaseModel], edit: Callable[[JsonSchema], None]) -> Any:
-    # A subclass per served model: the same fields and checks, with this model's schema.
+def _subclass(base: type[BaseModel], edit: Callable[[JsonSchema], None], checks: dict[str, Any] | None = None) -> Any:
+    # A subclass per served model: the same fields and checks (and ``checks``, validators), with this model's schema.
     return type(base.__name__, (base,), {"model_config": ConfigDict(json_schema_extra=edit),
-                                         "__module__": base.__module__, "__doc__": base.__doc__})
+                                         "__module__": base.__module__, "__doc__": base.__doc__, **(checks or {})})
+
+
+def _format_check(c: Contract, base: type[BaseModel]) -> dict[str, Any]:
+    """For a model whose data are not images, a validator refusing format png (whether or not the request makes
+    images): the value is checked where it enters, as the schema's enum says."""
+    if c.image or "format" not in base.model_fields:
+        return {}
+
+    def array_only(cls: type, fmt: str) -> str:
+        if fmt == "png":
+            raise ValueError(f"format png needs image data, but this model's data has shape {c.data_shape}; "
+                             "ask for format array")
+        return fmt
+
+    return {"format_for_this_model": field_validator("format")(array_only)}
 
 
 @dataclass(frozen=True)
@@ -213,12 +228,13 @@ class RequestModels:
     @classmethod
     def build(cls, c: Contract) -> RequestModels:
         def narrowed(base: type[BaseModel], batch_key: str = "x") -> Any:
-            return _subclass(base, lambda schema: refine(c, schema, batch_key))
+            return _subclass(base, lambda schema: refine(c, schema, batch_key), _format_check(c, base))
 
         uploads = {"encode": narrowed(schemas.EncodeUploadFields, "files"),
                    "reconstruct": narrowed(schemas.ReconstructUploadFields, "files"),
                    "score": narrowed(schemas.ScoreUploadFields, "files")}
         return cls(narrowed(schemas.SampleRequest), narrowed(schemas.DecodeRequest),
                    narrowed(schemas.EncodeLayersRequest), narrowed(schemas.ReconstructRequest),
-                   _subclass(schemas.InterpolateRequest, lambda schema: refine_interpolate(c, schema)),
+                   _subclass(schemas.InterpolateRequest, lambda schema: refine_interpolate(c, schema),
+                             _format_check(c, schemas.InterpolateRequest)),
                    narrowed(schemas.ScoreRequest), uploads, c)

@@ -104,12 +104,6 @@ class ModelService:
         """The score ``method`` names; omitted: the stored threshold's score, else elbo."""
         return method or (self.threshold.score if self.threshold else "elbo")
 
-    def check_format(self, fmt: str) -> None:
-        """Refuse PNG output for a model whose data are not images, whether or not the request makes images."""
-        if fmt == "png" and not self.is_image:
-            raise DataError(f"format png needs image data, but this model's data has shape {self.data_shape}; "
-                            "ask for format array")
-
     @contextmanager
     def _inference(self) -> Iterator[None]:
         with self._lock, torch.no_grad():
