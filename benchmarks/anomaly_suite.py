@@ -106,12 +106,13 @@ def synthetic_tasks(data_dir: Path) -> list[Task]:
     return tasks
 
 
-def held_out(x: np.ndarray, y: np.ndarray, cls: int, rate: float, name: str) -> Task:
-    """Class ``cls`` as the outliers, subsampled (fixed seed) to ``rate`` of all rows."""
+def held_out(x: np.ndarray, y: np.ndarray, cls: int, rate: float, name: str, family: str = "classes") -> Task:
+    """Class ``cls`` as the outliers, subsampled (fixed seed) to ``rate`` of all rows (all of them where the
+    class has fewer)."""
     inliers, outliers = x[y != cls], x[y == cls]
     n = max(3, round(rate / (1 - rate) * len(inliers)))
     pick = np.random.default_rng(cls).choice(len(outliers), size=min(n, len(outliers)), replace=False)
-    return ("classes", f"{name}-{cls}@{rate:g}", np.vstack([inliers, outliers[pick]]),
+    return (family, f"{name}-{cls}@{rate:g}", np.vstack([inliers, outliers[pick]]),
             np.r_[np.zeros(len(inliers), int), np.ones(len(pick), int)])
 
 
@@ -122,6 +123,15 @@ def class_tasks() -> list[Task]:
     keep = digits.data.std(axis=0) > 0
     tasks += [held_out(digits.data[:, keep], digits.target, c, 0.05, "digits") for c in (0, 3, 5, 7, 9)]
     return tasks
+
+
+def dense_tasks() -> list[Task]:
+    """Held-out classes as a large share of the rows (20 to 35%): outliers that a fit on the contaminated
+    training part may learn as normal (ODDS sets reach 36%)."""
+    cancer, wine, iris = datasets.load_breast_cancer(), datasets.load_wine(), datasets.load_iris()
+    tasks = [held_out(cancer.data, cancer.target, 0, rate, "breast-cancer", "dense") for rate in (0.2, 0.35)]
+    tasks += [held_out(wine.data, wine.target, c, 0.3, "wine", "dense") for c in range(3)]
+    return tasks + [held_out(iris.data, iris.target, c, 0.3, "iris", "dense") for c in (1, 2)]
 
 
 def standardized(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -215,7 +225,7 @@ def main() -> None:
     p.add_argument("--detectors", default="vaekit,vaekit-old,iforest,knn,ae")
     p.add_argument("--vae", action="append", default=[], metavar="NAME=JSON",
                    help="a VAEAnomalyDetector variant, e.g. z8='{\"latent_dim\": 8}'")
-    p.add_argument("--families", default="odds,local,global,dependency,clustered,classes")
+    p.add_argument("--families", default="odds,local,global,dependency,clustered,classes,dense")
     p.add_argument("--out", type=Path, help="append each result to this JSON-lines file")
     args = p.parse_args()
     import torch
@@ -225,7 +235,7 @@ def main() -> None:
     names = args.detectors.split(",") + [n for n in variants if n not in args.detectors.split(",")]
     keep = set(args.families.split(","))
     synthetic = synthetic_tasks(args.data_dir) if keep & set(SYNTHETIC) else []  # mixtures to fit: seconds
-    tasks = [t for t in odds_tasks(args.data_dir) + synthetic + class_tasks() if t[0] in keep]
+    tasks = [t for t in odds_tasks(args.data_dir) + synthetic + class_tasks() + dense_tasks() if t[0] in keep]
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     print(f"{len(tasks)} tasks; seeds {seeds.start}..{seeds.stop - 1}")
     print(table(run(tasks, detectors(names, variants), seeds, args.out)))

@@ -323,10 +323,11 @@ def test_anomaly_odds(bench, mnist):
 def test_anomaly_suite_tasks_and_table(bench, mnist, tmp_path):
     import anomaly_suite as suite
 
-    tasks = suite.odds_tasks(mnist) + suite.class_tasks()  # the synthetic ones: the test below
-    assert {t[0] for t in tasks} == {"odds", "classes"}
-    for _, name, x, y in tasks:
+    tasks = suite.odds_tasks(mnist) + suite.class_tasks() + suite.dense_tasks()  # the synthetic ones: below
+    assert {t[0] for t in tasks} == {"odds", "classes", "dense"}
+    for family, name, x, y in tasks:
         assert len(x) == len(y) and np.isfinite(x).all() and 0 < y.mean() < 0.5, name
+        assert (0.19 < y.mean() < 0.36) == (family == "dense"), name  # dense: outliers a large share
     out_file = tmp_path / "suite.jsonl"
     out = bench("anomaly_suite.py", "--families", "odds", "--seeds", "1", "--detectors", "iforest",
                 "--vae", 'tiny={"steps": 20, "hidden": [8], "latent_dim": 2}', "--data-dir", str(mnist),
