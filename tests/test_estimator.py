@@ -13,7 +13,8 @@ import vaekit
 from vaekit.estimator import VAEAnomalyDetector, VAEEstimator
 
 FAST = {"epochs": 2, "hidden": (16,), "latent_dim": 2}
-FAST_DETECTOR = {"steps": 30, "hidden": (16,), "latent_dim": 2, "likelihood": "gaussian", "trim": 0.0}  # one fit
+FAST_DETECTOR = {"steps": 30, "hidden": (16,), "latent_dim": 2, "likelihood": "gaussian", "trim": 0.0,
+                 "n_models": 1}  # one fit
 
 
 def expected_failures(estimator):
@@ -91,7 +92,7 @@ def test_detector_defaults_follow_the_data():
     assert detector.auto_sizes(1000) == ((256,), 16)
     assert detector.auto_steps(88, 64) == detector.auto_steps(800, 64) == detector.MIN_STEPS
     assert detector.auto_steps(20_000, 64) == 10 * 313
-    det = VAEAnomalyDetector(likelihood="gaussian", trim=0.0, random_state=0).fit(
+    det = VAEAnomalyDetector(likelihood="gaussian", trim=0.0, n_models=1, random_state=0).fit(
         np.random.default_rng(0).normal(size=(88, 21)))
     model = det.vae_.model_
     assert (model.config.hidden, model.latent_dim) == ((42,), 6)
@@ -124,7 +125,8 @@ def test_detector_follows_scikit_learn_conventions():
 def test_the_default_detector_is_an_ensemble_of_two_likelihoods_fitted_without_its_worst_rows():
     X = np.vstack([plane_data(), np.random.default_rng(3).normal(scale=40, size=(15, 6)) + 100])
     det = VAEAnomalyDetector(steps=200, random_state=0).fit(X)
-    assert [v.model_.config.likelihood for v in det.vaes_] == ["gaussian", "gaussian-learned"]
+    assert [v.model_.config.likelihood for v in det.vaes_] == ["gaussian"] * 2 + ["gaussian-learned"] * 2
+    assert len({v.random_state for v in det.vaes_}) == 4  # two seeds of each
     untrimmed = VAEAnomalyDetector(steps=50, likelihood="gaussian", trim=0.0, random_state=0).fit(X)
     for v in det.vaes_:  # standardized by the rows each was fitted on: without the planted outliers' spread
         assert (v.standardizer_.std < 0.95 * untrimmed.vae_.standardizer_.std).all()
@@ -154,10 +156,12 @@ def test_the_latent_isolation_forest_scores_the_codes_and_combines_with_the_elbo
     np.testing.assert_allclose(alone.decision_scores_, -alone.forest_.score_samples(codes))  # the codes' isolation
     assert alone.forest_.n_features_in_ == codes.shape[1] == alone.vae_.model_.latent_dim
     assert np.median(alone.decision_scores_[-15:]) > np.quantile(alone.decision_scores_[:-15], 0.9)
+    assert len(alone.vaes_) == 1  # the codes of one VAE: the default ensemble's other members would go unread
     both = VAEAnomalyDetector(score_method="elbo+iforest", likelihood="gaussian", steps=300, random_state=0).fit(X)
-    elbo = -both.vae_.score_samples(X)
+    elbos = [-v.score_samples(X) for v in both.vaes_]  # n_models = 2 seeds
     forest = -both.forest_.score_samples(both.vae_.transform(X))
-    scaled = [(s - np.median(s)) / np.subtract(*np.quantile(s, [0.75, 0.25])) for s in (elbo, forest)]
+    scaled = [(s - np.median(s)) / np.subtract(*np.quantile(s, [0.75, 0.25])) for s in (*elbos, forest)]
+    assert len(scaled) == 3
     np.testing.assert_allclose(both.decision_scores_, np.mean(scaled, axis=0), rtol=1e-4, atol=1e-5)
 
 
