@@ -138,6 +138,25 @@ def test_the_default_detector_is_an_ensemble_of_two_likelihoods_fitted_without_i
     assert len({v.random_state for v in three.vaes_}) == 3
 
 
+def test_the_detector_reports_its_fitting_steps_inside_a_progress_block(capsys):
+    """Inside a command's progress block the fit counts every optimizer step of every member: 300 rows in batches
+    of 64 are 5 steps an epoch, so steps=40 is 8 epochs and the brief fit's 10 steps 2 epochs; the full fit sees
+    the 210 rows left by trim=0.3, 4 steps an epoch, 10 epochs: 10 + 40 = 50 steps a member, 4 members."""
+    import io
+
+    from vaekit import progress
+
+    X = plane_data(300)
+    out = io.StringIO()
+    with progress.report("detect", stream=out, interval=0):
+        VAEAnomalyDetector(steps=40, random_state=0).fit(X)
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("fitting 4 VAEs: 1/200 steps") and lines[-1].startswith("fitting 4 VAEs: 199/200")
+    capsys.readouterr()
+    VAEAnomalyDetector(steps=40, random_state=0, n_models=1).fit(X)  # outside a progress block: nothing said
+    assert capsys.readouterr() == ("", "")
+
+
 def test_the_latent_neighbour_score_leaves_a_row_out_of_its_own_neighbours():
     X = np.vstack([plane_data(), np.random.default_rng(3).normal(scale=40, size=(15, 6)) + 100])
     det = VAEAnomalyDetector(score_method="knn", n_neighbors=1, steps=300, random_state=0).fit(X)

@@ -28,9 +28,10 @@ from sklearn.neighbors import NearestNeighbors
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from vaekit import anomaly
+from vaekit import anomaly, progress
 from vaekit.errors import ConfigError
 from vaekit.estimator import VAEEstimator, validate_data
+from vaekit.training import Callback
 
 MIN_STEPS = 1000  # optimizer steps at least: below this a VAE has not left its initial state
 EPOCHS = 10  # beyond the floor, passes over the data
@@ -101,7 +102,10 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         self._check_params()
         X = validate_data(self, X, dtype=np.float32, ensure_min_samples=2)
         rng = check_random_state(self.random_state)  # None: fresh randomness, as scikit-learn's estimators
-        self.vaes_ = [self._fit_model(X, int(rng.randint(2**31 - 1)), lik) for lik in self._members]
+        members = self._members
+        with progress.loop(len(members) * self._planned_steps(len(X)), "step", f"fitting {len(members)} VAEs") as bar:
+            hooks = () if bar is None else (_CountSteps(bar),)  # inside a command's progress.report block
+            self.vaes_ = [self._fit_model(X, int(rng.randint(2**31 - 1)), lik, hooks) for lik in members]
         self.vae_ = self.vaes_[0]
         codes = self.vae_.transform(X) if self._reads_latents else None
         if codes is not None and self.score_method.endswith("knn"):
@@ -126,17 +130,30 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
             return likelihoods[:1]
         return [lik for lik in likelihoods for _ in range(self.n_models)]
 
-    def _fit_model(self, X: np.ndarray, seed: int, likelihood: str) -> VAEEstimator:
+    def _fit_model(self, X: np.ndarray, seed: int, likelihood: str, hooks: tuple[Callback, ...] = ()) -> VAEEstimator:
         """The VAE: with ``trim``, a brief first fit (a quarter of the steps) finds the rows it explains worst,
         and the full fit leaves that fraction out, so that a cluster of outliers in the training data is not
         learned as normal."""
         est = self._estimator(X.shape, seed, likelihood)
         if not self.trim:
-            return est.fit(X)
-        brief = {"steps": max(1, est.steps // 4)} if est.steps else {"epochs": max(1, est.epochs // 4)}
-        first = clone(est).set_params(**brief).fit(X)
+            return est.fit(X, callbacks=hooks)
+        first = clone(est).set_params(**self._brief(est)).fit(X, callbacks=hooks)
         s = -first.score_samples(X)
-        return est.fit(X[s <= np.quantile(s, 1 - self.trim)])
+        return est.fit(X[s <= np.quantile(s, 1 - self.trim)], callbacks=hooks)
+
+    @staticmethod
+    def _brief(est: VAEEstimator) -> dict[str, int]:
+        return {"steps": max(1, est.steps // 4)} if est.steps else {"epochs": max(1, est.epochs // 4)}
+
+    def _planned_steps(self, n_rows: int) -> int:
+        """About how many optimizer steps one member's fits take (training rounds steps up to whole epochs)."""
+        def steps(rows: int, est: VAEEstimator) -> int:
+            per_epoch = math.ceil(rows / self.batch_size)
+            return per_epoch * (math.ceil(est.steps / per_epoch) if est.steps else est.epochs)
+
+        est = self._estimator((n_rows, 1), 0, "gaussian")
+        kept = n_rows - int(self.trim * n_rows)
+        return steps(kept, est) + (steps(n_rows, clone(est).set_params(**self._brief(est))) if self.trim else 0)
 
     def _check_params(self) -> None:
         """ConfigError (a ValueError, as scikit-learn raises) naming the first argument out of its range."""
@@ -220,6 +237,16 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         lo, hi = float(self.decision_scores_.min()), float(self.decision_scores_.max())
         outlier = np.clip((-self.score_samples(X) - lo) / ((hi - lo) or 1.0), 0.0, 1.0)
         return np.column_stack([1.0 - outlier, outlier])
+
+
+class _CountSteps(Callback):
+    """Each optimizer step of a member's fit, counted on the detector's progress bar."""
+
+    def __init__(self, bar: progress.Progress) -> None:
+        self.bar = bar
+
+    def on_step(self, epoch: int, step: int) -> None:
+        self.bar.update(1)
 
 
 def _iqr(scores: np.ndarray, constant: float = 1.0) -> float:

@@ -9,6 +9,7 @@ standard deviation unless ``standardize=False``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -92,14 +93,14 @@ class VAEEstimator(TransformerMixin, BaseEstimator):
             "train.precision": "fp32",
         })
 
-    def fit(self, X: Any, y: Any = None) -> VAEEstimator:
-        """Train on the rows of X (y is ignored)."""
+    def fit(self, X: Any, y: Any = None, callbacks: Sequence[training.Callback] = ()) -> VAEEstimator:
+        """Train on the rows of X (y is ignored); ``callbacks`` watch the training (``vaekit.Callback``)."""
         X = validate_data(self, X, dtype=np.float32, ensure_min_samples=2)
         x = torch.from_numpy(np.ascontiguousarray(X))
         self.standardizer_ = Standardizer.fit(x) if self.standardize else None
         x = self._prepare(x)
         split = data.Split(x, None, "train", "none")
-        result = training.train(self._config(X.shape[1]), splits=data.Splits(split, None, split))
+        result = training.train(self._config(X.shape[1]), callbacks=callbacks, splits=data.Splits(split, None, split))
         self.model_ = result.model.eval()
         self.history_ = result.history
         return self
