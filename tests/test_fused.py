@@ -77,6 +77,20 @@ def test_clamped_log_variance_passes_no_gradient():
     assert g[3] == 0 and g[5] == 0 and g[4] != 0
 
 
+def test_clamped_learned_log_std_passes_no_gradient():
+    """gaussian-learned's decoder gives means then log standard deviations (30 each here): a log-sd outside the
+    likelihood's bounds is clamped, and its output gets no gradient, as under autograd."""
+    model = model_for(**{"model.likelihood": "gaussian-learned"})
+    last = model.decoder[-1]
+    with torch.no_grad():
+        last.bias[30:33] = torch.tensor([-40.0, 0.0, 25.0])  # below, inside and above the bounds
+        last.weight[30:33] *= 1e-3
+    auto, by_hand = both(model, torch.rand(4, 1, 5, 6, dtype=torch.float64), beta=1.0)
+    assert_same(auto, by_hand)
+    g = by_hand[1][f"decoder.{len(model.decoder) - 1}.bias"]
+    assert g[30] == 0 and g[32] == 0 and g[31] != 0
+
+
 def blocker(config: Config, device: torch.device, world_size: int) -> str | None:
     model = VAE(config.override({"model.data_shape": [1, 8, 8]}).model)
     return fused.blocker(model, config.train, device, world_size)

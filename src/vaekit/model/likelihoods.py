@@ -83,6 +83,24 @@ def _gaussian_learned(params: tuple[Tensor, ...], obs_std: float) -> Distributio
     return Normal(mean, log_std.clamp(LOGSTD_MIN, LOGSTD_MAX).exp(), validate_args=False)
 
 
+def _gaussian_learned_nll_and_grad(params: Tensor, x: Tensor, obs_std: float) -> tuple[Tensor, Tensor]:
+    # params (B, 2D): the means, then the log standard deviations r (vae.py's (P, *shape) layout), s = exp(r)
+    # clamped. -log p = (x - m)^2 / (2 s^2) + log s + log(2 pi) / 2; d/dm = (m - x) / s^2 and
+    # d/dr = 1 - (x - m)^2 / s^2 where the clamp passes r, 0 where it holds
+    mean, raw = params.chunk(2, dim=1)
+    log_std = raw.clamp(LOGSTD_MIN, LOGSTD_MAX)
+    diff = mean - x
+    inv_var = torch.exp(-2.0 * log_std)
+    z2 = diff * diff * inv_var  # ((x - m) / s)^2
+    nll = 0.5 * z2.sum() + log_std.sum() + x.numel() * 0.5 * math.log(2 * math.pi)
+    grad = torch.empty_like(params)
+    d_mean, d_raw = grad.chunk(2, dim=1)
+    torch.mul(diff, inv_var, out=d_mean)
+    torch.sub(1.0, z2, out=d_raw)
+    d_raw.mul_(log_std == raw)
+    return nll, grad
+
+
 class StableContinuousBernoulli(ContinuousBernoulli):
     """torch's ContinuousBernoulli with log_prob, mean and icdf computed from the logits eta.
 
@@ -189,7 +207,8 @@ def _logistic(params: tuple[Tensor, ...], obs_std: float) -> Distribution:
 LIKELIHOODS: dict[str, Likelihood] = {
     "bernoulli": Likelihood("bernoulli", 1, _bernoulli, (0.0, 1.0), levels=1, nll_and_grad=_bernoulli_nll_and_grad),
     "gaussian": Likelihood("gaussian", 1, _gaussian, None, nll_and_grad=_gaussian_nll_and_grad),
-    "gaussian-learned": Likelihood("gaussian-learned", 2, _gaussian_learned, None),
+    "gaussian-learned": Likelihood("gaussian-learned", 2, _gaussian_learned, None,
+                                   nll_and_grad=_gaussian_learned_nll_and_grad),
     "continuous-bernoulli": Likelihood("continuous-bernoulli", 1, _continuous_bernoulli, (0.0, 1.0)),
     "logistic": Likelihood("logistic", 2, _logistic, (0.0, 1.0), levels=255, grid_required=True),
 }
