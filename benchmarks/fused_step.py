@@ -9,6 +9,7 @@ compiled by ``torch.compile`` (its compile time printed apart); ``--skip-nonfini
 
     python benchmarks/fused_step.py --blocks 8 --steps 150
     python benchmarks/fused_step.py --blocks 6 --steps 150 --bf16 --compile
+    python benchmarks/fused_step.py --table 21 --threads 1    # the anomaly detector's model of a 21-feature table
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import time
 import torch
 
 import vaekit
+from vaekit import detector
 from vaekit.training import fused, steps
 
 
@@ -69,21 +71,44 @@ def check_timings(opt: torch.optim.Optimizer, repeats: int = 300) -> None:
         print(f"gradient check, {name}: {(time.perf_counter() - start) / repeats * 1e6:.0f} us")
 
 
+def model_and_data(args: argparse.Namespace) -> tuple[vaekit.VAE, torch.Tensor, str]:
+    """The seed VAE on MNIST-sized inputs in [0, 1], or (``--table``) the anomaly detector's model of a table on
+    standard-normal rows; the batch size defaults to each one's."""
+    if args.table is None:
+        likelihood = args.likelihood or "bernoulli"
+        config = vaekit.preset("seed").override({"model.data_shape": [1, 28, 28], "model.likelihood": likelihood})
+        args.batch_size = args.batch_size or 128
+        x, what = torch.rand(args.steps * args.batch_size, 1, 28, 28), "seed VAE (784-400-20)"
+    else:
+        likelihood = args.likelihood or "gaussian-learned"
+        hidden, latent = detector.auto_sizes(args.table)
+        config = vaekit.Config().override({"model.data_shape": [args.table], "model.hidden": list(hidden),
+                                           "model.latent_dim": latent, "model.likelihood": likelihood})
+        args.batch_size = args.batch_size or 64
+        x = torch.randn(args.steps * args.batch_size, args.table)
+        what = f"the detector's VAE of {args.table} features ({args.table}-{hidden[0]}-{latent})"
+    return vaekit.VAE(config.model), x, f"{what}, {likelihood}"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--blocks", type=int, default=8, help="timed blocks per variant, alternating")
     p.add_argument("--steps", type=int, default=150, help="steps per block")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, help="default: 128 (seed), 64 (--table, the detector's)")
+    p.add_argument("--table", type=int, metavar="FEATURES", help="instead of the seed model, the anomaly "
+                   "detector's model of a table of this many features (vaekit.detector.auto_sizes)")
+    p.add_argument("--likelihood", help="the model's (default: bernoulli; gaussian-learned with --table)")
+    p.add_argument("--threads", type=int, help="torch's CPU threads (default: as it is)")
     p.add_argument("--bf16", action="store_true", help="bfloat16 products in both steps")
     p.add_argument("--compile", action="store_true", help="also time the fused step under torch.compile")
     p.add_argument("--skip-nonfinite", action="store_true", help="also time the step that cancels non-finite ones")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    config = vaekit.preset("seed").override({"model.data_shape": [1, 28, 28]})
-    model = vaekit.VAE(config.model)
-    opt = steps.make_optimizer(model, config.train.lr)
+    model, x, what = model_and_data(args)
+    opt = steps.make_optimizer(model, 1e-3)
     by_hand = fused.FusedELBO(model, bf16=args.bf16)
-    x = torch.rand(args.steps * args.batch_size, 1, 28, 28)
     batches = x.split(args.batch_size)
     variants = {"autograd": steps.StepOptions(bf16=args.bf16), "fused": steps.StepOptions(fused=by_hand)}
     if args.compile:
@@ -93,7 +118,7 @@ def main() -> None:
     times = alternating_blocks(model, opt, batches, variants, args.blocks)
     if args.skip_nonfinite:
         check_timings(opt)
-    print(f"seed VAE (784-400-20), batch {args.batch_size}, {'bf16' if args.bf16 else 'fp32'}, {args.blocks} blocks "
+    print(f"{what}, batch {args.batch_size}, {'bf16' if args.bf16 else 'fp32'}, {args.blocks} blocks "
           f"of {args.steps} steps each, {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
           f"threads, torch {torch.__version__}")
     print("| gradients | median ms/step | best block ms/step |")

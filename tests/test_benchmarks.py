@@ -83,6 +83,9 @@ def test_fused_step(bench):
     rows = {r[0]: r for r in table_rows(out, "autograd|fused")}
     assert set(rows) == {"autograd", "fused"} and all(number(r[1]) > 0 for r in rows.values())
     assert float(re.search(r"autograd / fused: ([\d.]+)x", out).group(1)) > 0
+    out = bench("fused_step.py", "--blocks", "1", "--steps", "2", "--table", "21", "--threads", "1")
+    assert "the detector's VAE of 21 features (21-42-6), gaussian-learned, batch 64" in out
+    assert {r[0] for r in table_rows(out, "autograd|fused")} == {"autograd", "fused"}
 
 
 def test_bf16_crossover(bench):
