@@ -112,7 +112,7 @@ def test_blocker_names_the_reason():
 
 
 @pytest.mark.parametrize("overrides", [{}, {"data.binarize": "dynamic", "train.nonfinite": "skip",
-                                            "train.kl_warmup_epochs": 1.0}])
+                                            "train.kl_warmup_epochs": 1.0}, {"model.likelihood": "gaussian-learned"}])
 def test_training_runs_agree(overrides):
     """A few epochs on digits: the fused and the autograd step end at the same weights and losses."""
     runs = [vaekit.train(digits_config(**{**overrides, "train.fused_step": on})) for on in (True, False)]
