@@ -40,7 +40,7 @@ CASES: dict[str, tuple[str, dict, bool]] = {  # name -> (preset, overrides, run 
                                                  "model.likelihood": "gaussian"}, False),
     "iwae-autograd": ("iwae", {"train.epochs": 2, "train.objective": "iwae", "train.iw_k": 5}, False),
     "iwae-elbo-autograd-learned": ("iwae", {"train.epochs": 2, "model.likelihood": "gaussian-learned",
-                                            "data.binarize": "none"}, False),
+                                            "data.binarize": "none", "train.fused_step": False}, False),
     "conv-autograd": ("conv", {"train.epochs": 1}, False),
     "seed-static-eager": ("seed", {"train.epochs": 2, "train.drop_last": True}, True),
     "iwae-static-eager-cond": ("iwae", {"train.epochs": 2, "train.drop_last": True, "model.conditional": True,

@@ -258,10 +258,13 @@ def test_cli_evaluate_prints_density_and_bits_per_dim(tmp_path, capsys):
 @pytest.mark.parametrize("name", [n for n, lik in likelihoods.LIKELIHOODS.items() if lik.nll_and_grad])
 def test_written_out_nll_and_gradient_match_the_distribution(name):
     """The fused CPU step's -log p(x|z) and its gradient agree with torch.distributions and autograd."""
-    lik = likelihoods.get(name)
-    params = (torch.randn(6, 1, 3, 4, dtype=torch.float64) * 4).requires_grad_()
+    lik = likelihoods.get(name)  # decoder outputs (B, P, *shape), as vae.py lays them out; the step sees (B, P * D)
+    params = (torch.randn(6, lik.n_params, 1, 3, 4, dtype=torch.float64) * 4).requires_grad_()
+    if lik.n_params == 2:  # a learned log standard deviation: inside, below and above its bounds
+        with torch.no_grad():
+            params[:, 1] = torch.linspace(-9.0, 3.0, 12, dtype=torch.float64).reshape(1, 3, 4)
     x = torch.rand(6, 1, 3, 4, dtype=torch.float64)
-    nll = -likelihoods.px_z(name, params.unsqueeze(1), 3, 0.3).log_prob(x).sum()
+    nll = -likelihoods.px_z(name, params, 3, 0.3).log_prob(x).sum()
     (grad,) = torch.autograd.grad(nll, params)
     by_hand, g = lik.nll_and_grad(params.detach().flatten(1), x.flatten(1), 0.3)
     assert float(by_hand) == pytest.approx(float(nll.detach()), rel=1e-12)
