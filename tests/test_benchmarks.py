@@ -338,6 +338,28 @@ def test_anomaly_suite_tasks_and_table(bench, mnist, tmp_path):
     rows = {r[0]: r for r in table_rows(out, "iforest|tiny")}
     assert set(rows) == {"iforest", "tiny"} and number(rows["iforest"][1]) > 0.8
     assert len(jsonl(out_file)) == 2 * 3  # two detectors, three ODDS sets
+    summary = {r[0]: r for r in table_rows(bench("anomaly_suite.py", "--summarize", str(out_file)), "iforest|tiny")}
+    assert {k: r[:-1] for k, r in summary.items()} == {k: r[:-1] for k, r in rows.items()}  # seconds: rounded
+    assert summary["iforest"][-2] == f"{number(rows['iforest'][1]):.3f} (3)"  # odds: all three tasks real
+
+
+def test_the_discrete_family_adds_flags_or_bins_to_real_tasks(monkeypatch, mnist):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import anomaly_suite as suite
+
+    tasks = {name: (x, y) for family, name, x, y in suite.discrete_tasks(mnist) if family == "discrete"}
+    bases = {name: (x, y) for _, name, x, y in suite.odds_tasks(mnist) + suite.class_tasks()}
+    assert len(tasks) == 12
+    for name, (x, y) in tasks.items():
+        base, kind = name.split("+") if "+" in name else name.split("/")
+        x0, y0 = bases[base]
+        np.testing.assert_array_equal(y, y0)  # the same rows and labels
+        if kind == "flags":  # three binary columns appended, the rare value on about 10% of the rows
+            np.testing.assert_array_equal(x[:, :-3], x0)
+            assert set(np.unique(x[:, -3:])) == {0.0, 1.0} and 0.05 < x[:, -3:].mean() < 0.15
+        else:  # every other column binned at its quartiles, the rest as they were
+            assert x.shape == x0.shape and all(len(np.unique(x[:, j])) <= 4 for j in range(0, x.shape[1], 2))
+            np.testing.assert_array_equal(x[:, 1::2], x0[:, 1::2])
 
 
 def test_synthetic_anomalies_are_of_their_kind(monkeypatch):

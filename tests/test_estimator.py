@@ -10,6 +10,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import vaekit
+from vaekit.detector import bin_widths, dequantized
 from vaekit.estimator import VAEAnomalyDetector, VAEEstimator
 
 FAST = {"epochs": 2, "hidden": (16,), "latent_dim": 2}
@@ -138,6 +139,37 @@ def test_the_default_detector_is_an_ensemble_of_two_likelihoods_fitted_without_i
     assert len({v.random_state for v in three.vaes_}) == 3
 
 
+def test_bin_widths_are_each_features_grid_step_and_the_noise_rounds_back_to_the_data():
+    X = np.column_stack([np.tile([0.0, 1.0], 50), np.tile([0.0, 2.0, 4.0, 6.0], 25), np.linspace(0, 1, 100),
+                         np.full(100, 3.0)]).astype(np.float32)  # binary, a grid of step 2, continuous, constant
+    widths = bin_widths(X)
+    assert widths.tolist() == [1.0, 2.0, 0.0, 0.0]
+    noisy = dequantized(X, widths, np.random.default_rng(0))
+    assert noisy.dtype == np.float32
+    assert (np.abs(noisy - X) <= widths / 2 + 1e-6).all() and (noisy[:, :2] != X[:, :2]).all()
+    np.testing.assert_array_equal(np.round(noisy[:, :2] / widths[:2]) * widths[:2], X[:, :2])
+    np.testing.assert_array_equal(noisy[:, 2:], X[:, 2:])
+
+
+def test_a_rare_flag_does_not_rank_rows_above_the_outliers_once_dequantized():
+    """A binary feature unrelated to the outliers, its rare value on 10% of the rows. A learned-variance Gaussian
+    fitted without its 30% worst rows has not seen that value, and its variance on the feature shrinks: without
+    dequantization most of the rows it ranks first are flagged ones; with it, about the base rate."""
+    rng = np.random.default_rng(1)
+    X = plane_data(400)
+    X[:20] += rng.normal(scale=10, size=(20, 6))  # off the plane: the outliers
+    flag = (rng.random(400) < 0.1).astype(np.float64)
+    X = np.column_stack([X, flag])
+    params = {"likelihood": "gaussian-learned", "n_models": 1, "steps": 300, "hidden": (16,), "latent_dim": 2,
+              "random_state": 0}
+    flagged_first = {}
+    for dequantize in (True, False):
+        detector = VAEAnomalyDetector(dequantize=dequantize, **params).fit(X)
+        assert detector.bin_widths_.tolist() == [0.0] * 6 + ([1.0] if dequantize else [0.0])
+        flagged_first[dequantize] = flag[np.argsort(detector.score_samples(X))[:40]].mean()
+    assert flagged_first[True] < 0.35 < 0.5 < flagged_first[False]
+
+
 def test_the_detector_reports_its_fitting_steps_inside_a_progress_block(capsys):
     """Inside a command's progress block the fit counts every optimizer step of every member: 300 rows in batches
     of 64 are 5 steps an epoch, so steps=40 is 8 epochs and the brief fit's 10 steps 2 epochs; the full fit sees
@@ -247,7 +279,9 @@ def test_the_detect_command_is_the_detector_on_a_table(tmp_path, capsys):
     for args, message in ((["--contamination", "0.7"], "contamination must be 'auto' or a fraction in (0, 0.5], "
                            "got 0.7"), (["--steps", "0"], "steps must be >= 1")):  # the detector's own checks
         assert main(["detect", str(table), *args, "-o", str(tmp_path / "none.csv")]) == 2
-        assert message in capsys.readouterr().err and not (tmp_path / "none.csv").exists()
+        printed = capsys.readouterr()
+        assert message in printed.err and not (tmp_path / "none.csv").exists()
+        assert "fitting" not in printed.out  # refused before any work starts
 
 
 def test_score_samples_is_the_elbo_computed_independently():

@@ -6,9 +6,12 @@ features. By default it is an ensemble of four VAEs, two seeds of each of two li
 Gaussian (close to a linear-Gaussian density: good where outliers form clusters) and one that learns each
 feature's variance (a sharper density: good where outliers break the features' dependencies). Each is fitted
 after leaving out the 30% of rows a brief first fit explains worst, so that outliers in the training data
-(up to a third of the rows in some real tables) are not learned as normal. Members' scores are averaged after
-scaling each by its training scores' median and interquartile range. The defaults were chosen on
-benchmarks/anomaly_suite.py (README: "Tabular anomaly detection").
+(up to a third of the rows in some real tables) are not learned as normal. Features whose values repeat (codes,
+counts, ratings, rounded measurements) are dequantized: each member trains on them plus uniform noise one grid
+step wide, because a continuous density fitted to a handful of values shrinks its variance towards zero there
+and then scores any value it has not seen (a rare category left out by the trimming) as nearly impossible.
+Members' scores are averaged after scaling each by its training scores' median and interquartile range. The
+defaults were chosen on benchmarks/anomaly_suite.py (README: "Tabular anomaly detection").
 
 Scores: the model's own (``elbo``, ``recon``, ``nll``, ``llr>K``), or in the latent space ``knn``, the distance
 from an input's posterior mean to its k-th nearest training code, ``iforest``, the isolation depth of the code in
@@ -52,6 +55,23 @@ def auto_sizes(n_features: int) -> tuple[tuple[int, ...], int]:
     return (min(256, max(32, 2 * n_features)),), min(16, max(2, math.ceil(n_features / 4)))
 
 
+def bin_widths(X: np.ndarray) -> np.ndarray:
+    """Each feature's grid step: the smallest gap between its distinct values where some value repeats (a
+    feature on a grid), 0 where none does (a continuous feature) or all rows agree (a constant)."""
+    widths = np.zeros(X.shape[1])
+    for j, column in enumerate(X.T):
+        values = np.unique(column)
+        if 1 < len(values) < len(column):
+            widths[j] = float(np.diff(values).min())
+    return widths
+
+
+def dequantized(X: np.ndarray, widths: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """X plus uniform noise over each value's bin, (-width/2, width/2) per feature: a continuous variable whose
+    rounding gives X back (Theis et al. 2016, "A note on the evaluation of generative models")."""
+    return (X + rng.uniform(-0.5, 0.5, size=X.shape) * widths).astype(X.dtype)
+
+
 class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
     """Anomaly detection with a VAE, in scikit-learn's outlier-detector conventions.
 
@@ -63,9 +83,10 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
     ``steps`` left at None follow the data (``auto_sizes``, ``auto_steps``); ``random_state=None`` draws fresh
     randomness. ``likelihood`` names one likelihood or several (one ensemble member each), ``n_models`` the
     members per likelihood (different seeds; a latent score alone, ``knn`` or ``iforest``, reads one VAE's
-    codes and fits that one), ``trim`` the fraction of training rows left out of each
-    member's fit (0: none). ``lower_latent_dims`` makes the models hierarchies, which the likelihood-ratio
-    score ``"llr>K"`` needs.
+    codes and fits that one), ``trim`` the fraction of training rows left out of each member's fit (0: none),
+    ``dequantize`` whether features whose values repeat train with uniform noise of
+    their grid step (``bin_widths_``; rows are always scored as given). ``lower_latent_dims`` makes the models
+    hierarchies, which the likelihood-ratio score ``"llr>K"`` needs.
 
     For PyOD users: ``decision_scores_`` (the training data's anomaly scores, higher = more abnormal),
     ``labels_`` (their 0/1 outlier labels) and ``predict_proba`` are PyOD's; ``decision_function`` and
@@ -77,7 +98,8 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
                  epochs: int | None = None, batch_size: int = 64, lr: float = 1e-3, beta: float = 1.0,
                  likelihood: str | tuple[str, ...] = ("gaussian", "gaussian-learned"), standardize: bool = True,
                  n_neighbors: int = 5, n_score_samples: int = 10, device: str = "cpu", random_state: int | None = None,
-                 lower_latent_dims: tuple[int, ...] = (), trim: float = 0.3, n_models: int = 2) -> None:
+                 lower_latent_dims: tuple[int, ...] = (), trim: float = 0.3, n_models: int = 2,
+                 dequantize: bool = True) -> None:
         self.contamination = contamination
         self.score_method = score_method
         self.latent_dim = latent_dim
@@ -96,12 +118,14 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         self.lower_latent_dims = lower_latent_dims
         self.trim = trim
         self.n_models = n_models
+        self.dequantize = dequantize
 
     def fit(self, X: Any, y: Any = None) -> VAEAnomalyDetector:
         """Train on X (unlabelled, possibly contaminated) and set the threshold; y is ignored."""
         self._check_params()
         X = validate_data(self, X, dtype=np.float32, ensure_min_samples=2)
         rng = check_random_state(self.random_state)  # None: fresh randomness, as scikit-learn's estimators
+        self.bin_widths_ = bin_widths(X) if self.dequantize else np.zeros(X.shape[1])
         members = self._members
         with progress.loop(len(members) * self._planned_steps(len(X)), "step", f"fitting {len(members)} VAEs") as bar:
             hooks = () if bar is None else (_CountSteps(bar),)  # inside a command's progress.report block
@@ -133,7 +157,9 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
     def _fit_model(self, X: np.ndarray, seed: int, likelihood: str, hooks: tuple[Callback, ...] = ()) -> VAEEstimator:
         """The VAE: with ``trim``, a brief first fit (a quarter of the steps) finds the rows it explains worst,
         and the full fit leaves that fraction out, so that a cluster of outliers in the training data is not
-        learned as normal."""
+        learned as normal. Each member draws its own dequantization noise (``bin_widths_``)."""
+        if self.bin_widths_.any():
+            X = dequantized(X, self.bin_widths_, np.random.default_rng(seed))
         est = self._estimator(X.shape, seed, likelihood)
         if not self.trim:
             return est.fit(X, callbacks=hooks)
