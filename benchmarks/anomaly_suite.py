@@ -1,4 +1,4 @@
-"""A development suite for tabular anomaly detection: many tasks in eight families, detectors side by side.
+"""A development suite for tabular anomaly detection: many tasks in nine families, detectors side by side.
 
 The defaults of ``VAEAnomalyDetector`` are chosen on this suite's mean ROC AUC with development seeds, and
 reported with seeds kept apart from those, so that no default is fitted to the three ODDS sets alone.
@@ -19,6 +19,7 @@ training part, ROC AUC on the test part, features standardized with the training
 - ``dense``: held-out classes as 20 to 35% of the rows (breast cancer, wine, iris).
 - ``discrete``: six of those real tasks (cardio, wbc, breast cancer at 5%, the wine classes) with three
   irrelevant binary features appended, or with every other feature binned into four levels.
+- ``heavy``: the same six with three irrelevant zero-inflated, heavy-tailed features appended.
 
 Detectors: ``vaekit`` (``VAEAnomalyDetector()``, the defaults), ``vaekit-old`` (the ``outliers`` preset before
 this suite: 64 units, z = 4, 5 epochs, beta = 4, -ELBO), ``iforest`` (scikit-learn's IsolationForest),
@@ -143,11 +144,8 @@ def discrete_tasks(data_dir: Path) -> list[Task]:
     irrelevant binary features whose rare value has 10% of the rows appended (``+flags``), and with every other
     feature binned into four levels at its quartiles (``/binned``). ADBench measures robustness to irrelevant
     features (Han et al. 2022, section 4.4); these make them discrete, where a continuous density is fragile."""
-    bases = {name: (x, y) for _, name, x, y in odds_tasks(data_dir) if name != "pendigits"}
-    bases.update({name: (x, y) for _, name, x, y in class_tasks() if name == "breast-cancer-0@0.05"
-                  or name.startswith("wine-")})
     tasks = []
-    for i, (name, (x, y)) in enumerate(bases.items()):
+    for i, (name, (x, y)) in enumerate(_discrete_bases(data_dir).items()):
         flags = (np.random.default_rng(i).random((len(x), 3)) < 0.1).astype(x.dtype)
         tasks.append(("discrete", f"{name}+flags", np.hstack([x, flags]), y))
         binned = x.copy()
@@ -155,6 +153,25 @@ def discrete_tasks(data_dir: Path) -> list[Task]:
             binned[:, j] = np.digitize(x[:, j], np.unique(np.quantile(x[:, j], [0.25, 0.5, 0.75])))
         tasks.append(("discrete", f"{name}/binned", binned, y))
     return tasks
+
+
+def heavy_tasks(data_dir: Path) -> list[Task]:
+    """The bases of ``discrete_tasks`` with three irrelevant zero-inflated, heavy-tailed features appended
+    (lognormal on 10% of the rows, 0 elsewhere), as amounts and counts are: a likelihood that sums squared
+    errors lets their tails outweigh the features that matter."""
+    tasks = []
+    for i, (name, (x, y)) in enumerate(_discrete_bases(data_dir).items()):
+        rng = np.random.default_rng(100 + i)
+        amounts = (rng.random((len(x), 3)) < 0.1) * rng.lognormal(size=(len(x), 3))
+        tasks.append(("heavy", f"{name}+amounts", np.hstack([x, amounts]), y))
+    return tasks
+
+
+def _discrete_bases(data_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    bases = {name: (x, y) for _, name, x, y in odds_tasks(data_dir) if name != "pendigits"}
+    bases.update({name: (x, y) for _, name, x, y in class_tasks() if name == "breast-cancer-0@0.05"
+                  or name.startswith("wine-")})
+    return bases
 
 
 def standardized(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -263,7 +280,7 @@ def main() -> None:
     p.add_argument("--detectors", default="vaekit,vaekit-old,iforest,knn,ae")
     p.add_argument("--vae", action="append", default=[], metavar="NAME=JSON",
                    help="a VAEAnomalyDetector variant, e.g. z8='{\"latent_dim\": 8}'")
-    p.add_argument("--families", default="odds,local,global,dependency,clustered,classes,dense,discrete")
+    p.add_argument("--families", default="odds,local,global,dependency,clustered,classes,dense,discrete,heavy")
     p.add_argument("--out", type=Path, help="append each result to this JSON-lines file")
     p.add_argument("--summarize", nargs="+", type=Path, metavar="JSONL",
                    help="run nothing: print the table of results saved by --out")
@@ -278,7 +295,8 @@ def main() -> None:
     names = args.detectors.split(",") + [n for n in variants if n not in args.detectors.split(",")]
     keep = set(args.families.split(","))
     synthetic = synthetic_tasks(args.data_dir) if keep & set(SYNTHETIC) else []  # mixtures to fit: seconds
-    tasks = odds_tasks(args.data_dir) + synthetic + class_tasks() + dense_tasks() + discrete_tasks(args.data_dir)
+    tasks = odds_tasks(args.data_dir) + synthetic + class_tasks() + dense_tasks() + discrete_tasks(args.data_dir) \
+        + heavy_tasks(args.data_dir)
     tasks = [t for t in tasks if t[0] in keep]
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     print(f"{len(tasks)} tasks; seeds {seeds.start}..{seeds.stop - 1}")

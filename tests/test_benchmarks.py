@@ -343,7 +343,7 @@ def test_anomaly_suite_tasks_and_table(bench, mnist, tmp_path):
     assert summary["iforest"][-2] == f"{number(rows['iforest'][1]):.3f} (3)"  # odds: all three tasks real
 
 
-def test_the_discrete_family_adds_flags_or_bins_to_real_tasks(monkeypatch, mnist):
+def test_the_discrete_and_heavy_families_add_flags_bins_or_amounts_to_real_tasks(monkeypatch, mnist):
     monkeypatch.syspath_prepend(str(BENCH))
     import anomaly_suite as suite
 
@@ -360,6 +360,13 @@ def test_the_discrete_family_adds_flags_or_bins_to_real_tasks(monkeypatch, mnist
         else:  # every other column binned at its quartiles, the rest as they were
             assert x.shape == x0.shape and all(len(np.unique(x[:, j])) <= 4 for j in range(0, x.shape[1], 2))
             np.testing.assert_array_equal(x[:, 1::2], x0[:, 1::2])
+    heavy = suite.heavy_tasks(mnist)
+    assert [t[1] for t in heavy] == [f"{name.split('+')[0]}+amounts" for name in tasks if name.endswith("+flags")]
+    for _, name, x, y in heavy:  # three zero-inflated columns appended: 0 on about 90% of the rows, > 0 elsewhere
+        x0, y0 = bases[name.split("+")[0]]
+        np.testing.assert_array_equal(x[:, :-3], x0)
+        np.testing.assert_array_equal(y, y0)
+        assert (x[:, -3:] >= 0).all() and 0.05 < (x[:, -3:] > 0).mean() < 0.15 and x[:, -3:].max() > 5
 
 
 def test_synthetic_anomalies_are_of_their_kind(monkeypatch):
