@@ -68,8 +68,15 @@ def bin_widths(X: np.ndarray) -> np.ndarray:
 
 def dequantized(X: np.ndarray, widths: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """X plus uniform noise over each value's bin, (-width/2, width/2) per feature: a continuous variable whose
-    rounding gives X back (Theis et al. 2016, "A note on the evaluation of generative models")."""
-    return (X + rng.uniform(-0.5, 0.5, size=X.shape) * widths).astype(X.dtype)
+    rounding gives X back (Theis et al. 2016, "A note on the evaluation of generative models"). The noise is
+    drawn in X's dtype and for the gridded columns alone: a large table costs one copy and that noise."""
+    grid = np.flatnonzero(widths)
+    noise = rng.random((len(X), len(grid)), dtype=X.dtype)
+    noise -= 0.5
+    noise *= widths[grid].astype(X.dtype)
+    out = X.copy()
+    out[:, grid] += noise
+    return out
 
 
 class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
@@ -84,9 +91,9 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
     randomness. ``likelihood`` names one likelihood or several (one ensemble member each), ``n_models`` the
     members per likelihood (different seeds; a latent score alone, ``knn`` or ``iforest``, reads one VAE's
     codes and fits that one), ``trim`` the fraction of training rows left out of each member's fit (0: none),
-    ``dequantize`` whether features whose values repeat train with uniform noise of
-    their grid step (``bin_widths_``; rows are always scored as given). ``lower_latent_dims`` makes the models
-    hierarchies, which the likelihood-ratio score ``"llr>K"`` needs.
+    ``dequantize`` whether features whose values repeat train with uniform noise of their grid step
+    (``bin_widths_``; rows are always scored as given). ``lower_latent_dims`` makes the models hierarchies,
+    which the likelihood-ratio score ``"llr>K"`` needs.
 
     For PyOD users: ``decision_scores_`` (the training data's anomaly scores, higher = more abnormal),
     ``labels_`` (their 0/1 outlier labels) and ``predict_proba`` are PyOD's; ``decision_function`` and
