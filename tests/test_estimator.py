@@ -115,6 +115,8 @@ def test_detector_follows_scikit_learn_conventions():
     for bad in (0.0, 0.51, "most"):
         with pytest.raises(ValueError, match=r"contamination must be 'auto' or a fraction in \(0, 0.5\]"):
             VAEAnomalyDetector(contamination=bad).fit(X)
+    with pytest.raises(ValueError, match="combine must be one of max-of-means, mean, got 'max'"):
+        VAEAnomalyDetector(combine="max").fit(X)
     with pytest.raises(ValueError, match="VAEAnomalyDetector"):
         VAEAnomalyDetector(steps=50).fit(np.where(np.eye(120, 6) > 0, np.nan, X))
     opts = VAEAnomalyDetector(steps=50, standardize=False, likelihood="gaussian-learned",
@@ -133,8 +135,13 @@ def test_the_default_detector_is_an_ensemble_of_two_likelihoods_fitted_without_i
         assert (v.standardizer_.std < 0.95 * untrimmed.vae_.standardizer_.std).all()
     members = [-anomaly_score for anomaly_score in (v.score_samples(X) for v in det.vaes_)]
     scaled = [(m - np.median(m)) / np.subtract(*np.quantile(m, [0.75, 0.25])) for m in members]
-    np.testing.assert_allclose(det.decision_scores_, np.mean(scaled, axis=0), rtol=1e-5, atol=1e-6)
+    of_each = [np.mean(scaled[:2], axis=0), np.mean(scaled[2:], axis=0)]  # each likelihood's seeds averaged
+    np.testing.assert_allclose(det.decision_scores_, np.maximum(*of_each), rtol=1e-5, atol=1e-6)
+    assert (of_each[0] > of_each[1]).any() and (of_each[1] > of_each[0]).any()  # both kinds decide some rows
+    np.testing.assert_allclose(det.score_samples(X), -det.decision_scores_, rtol=1e-5, atol=1e-6)
     assert np.median(det.decision_scores_[-15:]) > np.quantile(det.decision_scores_[:-15], 0.9)
+    averaged = clone(det).set_params(combine="mean").fit(X)
+    np.testing.assert_allclose(averaged.decision_scores_, np.mean(scaled, axis=0), rtol=1e-5, atol=1e-6)
     three = VAEAnomalyDetector(steps=50, likelihood="gaussian", n_models=3, trim=0.0, random_state=0).fit(X)
     assert len({v.random_state for v in three.vaes_}) == 3
 

@@ -10,8 +10,14 @@ after leaving out the 30% of rows a brief first fit explains worst, so that outl
 counts, ratings, rounded measurements) are dequantized: each member trains on them plus uniform noise one grid
 step wide, because a continuous density fitted to a handful of values shrinks its variance towards zero there
 and then scores any value it has not seen (a rare category left out by the trimming) as nearly impossible.
-Members' scores are averaged after scaling each by its training scores' median and interquartile range. The
-defaults were chosen on benchmarks/anomaly_suite.py (README: "Tabular anomaly detection").
+Each member's score is scaled by its training scores' median and interquartile range; the members of one
+likelihood (its seeds) are averaged, and a row's score is the largest of those averages, so a row that either
+kind of model finds abnormal is flagged: the "maximization of average" of Aggarwal & Sathe 2015 ("Theoretical
+foundations and algorithms for outlier ensembles"; PyOD's ``moa``), with the likelihoods as its groups. The
+average over seeds lowers each kind's variance; the maximum keeps an anomaly that one kind sees from being
+diluted by the other, which sees it less (the fixed-variance model ranks by squared distance and catches
+extreme values, the learned-variance model discounts them and catches broken dependencies). The defaults were
+chosen on benchmarks/anomaly_suite.py (README: "Tabular anomaly detection").
 
 Scores: the model's own (``elbo``, ``recon``, ``nll``, ``llr>K``), or in the latent space ``knn``, the distance
 from an input's posterior mean to its k-th nearest training code, ``iforest``, the isolation depth of the code in
@@ -40,6 +46,7 @@ MIN_STEPS = 1000  # optimizer steps at least: below this a VAE has not left its 
 EPOCHS = 10  # beyond the floor, passes over the data
 MAX_STEPS = 20_000  # a cap on fitting time for large tables
 LATENT_SCORES = ("knn", "elbo+knn", "iforest", "elbo+iforest")
+COMBINATIONS = ("max-of-means", "mean")
 SAME_CODE = 1e-5  # codes this close are one row's (a subset's codes may differ from the whole's in the last bit)
 
 
@@ -92,8 +99,10 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
     members per likelihood (different seeds; a latent score alone, ``knn`` or ``iforest``, reads one VAE's
     codes and fits that one), ``trim`` the fraction of training rows left out of each member's fit (0: none),
     ``dequantize`` whether features whose values repeat train with uniform noise of their grid step
-    (``bin_widths_``; rows are always scored as given). ``lower_latent_dims`` makes the models hierarchies,
-    which the likelihood-ratio score ``"llr>K"`` needs.
+    (``bin_widths_``; rows are always scored as given). ``combine`` joins the members' scaled scores:
+    ``"max-of-means"`` takes, per row, the largest of the means over each likelihood's members (a latent score,
+    combined with the ELBO, counts as one more kind), ``"mean"`` the mean of them all. ``lower_latent_dims``
+    makes the models hierarchies, which the likelihood-ratio score ``"llr>K"`` needs.
 
     For PyOD users: ``decision_scores_`` (the training data's anomaly scores, higher = more abnormal),
     ``labels_`` (their 0/1 outlier labels) and ``predict_proba`` are PyOD's; ``decision_function`` and
@@ -106,7 +115,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
                  likelihood: str | tuple[str, ...] = ("gaussian", "gaussian-learned"), standardize: bool = True,
                  n_neighbors: int = 5, n_score_samples: int = 10, device: str = "cpu", random_state: int | None = None,
                  lower_latent_dims: tuple[int, ...] = (), trim: float = 0.3, n_models: int = 2,
-                 dequantize: bool = True) -> None:
+                 dequantize: bool = True, combine: str = "max-of-means") -> None:
         self.contamination = contamination
         self.score_method = score_method
         self.latent_dim = latent_dim
@@ -126,6 +135,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         self.trim = trim
         self.n_models = n_models
         self.dequantize = dequantize
+        self.combine = combine
 
     def fit(self, X: Any, y: Any = None) -> VAEAnomalyDetector:
         """Train on X (unlabelled, possibly contaminated) and set the threshold; y is ignored."""
@@ -197,6 +207,8 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
             raise ConfigError(f"trim must be a fraction in [0, 0.5), got {self.trim!r}")
         if self.n_neighbors < 1:
             raise ConfigError(f"n_neighbors must be >= 1, got {self.n_neighbors}")
+        if self.combine not in COMBINATIONS:
+            raise ConfigError(f"combine must be one of {', '.join(COMBINATIONS)}, got {self.combine!r}")
         if self.steps is not None and self.steps < 1:
             raise ConfigError(f"steps must be >= 1 (or None: from the data), got {self.steps}")
 
@@ -238,10 +250,21 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         return kth.astype(np.float64)
 
     def _combine(self, parts: list[np.ndarray]) -> np.ndarray:
+        """One anomaly score per row from the parts (``_parts``), each scaled by its training median and IQR."""
         if len(parts) == 1:
             return parts[0]
-        return np.mean([(p - center) / scale for p, (center, scale) in zip(parts, self.scales_, strict=True)],
-                       axis=0)
+        scaled = [(p - center) / scale for p, (center, scale) in zip(parts, self.scales_, strict=True)]
+        if self.combine == "mean":
+            return np.mean(scaled, axis=0)
+        kinds = self._kinds(len(parts))
+        means = [np.mean([z for z, k in zip(scaled, kinds, strict=True) if k == kind], axis=0)
+                 for kind in dict.fromkeys(kinds)]
+        return np.max(means, axis=0)
+
+    def _kinds(self, n_parts: int) -> list[str]:
+        """What made each part: its member's likelihood, and "latent" for a latent score (the last part)."""
+        kinds = [v.likelihood for v in self.vaes_]
+        return kinds[:n_parts] + ["latent"] * (n_parts - len(kinds))
 
     def _threshold(self, scores: np.ndarray) -> float:
         if self.contamination == "auto":  # Tukey's upper fence
