@@ -219,8 +219,9 @@ def test_the_latent_isolation_forest_scores_the_codes_and_combines_with_the_elbo
     elbos = [-v.score_samples(X) for v in both.vaes_]  # n_models = 2 seeds
     forest = -both.forest_.score_samples(both.vae_.transform(X))
     scaled = [(s - np.median(s)) / np.subtract(*np.quantile(s, [0.75, 0.25])) for s in (*elbos, forest)]
-    assert len(scaled) == 3
-    np.testing.assert_allclose(both.decision_scores_, np.mean(scaled, axis=0), rtol=1e-4, atol=1e-5)
+    assert len(scaled) == 3  # the seeds' ELBOs averaged, the codes' isolation a kind of score of its own
+    np.testing.assert_allclose(both.decision_scores_, np.maximum(np.mean(scaled[:2], axis=0), scaled[2]),
+                               rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("family", [{"prior": "mog"}, {"prior": "vamp"}, {"posterior": "iaf"},
