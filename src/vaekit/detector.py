@@ -263,8 +263,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
 
     def _kinds(self, n_parts: int) -> list[str]:
         """What made each part: its member's likelihood, and "latent" for a latent score (the last part)."""
-        kinds = [v.likelihood for v in self.vaes_]
-        return kinds[:n_parts] + ["latent"] * (n_parts - len(kinds))
+        return [v.likelihood for v in self.vaes_] + ["latent"] * (n_parts - len(self.vaes_))
 
     def _threshold(self, scores: np.ndarray) -> float:
         if self.contamination == "auto":  # Tukey's upper fence
