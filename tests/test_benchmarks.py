@@ -369,6 +369,18 @@ def test_the_discrete_and_heavy_families_add_flags_bins_or_amounts_to_real_tasks
         assert (x[:, -3:] >= 0).all() and 0.05 < (x[:, -3:] > 0).mean() < 0.15 and x[:, -3:].max() > 5
 
 
+def test_the_image_family_holds_out_classes_of_pooled_images(monkeypatch, mnist):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import anomaly_suite as suite
+
+    tasks = suite.image_tasks(mnist, rows=600)
+    assert [t[1] for t in tasks] == ["mnist-0@0.05", "mnist-5@0.05", "fashion-mnist-0@0.05", "fashion-mnist-5@0.05"]
+    for family, name, x, y in tasks:
+        assert family == "images" and len(x) == len(y) and 0.04 < y.mean() < 0.06, name
+        assert 100 < x.shape[1] <= 196 and (x.std(axis=0) > 0).all(), name  # 14 x 14 pooled, constants dropped
+        assert x.min() >= 0 and x.max() <= 255 and len(x) < 600, name  # pixel means; the held-out class thinned
+
+
 def test_synthetic_anomalies_are_of_their_kind(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCH))
     import anomaly_suite as suite

@@ -117,6 +117,8 @@ def test_detector_follows_scikit_learn_conventions():
             VAEAnomalyDetector(contamination=bad).fit(X)
     with pytest.raises(ValueError, match="combine must be one of max-of-means, mean, got 'max'"):
         VAEAnomalyDetector(combine="max").fit(X)
+    with pytest.raises(ValueError, match=r"trim must be a fraction in \[0, 0.5\), got 0.7"):
+        VAEAnomalyDetector(trim=0.7).check_params()  # without data: a command refuses before reading any
     with pytest.raises(ValueError, match="VAEAnomalyDetector"):
         VAEAnomalyDetector(steps=50).fit(np.where(np.eye(120, 6) > 0, np.nan, X))
     opts = VAEAnomalyDetector(steps=50, standardize=False, likelihood="gaussian-learned",
@@ -128,7 +130,7 @@ def test_detector_follows_scikit_learn_conventions():
 def test_the_default_detector_is_an_ensemble_of_two_likelihoods_fitted_without_its_worst_rows():
     X = np.vstack([plane_data(), np.random.default_rng(3).normal(scale=40, size=(15, 6)) + 100])
     det = VAEAnomalyDetector(steps=200, random_state=0).fit(X)
-    assert [v.model_.config.likelihood for v in det.vaes_] == ["gaussian"] * 2 + ["gaussian-learned"] * 2
+    assert [v.model_.config.likelihood for v in det.vaes_] == ["laplace"] * 2 + ["laplace-learned"] * 2
     assert len({v.random_state for v in det.vaes_}) == 4  # two seeds of each
     untrimmed = VAEAnomalyDetector(steps=50, likelihood="gaussian", trim=0.0, random_state=0).fit(X)
     for v in det.vaes_:  # standardized by the rows each was fitted on: without the planted outliers' spread

@@ -168,7 +168,10 @@ def test_bf16_step_multiplies_in_bfloat16_and_rounds_as_autocast_does(likelihood
     def error(grads: dict[str, torch.Tensor]) -> float:
         return max(float((g - fp32[1][n]).norm() / fp32[1][n].norm()) for n, g in grads.items())
 
-    assert error(bf16) <= 2 * error(autocast[1]) + 0.01 and error(bf16) < 0.25
+    # Laplace's gradient is sign(m - x): a rounding that moves m across x flips a term, so both bf16 paths land
+    # anywhere in 2-7% of the fp32 gradient (seeds 0-3), whichever is closer by luck
+    slack = 0.1 if likelihood == "laplace" else 0.01
+    assert error(bf16) <= 2 * error(autocast[1]) + slack and error(bf16) < 0.25
 
 
 def test_bf16_training_stays_within_rounding_of_fp32():

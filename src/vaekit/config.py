@@ -58,7 +58,7 @@ class ModelConfig:
     prior_components: int = 10  # K: mixture components of the mog prior, pseudo-inputs of the vamp prior
     flow_steps: int = 2  # T: autoregressive steps of the iaf posterior
     flow_hidden: int = 256  # hidden units of each MADE of the iaf posterior
-    obs_std: float = 0.1  # standard deviation of the fixed-variance Gaussian likelihood
+    obs_std: float = 0.1  # standard deviation of the fixed-variance Gaussian likelihood, scale of the Laplace
     data_shape: tuple[int, ...] | None = None  # set from the data at training time
     conditional: bool = False  # q(z|x, y) and p(x|z, y) for a class label y
     labels: tuple[str, ...] | None = None  # the class names of a conditional model, set from the data

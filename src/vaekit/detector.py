@@ -1,23 +1,25 @@
 """``VAEAnomalyDetector``: anomaly detection on tables with a VAE, in scikit-learn's outlier-detector conventions.
 
-The detector adapts to its data: training runs for a number of optimizer steps with a floor (an epoch of 88
-rows is two steps, of 30,000 rows hundreds), and the network's width and latent size follow the number of
-features. By default it is an ensemble of four VAEs, two seeds of each of two likelihoods: a fixed-variance
-Gaussian (close to a linear-Gaussian density: good where outliers form clusters) and one that learns each
-feature's variance (a sharper density: good where outliers break the features' dependencies). Each is fitted
-after leaving out the 30% of rows a brief first fit explains worst, so that outliers in the training data
-(up to a third of the rows in some real tables) are not learned as normal. Features whose values repeat (codes,
-counts, ratings, rounded measurements) are dequantized: each member trains on them plus uniform noise one grid
-step wide, because a continuous density fitted to a handful of values shrinks its variance towards zero there
-and then scores any value it has not seen (a rare category left out by the trimming) as nearly impossible.
-Each member's score is scaled by its training scores' median and interquartile range; the members of one
-likelihood (its seeds) are averaged, and a row's score is the largest of those averages, so a row that either
-kind of model finds abnormal is flagged: the "maximization of average" of Aggarwal & Sathe 2015 ("Theoretical
-foundations and algorithms for outlier ensembles"; PyOD's ``moa``), with the likelihoods as its groups. The
-average over seeds lowers each kind's variance; the maximum keeps an anomaly that one kind sees from being
-diluted by the other, which sees it less (the fixed-variance model ranks by squared distance and catches
-extreme values, the learned-variance model discounts them and catches broken dependencies). The defaults were
-chosen on benchmarks/anomaly_suite.py (README: "Tabular anomaly detection").
+The detector adapts to its data: training runs for a number of optimizer steps with a floor (an epoch of 88 rows is
+two steps, of 30,000 rows hundreds), and the network's width and latent size follow the number of features. By
+default it is an ensemble of four VAEs, two seeds of each of two Laplace likelihoods, whose -log grows with the
+absolute reconstruction error, not its square: magnitudes count, but a few large values (in the training rows, or
+in one heavy-tailed feature) do not outweigh the rest as squared errors do. One has a fixed scale (close to a
+median-regression fit: it ranks by distance and catches extreme values), the other learns each feature's scale per
+row (a sharper density: good where outliers break the features' dependencies). Each is fitted after leaving out the
+30% of rows a brief first fit explains worst, so that outliers in the training data (up to a third of the rows in
+some real tables) are not learned as normal. Features whose values repeat (codes, counts, ratings, rounded
+measurements) are dequantized: each member trains on them plus uniform noise one grid step wide, because a
+continuous density fitted to a handful of values shrinks its scale towards zero there and then scores any value it
+has not seen (a rare category left out by the trimming) as nearly impossible. Each member's score is scaled by its
+training scores' median and interquartile range; the members of one likelihood (its seeds) are averaged, and a
+row's score is the largest of those averages, so a row that either kind of model finds abnormal is flagged: the
+"maximization of average" of Aggarwal & Sathe 2015 ("Theoretical foundations and algorithms for outlier ensembles";
+PyOD's ``moa``), with the likelihoods as its groups. The average over seeds lowers each kind's variance; the
+maximum keeps an anomaly that one kind sees from being diluted by the other, which sees it less (the fixed-scale
+model catches extreme values, the learned-scale model discounts them, a larger scale explaining them, and catches
+broken dependencies). The defaults were chosen on benchmarks/anomaly_suite.py (README: "Tabular anomaly
+detection").
 
 Scores: the model's own (``elbo``, ``recon``, ``nll``, ``llr>K``), or in the latent space ``knn``, the distance
 from an input's posterior mean to its k-th nearest training code, ``iforest``, the isolation depth of the code in
@@ -112,7 +114,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
     def __init__(self, contamination: float | str = 0.1, score_method: str = "elbo",
                  latent_dim: int | None = None, hidden: tuple[int, ...] | None = None, steps: int | None = None,
                  epochs: int | None = None, batch_size: int = 64, lr: float = 1e-3, beta: float = 1.0,
-                 likelihood: str | tuple[str, ...] = ("gaussian", "gaussian-learned"), standardize: bool = True,
+                 likelihood: str | tuple[str, ...] = ("laplace", "laplace-learned"), standardize: bool = True,
                  n_neighbors: int = 5, n_score_samples: int = 10, device: str = "cpu", random_state: int | None = None,
                  lower_latent_dims: tuple[int, ...] = (), trim: float = 0.3, n_models: int = 2,
                  dequantize: bool = True, combine: str = "max-of-means") -> None:
@@ -139,7 +141,7 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
 
     def fit(self, X: Any, y: Any = None) -> VAEAnomalyDetector:
         """Train on X (unlabelled, possibly contaminated) and set the threshold; y is ignored."""
-        self._check_params()
+        self.check_params()
         X = validate_data(self, X, dtype=np.float32, ensure_min_samples=2)
         rng = check_random_state(self.random_state)  # None: fresh randomness, as scikit-learn's estimators
         self.bin_widths_ = bin_widths(X) if self.dequantize else np.zeros(X.shape[1])
@@ -198,8 +200,9 @@ class VAEAnomalyDetector(OutlierMixin, BaseEstimator):
         kept = n_rows - int(self.trim * n_rows)
         return steps(kept, est) + (steps(n_rows, clone(est).set_params(**self._brief(est))) if self.trim else 0)
 
-    def _check_params(self) -> None:
-        """ConfigError (a ValueError, as scikit-learn raises) naming the first argument out of its range."""
+    def check_params(self) -> None:
+        """ConfigError (a ValueError, as scikit-learn raises) naming the first argument out of its range. ``fit``
+        calls it; a caller may call it first, to refuse a bad argument before reading any data."""
         c = self.contamination
         if not (c == "auto" or (isinstance(c, (int, float)) and 0 < c <= 0.5)):
             raise ConfigError(f"contamination must be 'auto' or a fraction in (0, 0.5], got {c!r}")

@@ -42,7 +42,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
                         f"{fitted.x.shape[1]}")
     detector = VAEAnomalyDetector(contamination=_contamination(args.contamination), random_state=args.seed,
                                   steps=args.steps)
-    detector._check_params()  # an argument out of range is refused before "fitting ..." is printed
+    detector.check_params()  # an argument out of range is refused before "fitting ..." is printed
     print(f"fitting VAEAnomalyDetector on {len(fitted.x)} rows of {fitted.x.shape[1]} features of {args.table}",
           flush=True)
     try:

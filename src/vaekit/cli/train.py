@@ -15,7 +15,7 @@ from vaekit import checkpoint, evaluation, progress, training
 from vaekit.cli.common import MODEL_HELP, model_source
 from vaekit.config import PRESETS, UPSAMPLES, Config, flatten, load_config_file, parse_assignment, preset
 from vaekit.errors import VaekitError
-from vaekit.model import nets, posteriors, priors
+from vaekit.model import likelihoods, nets, posteriors, priors
 from vaekit.previews import PreviewWriter
 from vaekit.tensorboard import TensorBoard
 
@@ -100,9 +100,10 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--activation", help=f"{', '.join(nets.ACTIVATIONS)} (default {_default('model.activation')})")
     p.add_argument("--latent-dim", type=int, help=f"size of the (top) latent code z (default "
                    f"{_default('model.latent_dim')})")
-    p.add_argument("--likelihood", help="bernoulli, gaussian, gaussian-learned, continuous-bernoulli, logistic "
+    p.add_argument("--likelihood", help=f"{', '.join(likelihoods.LIKELIHOODS)} "
                    f"(default {_default('model.likelihood')})")
-    p.add_argument("--obs-std", type=float, help="standard deviation of the fixed Gaussian likelihood")
+    p.add_argument("--obs-std", type=float, help="standard deviation of the fixed Gaussian likelihood (the scale "
+                   "of the Laplace one)")
     p.add_argument("--prior", help=f"p(z), a registered prior: {', '.join(priors.PRIORS)} (default standard-normal)")
     p.add_argument("--posterior", help=f"q(z|x), a registered posterior family: {', '.join(posteriors.POSTERIORS)} "
                    "(default diagonal-gaussian)")
