@@ -4,7 +4,7 @@ higher likelihood than its own data; Havtorn et al. 2021: a hierarchy's likeliho
 
 Trains the preset on --train for a wall-clock budget, then scores the first --test-n test images of --train
 (label 0, in) and of --ood (label 1, out), both under the evaluation's fixed seeded binarization, with every
-score: elbo, nll, recon and, for a hierarchy, llr>K for each K. Prints a table and appends a JSON record.
+score: elbo, nll, recon, kl and, for a hierarchy, llr>K for each K. Prints a table and appends a JSON record.
 
     VAEKIT_DATA=../shared/data python benchmarks/ood.py --preset hvae --train fashion-mnist --ood mnist --minutes 10
     VAEKIT_DATA=../shared/data python benchmarks/ood.py --from RUN --iw-samples 1000   # score a kept checkpoint

@@ -16,7 +16,7 @@ from vaekit.cli import main
 from conftest import digits_config, tiny_model
 
 
-@pytest.mark.parametrize("method", ["elbo", "nll", "recon"])
+@pytest.mark.parametrize("method", ["elbo", "nll", "recon", "kl"])
 def test_scores_are_deterministic_and_leave_the_random_state(method):
     model = tiny_model("gaussian", shape=(6,))
     x = torch.randn(30, 6)
@@ -35,6 +35,18 @@ def test_recon_score_is_the_squared_reconstruction_error():
     x = torch.randn(5, 6)
     expected = ((x - model.reconstruct(x)) ** 2).sum(1)
     torch.testing.assert_close(anomaly.score(model, x, "recon"), expected)
+
+
+def test_kl_score_is_the_posteriors_divergence_from_the_prior_and_the_elbos_other_term():
+    model = tiny_model("gaussian", shape=(6,))
+    x = torch.randn(5, 6) * 3
+    q = model(x, mean=True).latents[0].qz_x
+    mu, var = q.mean, q.variance  # a diagonal Gaussian against N(0, I): the closed form
+    expected = 0.5 * (mu**2 + var - 1 - var.log()).sum(-1)
+    torch.testing.assert_close(anomaly.score(model, x, "kl"), expected)
+    noise = torch.randn(4, model.noise_dim, generator=torch.Generator().manual_seed(0))  # score()'s draws
+    recon = -torch.stack([model(x, eps=e[None]).px_z.log_prob(x)[0] for e in noise]).mean(0)
+    torch.testing.assert_close(anomaly.score(model, x, "elbo", 4) - anomaly.score(model, x, "kl", 4), recon)
 
 
 def test_threshold_rules():

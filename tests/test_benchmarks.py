@@ -190,9 +190,10 @@ def test_ood_scores_identical_sets_at_chance(bench, tmp_path, monkeypatch):
                 str(tmp_path / "o.jsonl"))
     (record,) = jsonl(tmp_path / "o.jsonl")
     assert record["epochs"] == 1  # --minutes 0: stopped after the first epoch
-    assert set(record["roc_auc"]) == {"elbo", "nll", "recon", "llr>1", "llr>2"} and len(record["kl_per_layer"]) == 3
+    assert set(record["roc_auc"]) == {"elbo", "nll", "recon", "kl", "llr>1", "llr>2"}
+    assert len(record["kl_per_layer"]) == 3
     assert all(auc == pytest.approx(0.5) for auc in record["roc_auc"].values())
-    assert {r[0] for r in table_rows(out, r"elbo|nll|recon|llr>\d")} == set(record["roc_auc"])
+    assert {r[0] for r in table_rows(out, r"elbo|nll|recon|kl|llr>\d")} == set(record["roc_auc"])
 
 
 def test_likelihoods(bench, mnist, tmp_path):

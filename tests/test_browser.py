@@ -151,7 +151,7 @@ def test_page_in_chromium(server_url, page, tmp_path):
 
     # the score selector offers this model's scores, the stored threshold's first; another score rescored
     methods = page.locator("#draw-method option").all_text_contents()
-    assert methods == ["elbo", "nll", "recon"]  # one layer: no likelihood ratio
+    assert methods == ["elbo", "nll", "recon", "kl"]  # one layer: no likelihood ratio
     before = version(page, "draw-score")
     page.select_option("#draw-method", "recon")
     wait_for_update(page, "draw-score", before)

@@ -184,7 +184,7 @@ def test_serve_offers_a_hierarchys_layers_and_likelihood_ratio_scores(tmp_path):
     vaekit.train(digits_config(**{**LADDER, "train.epochs": 1}), tmp_path)
     client = TestClient(create_app(tmp_path, n_examples=20))
     info = client.get("/v1/info").json()
-    assert info["layers"] == [3, 5, 6] and info["scores"] == ["elbo", "nll", "recon", "llr>1", "llr>2"]
+    assert info["layers"] == [3, 5, 6] and info["scores"] == ["elbo", "nll", "recon", "kl", "llr>1", "llr>2"]
     x = client.get("/v1/examples", params={"n": 3}).json()["x"]
     out = client.post("/v1/score", json={"x": x, "method": "llr>2", "details": True}).json()
     model = vaekit.load(tmp_path)

@@ -336,7 +336,7 @@ BAD = [
     ("/v1/interpolate", {"z": [[0.0] * 4] * 2, "steps": 1}, 422, "greater than or equal to 2"),
     ("/v1/interpolate", {"z": [[0.0] * 4] * 2, "steps": 10**6}, 422, "less than or equal to 64"),
     ("/v1/interpolate", {"z": [[0.0] * 4] * 2, "method": "cubic"}, 422, "'lerp' or 'slerp'"),
-    ("/v1/score", {"x": GOOD_X, "method": "magic"}, 422, "'elbo', 'recon', 'nll' or, for a hierarchy, 'llr>K'"),
+    ("/v1/score", {"x": GOOD_X, "method": "magic"}, 422, "'elbo', 'recon', 'nll', 'kl' or, for a hierarchy, 'llr>K'"),
     ("/v1/score", {"x": GOOD_X * 17, "method": "nll"}, 422, "at most 16 inputs"),
     ("/v1/score", {"x": GOOD_X, "details": "yes"}, 422, "valid boolean"),
 ]

@@ -172,7 +172,7 @@ def test_codes_labels_formats_and_scores_are_the_models(openapi):
     score = body(cond, "/v1/score")
     x = [np.zeros((1, SIZE, SIZE)).tolist()]
     assert set(cond["components"]["schemas"]["ScoreRequest"]["properties"]["method"]["anyOf"][0]["enum"]) == {
-        "elbo", "nll", "recon", "llr", "llr>1"}
+        "elbo", "nll", "recon", "kl", "llr", "llr>1"}
     assert valid(score, {"x": x * 64, "label": "7", "method": "llr"})
     assert not valid(score, {"x": x * 65, "label": "7", "method": "llr"})  # the likelihood ratio's batch limit
     assert not valid(score, {"x": x * 17, "label": "7", "method": "nll"}) and valid(score, {"x": x * 17,

@@ -27,8 +27,8 @@ from vaekit.model import VAE
 
 log = logging.getLogger(__name__)
 
-SCORES = ("elbo", "nll", "recon", "llr")
-DEFAULT_SAMPLES = {"elbo": 10, "nll": 1000, "recon": 0, "llr": 100}  # draws or importance samples per input
+SCORES = ("elbo", "nll", "recon", "kl", "llr")  # llr last: it is named llr>K
+DEFAULT_SAMPLES = {"elbo": 10, "nll": 1000, "recon": 0, "kl": 10, "llr": 100}  # draws or importance samples per input
 THRESHOLD_FILE = "anomaly.json"
 
 
@@ -40,7 +40,10 @@ def score(model: VAE, x: Tensor, method: str = "elbo", samples: int | None = Non
     ``elbo``: the negative ELBO with its expected reconstruction term averaged over ``samples`` posterior
     draws (default 10); ``nll``: the importance-sampled negative log-likelihood with ``samples`` importance
     samples (default 1000); ``recon``: the squared reconstruction error ||x - E[x|z = E_q[z]]||^2 (in the
-    units of x; for tables, standardized units); ``llr>K`` (``llr`` is ``llr>1``), for a hierarchy of more
+    units of x; for tables, standardized units); ``kl``: the posterior's divergence from the prior,
+    KL(q(z|x) || p(z)) summed over the layers, the ELBO's other term (closed-form where the model has it, else
+    averaged over ``samples`` draws, default 10): how unusual the code of x is, however well it reconstructs;
+    ``llr>K`` (``llr`` is ``llr>1``), for a hierarchy of more
     than K layers: the likelihood ratio L - L^{>K} of Havtorn et al. 2021 ("Hierarchical VAEs know what they
     don't know"), where L^{>K} draws the lowest K layers from their conditional priors, so that it scores x by
     its high-level latents only; both bounds from ``samples`` importance samples (default 100). The
@@ -62,11 +65,13 @@ def score(model: VAE, x: Tensor, method: str = "elbo", samples: int | None = Non
     if name == "llr":
         return batched(lambda xb, yb: _likelihood_ratio(model, xb, below, noise, yb, chunk), x, y,
                        batch_size, model.device).cpu()
-    return batched(lambda xb, yb: _negative_elbo(model, xb, noise, yb, chunk), x, y, batch_size, model.device).cpu()
+    terms = name == "elbo"  # the reconstruction term too, or the KL alone
+    return batched(lambda xb, yb: _negative_elbo(model, xb, noise, yb, chunk, terms), x, y, batch_size,
+                   model.device).cpu()
 
 
 def available_scores(layers: int) -> list[str]:
-    """The scores a model with ``layers`` stochastic layers has: elbo, nll, recon, and llr>K for K < layers."""
+    """The scores a model with ``layers`` stochastic layers has: elbo, nll, recon, kl, and llr>K for K < layers."""
     return [*SCORES[:-1], *(f"llr>{k}" for k in range(1, layers))]
 
 
@@ -89,14 +94,17 @@ def _likelihood_ratio(model: VAE, x: Tensor, below: int, noise: Tensor, y: Tenso
             - objectives.iwae_bound(model, x, k, chunk, noise, y, prior_below=below))
 
 
-def _negative_elbo(model: VAE, x: Tensor, eps: Tensor, y: Tensor | None, chunk: int) -> Tensor:
-    """-log p(x|z) averaged over the draws of ``eps`` (S, D), plus the KL; (B,)."""
+def _negative_elbo(model: VAE, x: Tensor, eps: Tensor, y: Tensor | None, chunk: int,
+                   reconstruction: bool = True) -> Tensor:
+    """-log p(x|z) averaged over the draws of ``eps`` (S, D), plus the KL; (B,). Without ``reconstruction``
+    the KL alone (a hierarchy's lower layers still need each draw's path down)."""
     total = x.new_zeros(len(x))
     draw = model.passes(x, y)  # x encoded once for all the chunks
     for start in range(0, len(eps), chunk):
         part = eps[start : start + chunk]
         out = draw(None, part)  # z: (s, B, L)
-        total = total - out.px_z.log_prob(x).sum(0) + len(part) * out.kl
+        nll = out.px_z.log_prob(x).sum(0) if reconstruction else 0.0
+        total = total - nll + len(part) * out.kl
     return total / len(eps)
 
 
@@ -104,7 +112,8 @@ def pixel_map(model: VAE, x: Tensor, method: str = "elbo", y: Tensor | None = No
     """Where a score comes from, per pixel (summed over channels; (N, H, W) for images).
 
     For ``recon`` the squared error (x_i - E[x_i|z = E_q[z]])^2, whose sum is the recon score; for the
-    likelihood scores -log p(x_i | z = E_q[z]), the reconstruction part of the ELBO at the posterior mean.
+    others -log p(x_i | z = E_q[z]), the reconstruction part of the ELBO at the posterior mean (for kl and llr>K,
+    which do not sum over pixels, it shows the reconstruction term alone).
     """
     return explain(model, x, method, y)[0]
 

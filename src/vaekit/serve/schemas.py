@@ -48,13 +48,14 @@ FormBool = Annotated[bool, BeforeValidator(_form_bool), Field(strict=True)]
 
 
 def _score_name(value: str) -> str:
-    if not re.fullmatch(r"elbo|recon|nll|llr(>[1-9][0-9]?)?", value):
-        raise ValueError(f"expected 'elbo', 'recon', 'nll' or, for a hierarchy, 'llr>K' (K >= 1), got {value!r}")
+    if not re.fullmatch(r"elbo|recon|nll|kl|llr(>[1-9][0-9]?)?", value):
+        raise ValueError(f"expected 'elbo', 'recon', 'nll', 'kl' or, for a hierarchy, 'llr>K' (K >= 1), "
+                         f"got {value!r}")
     return value
 
 
 Score = Annotated[str, Field(strict=True, max_length=16, description=(
-    "elbo, recon, nll, or for a hierarchy llr>K (llr = llr>1); /v1/info lists this model's scores")),
+    "elbo, recon, nll, kl, or for a hierarchy llr>K (llr = llr>1); /v1/info lists this model's scores")),
     AfterValidator(_score_name)]
 Layers = Literal["top", "all"]
 LabelName = Annotated[str, Field(strict=True, max_length=MAX_LABEL_CHARS)]
