@@ -21,9 +21,10 @@ model catches extreme values, the learned-scale model discounts them, a larger s
 broken dependencies). The defaults were chosen on benchmarks/anomaly_suite.py (README: "Tabular anomaly
 detection").
 
-Scores: the model's own (``elbo``, ``recon``, ``nll``, ``llr>K``), or in the latent space ``knn``, the distance
-from an input's posterior mean to its k-th nearest training code, ``iforest``, the isolation depth of the code in
-an IsolationForest fitted on the training codes, and ``elbo+knn`` or ``elbo+iforest``, combined with the ELBO.
+Scores: the model's own (``elbo``, ``recon``, ``nll``, ``kl``, ``llr>K``: ``vaekit.anomaly.score``), or in the
+latent space ``knn``, the distance from an input's posterior mean to its k-th nearest training code, ``iforest``,
+the isolation depth of the code in an IsolationForest fitted on the training codes, and ``elbo+knn`` or
+``elbo+iforest``, combined with the ELBO.
 """
 
 from __future__ import annotations
