@@ -7,7 +7,8 @@ Each training row builds the preset's model (``vaekit.VAE`` for MNIST-sized imag
 bound with the preset's ``train.iw_k`` samples instead of the ELBO. Every row takes the autograd path, also
 ``iwae`` with the ELBO, which a real CPU run gives to the fused step (vaekit.training.fused). Each evaluation
 row (``PRESET:K``) times ``vaekit.evaluate_model(model, x, iw_samples=K)`` (negative ELBO, the NLL with K
-importance samples, active units) on ``--eval-n`` random binary images. Where ``benchmarks/floor.py`` is
+importance samples, active units) on ``--eval-n`` random binary images, and ``PRESET:SCORE:K`` the anomaly score
+SCORE (``vaekit.anomaly.score``) with K draws or importance samples. Where ``benchmarks/floor.py`` is
 present, each row also gives the share of its time that its matrix products and convolutions alone take
 (replayed at their shapes in float32): what is left is not the math.
 
@@ -22,6 +23,7 @@ tree's children keep freed memory (``vaekit.allocator.keep_freed_memory``, as th
     python benchmarks/presets_cpu.py --threads 1
     python benchmarks/presets_cpu.py --threads 2 --baseline allocator --rounds 2
     git clone -q . /tmp/base && python benchmarks/presets_cpu.py --threads 1 --baseline /tmp/base/src --rounds 2
+    python benchmarks/presets_cpu.py --presets --evals conv:kl:10 hvae:elbo:10 hvae:kl:10 --eval-n 300
 """
 
 from __future__ import annotations
@@ -90,16 +92,19 @@ def training_step(spec: str) -> tuple[Callable[[], Any], int]:
 
 
 def evaluation(spec: str, n: int) -> tuple[Callable[[], Any], int]:
-    """``vaekit.evaluate_model`` with K importance samples (``spec`` = ``PRESET:K``) on n random binary images
-    as a function, and K."""
+    """On n random binary images, as a function, and K: ``vaekit.evaluate_model`` with K importance samples
+    (``spec`` = ``PRESET:K``), or the anomaly score SCORE with K draws or samples (``PRESET:SCORE:K``)."""
     import vaekit
+    from vaekit import anomaly
 
-    name, _, k = spec.partition(":")
+    name, *score, k = spec.split(":")
     config = vaekit.preset(name).override({"model.data_shape": [1, 28, 28]})
     model = vaekit.VAE(config.model)
     generator = torch.Generator().manual_seed(0)
     model.init_from_data(torch.rand(1000, 1, 28, 28, generator=generator), generator)
     x = (torch.rand(n, 1, 28, 28, generator=generator) < 0.13).float()  # about MNIST's share of ink
+    if score:
+        return lambda: anomaly.score(model, x, score[0], int(k)), int(k)
     return lambda: vaekit.evaluate_model(model, x, iw_samples=int(k)), int(k)
 
 
@@ -210,7 +215,7 @@ def table(doc: dict[str, Any], args: argparse.Namespace) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--presets", nargs="*", default=list(PRESETS), help="PRESET or PRESET:iwae (default: %(default)s)")
-    p.add_argument("--evals", nargs="*", default=list(EVALS), help="PRESET:K evaluations (default: %(default)s)")
+    p.add_argument("--evals", nargs="*", default=list(EVALS), help="PRESET:K evaluations, PRESET:SCORE:K anomaly scores (default: %(default)s)")
     p.add_argument("--steps", type=int, default=20, help="training steps per timed block")
     p.add_argument("--blocks", type=int, default=5, help="timed blocks per training row")
     p.add_argument("--eval-n", type=int, default=1000, help="images per evaluation")

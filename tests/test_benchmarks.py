@@ -234,14 +234,16 @@ def test_speed_presets(bench, mnist, tmp_path):
 
 
 def test_presets_cpu(bench, tmp_path):
-    out = bench("presets_cpu.py", "--presets", "vamp", "iwae:iwae", "--evals", "iwae:3", "--steps", "1", "--blocks",
-                "2", "--eval-n", "8", "--eval-blocks", "1", "--threads", "1", "--json", str(tmp_path / "p.json"))
+    out = bench("presets_cpu.py", "--presets", "vamp", "iwae:iwae", "--evals", "iwae:3", "iwae:kl:2", "--steps", "1",
+                "--blocks", "2", "--eval-n", "8", "--eval-blocks", "1", "--threads", "1", "--json",
+                str(tmp_path / "p.json"))
     doc = json.loads((tmp_path / "p.json").read_text())
     rows = doc["tree"]
-    assert list(rows) == ["vamp", "iwae:iwae", "eval iwae:3"] and [len(r["s"]) for r in rows.values()] == [2, 2, 1]
-    assert rows["vamp"]["batch"] == 100 and rows["eval iwae:3"]["k"] == 3
+    assert list(rows) == ["vamp", "iwae:iwae", "eval iwae:3", "eval iwae:kl:2"]
+    assert [len(r["s"]) for r in rows.values()] == [2, 2, 1, 1]
+    assert rows["vamp"]["batch"] == 100 and rows["eval iwae:3"]["k"] == 3 and rows["eval iwae:kl:2"]["k"] == 2
     assert all(r["floor_s"] > 0 for r in rows.values())
-    assert [r[0] for r in table_rows(out, r"vamp|iwae:iwae|eval iwae:3")] == list(rows)
+    assert [r[0] for r in table_rows(out, r"vamp|iwae:iwae|eval iwae:3|eval iwae:kl:2")] == list(rows)
     assert doc["machine"] in out and "1 threads" in out
 
 

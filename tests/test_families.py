@@ -15,7 +15,7 @@ import torch
 from torch.distributions import Independent, Normal, kl_divergence
 
 import vaekit
-from vaekit import objectives
+from vaekit import anomaly, objectives
 from vaekit.cli import main
 from vaekit.model import flows
 
@@ -257,3 +257,18 @@ def test_the_mixture_priors_density_stays_exact_for_narrow_components():
             Independent(Normal(means.double(), pz.component_distribution.base_dist.scale.double()), 1)),
         z.double())
     torch.testing.assert_close(pz.log_prob(z).double(), exact, rtol=1e-6, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["iaf", "vamp", "hvae", "spatial"])
+def test_the_kl_score_averages_the_passes_kl_over_the_same_draws_and_decodes_nothing(name, monkeypatch):
+    """Monte-Carlo KLs (iaf, vamp) and a hierarchy's lower layers need the draws' path down, not p(x|z)."""
+    cfg = digits_config(**{**ENGINE_RUNS[name], "model.data_shape": [1, 8, 8]})
+    model = vaekit.VAE(cfg.model).eval()
+    model.init_from_data(torch.rand(20, 1, 8, 8), torch.Generator().manual_seed(0))
+    x = torch.rand(5, 1, 8, 8)
+    noise = torch.randn(4, model.noise_dim, generator=torch.Generator().manual_seed(0))  # score()'s draws
+    with torch.no_grad():
+        expected = torch.stack([model(x, eps=e[None]).kl for e in noise]).mean(0)
+    monkeypatch.setattr(vaekit.VAE, "_likelihood", lambda *args: pytest.fail("the kl score decoded"))
+    torch.testing.assert_close(anomaly.score(model, x, "kl", 4), expected)
+    assert not torch.allclose(expected, anomaly.score(model, x, "kl", 4, seed=1))  # the draws count in each family

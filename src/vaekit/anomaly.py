@@ -24,6 +24,7 @@ from vaekit.batches import batched
 from vaekit.errors import CheckpointError, ConfigError
 from vaekit.fileio import JSON_LIMIT, atomic_write_bytes, parse_json, read_regular
 from vaekit.model import VAE
+from vaekit.model.latent import total_kl
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +66,8 @@ def score(model: VAE, x: Tensor, method: str = "elbo", samples: int | None = Non
     if name == "llr":
         return batched(lambda xb, yb: _likelihood_ratio(model, xb, below, noise, yb, chunk), x, y,
                        batch_size, model.device).cpu()
-    terms = name == "elbo"  # the reconstruction term too, or the KL alone
-    return batched(lambda xb, yb: _negative_elbo(model, xb, noise, yb, chunk, terms), x, y, batch_size,
-                   model.device).cpu()
+    terms = _negative_elbo if name == "elbo" else _kl
+    return batched(lambda xb, yb: terms(model, xb, noise, yb, chunk), x, y, batch_size, model.device).cpu()
 
 
 def available_scores(layers: int) -> list[str]:
@@ -94,17 +94,25 @@ def _likelihood_ratio(model: VAE, x: Tensor, below: int, noise: Tensor, y: Tenso
             - objectives.iwae_bound(model, x, k, chunk, noise, y, prior_below=below))
 
 
-def _negative_elbo(model: VAE, x: Tensor, eps: Tensor, y: Tensor | None, chunk: int,
-                   reconstruction: bool = True) -> Tensor:
-    """-log p(x|z) averaged over the draws of ``eps`` (S, D), plus the KL; (B,). Without ``reconstruction``
-    the KL alone (a hierarchy's lower layers still need each draw's path down)."""
+def _negative_elbo(model: VAE, x: Tensor, eps: Tensor, y: Tensor | None, chunk: int) -> Tensor:
+    """-log p(x|z) averaged over the draws of ``eps`` (S, D), plus the KL; (B,)."""
     total = x.new_zeros(len(x))
     draw = model.passes(x, y)  # x encoded once for all the chunks
     for start in range(0, len(eps), chunk):
         part = eps[start : start + chunk]
         out = draw(None, part)  # z: (s, B, L)
-        nll = out.px_z.log_prob(x).sum(0) if reconstruction else 0.0
-        total = total - nll + len(part) * out.kl
+        total = total - out.px_z.log_prob(x).sum(0) + len(part) * out.kl
+    return total / len(eps)
+
+
+def _kl(model: VAE, x: Tensor, eps: Tensor, y: Tensor | None, chunk: int) -> Tensor:
+    """The KL over the layers averaged over the draws of ``eps`` (S, D); (B,). Nothing is decoded: a
+    hierarchy's lower layers need each draw's path down the latents, not p(x|z)."""
+    total = x.new_zeros(len(x))
+    draw = model.inferences(x, y)
+    for start in range(0, len(eps), chunk):
+        part = eps[start : start + chunk]
+        total = total + len(part) * total_kl(draw(None, part))
     return total / len(eps)
 
 

@@ -110,7 +110,7 @@ class Pass:
     @property
     def kl(self) -> Tensor:
         """Total KL over the layers, per input (B,)."""
-        return _total([latent.kl for latent in self.latents])
+        return total_kl(self.latents)
 
     @property
     def kl_per_layer(self) -> list[Tensor]:
@@ -134,6 +134,11 @@ class Pass:
         if log_px_z is None:
             log_px_z = self.px_z.log_prob(x)  # x broadcasts over the k samples
         return log_px_z + log_p - log_q if beta is None else log_px_z + beta * (log_p - log_q)
+
+
+def total_kl(latents: tuple[Latent, ...]) -> Tensor:
+    """The KL of a pass's layers summed, per input (B,): from a ``Pass``, or from ``VAE.infer`` alone."""
+    return _total([latent.kl for latent in latents])
 
 
 def _total(parts: list[Tensor]) -> Tensor:

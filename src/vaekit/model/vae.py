@@ -166,6 +166,13 @@ class VAE(nn.Module):
         enc = self._encoded(x, c)
         return lambda k, eps=None: self._pass(enc, c, k, eps, False, prior_below)
 
+    def inferences(self, x: Tensor, y: Tensor | None = None) -> Callable[..., tuple[Latent, ...]]:
+        """``draw(k, eps=None)``, ``self.infer(x, y, k, eps)`` for the same inputs many times, as ``passes`` is
+        for whole passes: x encoded once, and nothing decoded (what the KL alone needs)."""
+        c = self.condition(y, len(x))
+        enc = self._encoded(x, c)
+        return lambda k, eps=None: self._descend(enc, k, eps, False, 0)[0]
+
     def _pass(self, enc: _Encoded, c: Tensor | None, k: int | None, eps: Tensor | None, mean: bool,
               prior_below: int) -> Pass:
         """The pass from encoded inputs and their one-hot condition c: the latents, then p(x|z)."""
