@@ -233,13 +233,6 @@ def test_speed_presets(bench, mnist, tmp_path):
     assert all(0 < r["floor_s"]["fp32"] < r["train_s"][0] for r in rows) and "| conv | fp32 |" in out
 
 
-def test_binarize(bench):
-    out = bench("binarize.py", "--epochs", "0", "--blocks", "2", "--batch-size", "16")
-    rows = table_rows(out, r"float uniforms \(before\)|16-bit draws")
-    assert [r[0] for r in rows] == ["float uniforms (before)", "16-bit draws"]
-    assert all(number(r[1]) > 0 and r[2] == "2" for r in rows) and "ratio before / 16-bit:" in out
-
-
 def test_presets_cpu(bench, tmp_path):
     out = bench("presets_cpu.py", "--presets", "vamp", "iwae:iwae", "--evals", "iwae:3", "iwae:kl:2", "--steps", "1",
                 "--blocks", "2", "--eval-n", "8", "--eval-blocks", "1", "--threads", "1", "--json",

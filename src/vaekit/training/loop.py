@@ -127,20 +127,12 @@ def run_epoch(run: Run, epoch: int) -> Tensor:
 
 
 def binarize_part(p: Tensor, gen: torch.Generator, n: int, a: int) -> Tensor:
-    """Rows a .. a + len(p) of a Bernoulli draw for a whole batch of ``n`` rows: the random bits for all n come
-    from the shared generator (so every process's generator stays in step, and a process needs only its own
-    rows' pixels), and each process thresholds its own (tests/test_training.py checks both).
-
-    Each pixel gets 16 random bits u, uniform on -2^15 .. 2^15 - 1, a quarter of one 64-bit draw, and is 1 when
-    u < 2^16 p - 2^15: with probability p rounded up to a multiple of 2^-16, so exactly 0 and 1 at p = 0 and 1.
-    The generator is serial; a float uniform per pixel made it the costliest part of a step that was not the
-    model's (``benchmarks/binarize.py``).
-    """
-    width = p[0].numel()
-    words = torch.empty(-(-n * width // 4), dtype=torch.int64, device=p.device)
-    words.random_(**{"from": -(2**63)}, to=None, generator=gen)  # all 64 bits (random_() alone leaves the sign)
-    u = words.view(torch.int16)[: n * width].view(n, *p.shape[1:])[a : a + len(p)]  # (len(p), *shape)
-    return (u < p * 65536 - 32768).to(p.dtype)
+    """Rows a .. a + len(p) of a Bernoulli draw for a whole batch of ``n`` rows: uniforms for all n come from
+    the shared generator (so every process's generator stays in step, and a process needs only its own rows'
+    pixels), and each process thresholds its own. With a = 0 and len(p) = n this is ``torch.bernoulli(p,
+    generator=gen)``, draw for draw, on the CPU (tests/test_training.py checks it)."""
+    u = torch.rand((n, *p.shape[1:]), generator=gen, device=p.device)[a : a + len(p)]
+    return (u < p).to(p.dtype)
 
 
 def _run_epoch_static(run: Run, epoch: int, perm: Tensor) -> Tensor:
