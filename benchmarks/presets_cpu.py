@@ -215,7 +215,8 @@ def table(doc: dict[str, Any], args: argparse.Namespace) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--presets", nargs="*", default=list(PRESETS), help="PRESET or PRESET:iwae (default: %(default)s)")
-    p.add_argument("--evals", nargs="*", default=list(EVALS), help="PRESET:K evaluations, PRESET:SCORE:K anomaly scores (default: %(default)s)")
+    p.add_argument("--evals", nargs="*", default=list(EVALS),
+                   help="PRESET:K evaluations, PRESET:SCORE:K anomaly scores (default: %(default)s)")
     p.add_argument("--steps", type=int, default=20, help="training steps per timed block")
     p.add_argument("--blocks", type=int, default=5, help="timed blocks per training row")
     p.add_argument("--eval-n", type=int, default=1000, help="images per evaluation")

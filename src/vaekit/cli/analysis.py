@@ -86,11 +86,13 @@ def add_anomaly(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--score", default="elbo", choices=list(anomaly.SCORES),
                    help="elbo: negative ELBO over --samples draws; nll: importance-sampled; "
-                   "recon: squared reconstruction error at the posterior mean; llr: for a hierarchical model, the "
+                   "recon: squared reconstruction error at the posterior mean; kl: KL(q(z|x) || p(z)), the code's "
+                   "divergence from the prior (over --samples draws where it has no closed form); llr: for a "
+                   "hierarchical model, the "
                    "likelihood ratio L - L>K over --iw-samples (Havtorn et al. 2021)")
     p.add_argument("--k", type=int, default=1, help="--score llr: how many of the lowest stochastic layers the "
                    "second bound draws from their conditional priors (LLR>K, Havtorn et al. 2021)")
-    p.add_argument("--samples", type=int, default=10, help="posterior draws per input for --score elbo")
+    p.add_argument("--samples", type=int, default=10, help="posterior draws per input for --score elbo and kl")
     p.add_argument("--iw-samples", type=int, default=1000, help="importance samples for --score nll and llr")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--contamination", type=float, help="fit and store a threshold flagging this fraction "
