@@ -353,6 +353,28 @@ def test_a_load_racing_a_new_checkpoint_never_pairs_files_of_two(run_copy, monke
         torch.testing.assert_close(v, newer[k])
 
 
+def test_resolving_while_a_writer_replaces_the_set_it_names_takes_the_newer_set(run_copy, monkeypatch):
+    """A writer that publishes a newer set and deletes the old one between a reader's read of latest.json and
+    its look at the named folder: the reader resolves again and gets the newer set, not a 'missing' error."""
+    model, cfg = checkpoint.load_run(run_copy)
+    state = checkpoint.load_state(run_copy)
+    real_read_json = checkpoint._read_json
+
+    def read_then_replace(path):
+        doc = real_read_json(path)
+        if path.name == checkpoint.LATEST_FILE:
+            monkeypatch.setattr(checkpoint, "_read_json", real_read_json)  # one writer, once
+            checkpoint.save_run(run_copy, cfg, model.state_dict(), state)  # publishes a new set, deletes this one
+        return doc
+
+    first = checkpoint.resolve(run_copy).checkpoint_id
+    monkeypatch.setattr(checkpoint, "_read_json", read_then_replace)
+    ckpt = checkpoint.resolve(run_copy)
+    assert ckpt.checkpoint_id != first and ckpt.snapshot.is_dir()
+    assert not (run_copy / checkpoint.SNAPSHOT_DIR / first).exists()  # the race really happened
+    assert checkpoint.load_run(ckpt)[1] == cfg
+
+
 def test_readers_take_a_resolved_set_and_read_only_its_files(run_copy):
     """A CheckpointSet pins the checkpoint: every reader given it reads that one, whatever latest.json says."""
     ckpt = checkpoint.resolve(run_copy)

@@ -249,6 +249,18 @@ def resolve(source: Source) -> CheckpointSet:
     directory = hub.snapshot(source) if hub.is_hub_id(source) else Path(source)
     if not directory.is_dir():
         raise CheckpointError(f"checkpoint directory {directory} does not exist")
+    for attempt in range(REREADS):  # a writer may publish a newer set and delete the one just named
+        try:
+            return _resolve_pointer(directory)
+        except SetReplaced:
+            if attempt == REREADS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _resolve_pointer(directory: Path) -> CheckpointSet:
+    """``resolve`` of a directory, once: SetReplaced where the set its pointer named was deleted after a newer
+    one replaced it (the pointer names another by then)."""
     path = directory / LATEST_FILE
     if not path.exists():
         return CheckpointSet(directory, directory)
@@ -265,6 +277,9 @@ def resolve(source: Source) -> CheckpointSet:
         raise CheckpointError(f"{path}: key 'sha256' must map the checkpoint's files to their SHA-256")
     snapshot = directory / SNAPSHOT_DIR / ckpt_id
     if not snapshot.is_dir():
+        now = _pointed_id(path)
+        if now != ckpt_id:
+            raise SetReplaced(f"{path} named checkpoint {ckpt_id}, replaced by {now} while it was being read")
         raise CheckpointError(f"{path} names checkpoint {ckpt_id}, but {snapshot} is missing")
     if snapshot.resolve().parent.parent != directory.resolve():  # a link: the set would come from elsewhere
         raise CheckpointError(f"{snapshot} leads to {snapshot.resolve()}, outside {directory}: a checkpoint's "
@@ -511,6 +526,15 @@ def _read_json(path: Path) -> Any:
         raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from e
     except ValueError as e:
         raise CheckpointError(f"{path} is not readable JSON: {e}") from e
+
+
+def _pointed_id(path: Path) -> str | None:
+    """The checkpoint id the pointer at ``path`` names now; None where it cannot be read."""
+    try:
+        doc = _read_json(path)
+    except CheckpointError:
+        return None
+    return doc.get("checkpoint") if isinstance(doc, dict) else None
 
 
 def _config_doc(config: Config, ckpt_id: str | None) -> bytes:
